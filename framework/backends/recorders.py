@@ -1,0 +1,189 @@
+"""An event store over the eventsourcing library's application recorders.
+
+The memory, SQLite and PostgreSQL backends are this class with a different recorder: the
+recorders already give atomic multi-event inserts, a unique ``(originator_id, version)``
+constraint (our optimistic-concurrency check) and a gap-free notification sequence (our feed,
+one partition whose offsets are notification ids).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.persistence import (
+    AggregateRecorder,
+    ApplicationRecorder,
+    IntegrityError,
+    OperationalError,
+    PersistenceError,
+    StoredEvent,
+)
+
+from framework.errors import ConcurrencyError, StoreError, StoreUnavailableError
+from framework.persistence import (
+    EventStore,
+    FeedReader,
+    NewEvent,
+    OnAssign,
+    OnRevoke,
+    Positions,
+    RecordedEvent,
+    Snapshot,
+)
+
+T = TypeVar("T")
+
+
+@contextmanager
+def translated_errors() -> Iterator[None]:
+    """Turn the recorders' PEP 249-style errors into the framework's tree."""
+    try:
+        yield
+    except IntegrityError as error:
+        raise ConcurrencyError(
+            f"another writer appended to the aggregate first; nothing was written ({error})"
+        ) from error
+    except (OperationalError, TimeoutError, ConnectionError) as error:
+        raise StoreUnavailableError(
+            f"the event database is unavailable; nothing was written ({error})"
+        ) from error
+    except PersistenceError as error:
+        raise StoreError(str(error)) from error
+
+
+class RecorderEventStore(EventStore):
+    """An :class:`EventStore` over an eventsourcing ``ApplicationRecorder``."""
+
+    def __init__(
+        self,
+        name: str,
+        events: ApplicationRecorder,
+        snapshots: AggregateRecorder,
+        close: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.name = name
+        self._events = events
+        self._snapshots = snapshots
+        self._close = close
+
+    @property
+    def partitions(self) -> int:
+        return 1
+
+    def append(self, events: Sequence[NewEvent]) -> Positions:
+        if not events:
+            return {}
+        stored = [
+            StoredEvent(
+                originator_id=e.aggregate_id,
+                originator_version=e.version,
+                topic=e.topic,
+                state=e.state,
+            )
+            for e in events
+        ]
+        with translated_errors():
+            ids = self._events.insert_events(stored)
+        return {0: max(ids or [0]) + 1}
+
+    def read(
+        self, aggregate_id: UUID, *, after_version: int = 0, up_to_version: int | None = None
+    ) -> list[RecordedEvent]:
+        with translated_errors():
+            stored = self._events.select_events(
+                aggregate_id, gt=after_version or None, lte=up_to_version
+            )
+        # The aggregate sequence does not carry notification ids; -1 says "not a feed read".
+        return [_recorded(s, offset=-1) for s in stored]
+
+    def read_partition(self, partition: int, *, start: int, limit: int) -> list[RecordedEvent]:
+        if partition != 0:
+            return []
+        with translated_errors():
+            notifications = self._events.select_notifications(start=max(start, 1), limit=limit)
+        return [_recorded(n, offset=n.id) for n in notifications]
+
+    def head(self) -> Positions:
+        with translated_errors():
+            last = self._events.max_notification_id()
+        return {0: (last or 0) + 1}
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        stored = StoredEvent(
+            originator_id=snapshot.aggregate_id,
+            originator_version=snapshot.version,
+            topic=snapshot.topic,
+            state=snapshot.state,
+        )
+        try:
+            with translated_errors():
+                self._snapshots.insert_events([stored])
+        except ConcurrencyError:
+            pass  # A snapshot at this version exists already: snapshots are deterministic.
+
+    def latest_snapshot(self, aggregate_id: UUID) -> Snapshot | None:
+        with translated_errors():
+            found = self._snapshots.select_events(aggregate_id, desc=True, limit=1)
+        if not found:
+            return None
+        s = found[0]
+        return Snapshot(_as_uuid(s.originator_id), s.originator_version, s.topic, s.state)
+
+    def feed(
+        self, group: str, *, on_assign: OnAssign, on_revoke: OnRevoke | None = None
+    ) -> FeedReader:
+        return PollingFeedReader(self, on_assign)
+
+    def close(self) -> None:
+        self._close()
+
+
+class PollingFeedReader(FeedReader):
+    """Reads a one-partition store by polling; every reader owns partition 0.
+
+    The embedded backends run one worker per projection, so there is no group to share with.
+    """
+
+    def __init__(self, store: EventStore, on_assign: OnAssign) -> None:
+        self._store = store
+        self._next = dict(on_assign({0}))
+        self._next.setdefault(0, 0)
+        self._wakeup = threading.Event()
+
+    def poll(self, *, max_records: int, timeout: float) -> list[RecordedEvent]:
+        events = self._store.read_partition(0, start=self._next[0], limit=max_records)
+        if not events and timeout > 0:
+            self._wakeup.wait(timeout)
+            self._wakeup.clear()
+            events = self._store.read_partition(0, start=self._next[0], limit=max_records)
+        if events:
+            self._next[0] = events[-1].offset + 1
+        return events
+
+    def seek(self, partition: int, offset: int) -> None:
+        self._next[partition] = offset
+
+    def assignment(self) -> set[int]:
+        return {0}
+
+    def close(self) -> None:
+        self._wakeup.set()
+
+
+def _as_uuid(value: Any) -> UUID:
+    return value if isinstance(value, UUID) else UUID(str(value))
+
+
+def _recorded(stored: StoredEvent, *, offset: int) -> RecordedEvent:
+    return RecordedEvent(
+        aggregate_id=_as_uuid(stored.originator_id),
+        version=stored.originator_version,
+        topic=stored.topic,
+        state=bytes(stored.state),
+        partition=0,
+        offset=offset,
+    )

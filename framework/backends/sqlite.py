@@ -1,0 +1,54 @@
+"""The embedded default: one SQLite file, ``sqlite:///path/to/events.db``.
+
+WAL mode and a busy timeout (from the eventsourcing library's datastore) let several processes
+share the file; SQLite serialises writers, so notification ids never interleave.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from eventsourcing.sqlite import (
+    SQLiteAggregateRecorder,
+    SQLiteApplicationRecorder,
+    SQLiteDatastore,
+)
+
+from framework.backends.recorders import RecorderEventStore, translated_errors
+from framework.errors import ConfigurationError
+
+
+def table_prefix(name: str) -> str:
+    """A safe SQL identifier prefix for the application ``name``."""
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,40}", name):
+        raise ConfigurationError(
+            f"application name {name!r} must start with a letter and use only letters, digits "
+            "and underscores (it names the store's tables)"
+        )
+    return name.lower()
+
+
+def open_store(url: str, *, name: str) -> RecorderEventStore:
+    """Open (creating when missing) the SQLite store that ``url`` names.
+
+    ``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``sqlite://:memory:``;
+    ``?lock_timeout=10`` sets how many seconds a writer waits for the file lock.
+    """
+    parts = urlsplit(url)
+    path = parts.netloc if parts.netloc == ":memory:" else parts.path[1:]
+    if not path:
+        raise ConfigurationError(f"{url!r} names no file: use sqlite:///path/to/events.db")
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    options = parse_qs(parts.query)
+    lock_timeout = int(options.get("lock_timeout", ["30"])[0])
+    datastore = SQLiteDatastore(path, lock_timeout=lock_timeout)
+    prefix = table_prefix(name)
+    events = SQLiteApplicationRecorder(datastore, events_table_name=f"{prefix}_events")
+    snapshots = SQLiteAggregateRecorder(datastore, events_table_name=f"{prefix}_snapshots")
+    with translated_errors():
+        events.create_table()
+        snapshots.create_table()
+    return RecorderEventStore(name, events, snapshots, close=datastore.close)

@@ -1,0 +1,83 @@
+"""Commands: typed, validated requests to change the system.
+
+A command is a frozen pydantic model. The client chooses its fields (and may choose its
+``command_id``, which makes a retry idempotent); the framework fills in who issued it and why
+(:class:`Metadata`), which the client can never set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Self
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from framework.errors import CommandValidationError
+
+__all__ = ["Command", "Metadata"]
+
+
+class Command(BaseModel):
+    """Base class of every command.
+
+    Subclass it with your fields; ``command_id`` identifies one *intent*: executing the same
+    command id twice returns the first result and writes nothing new::
+
+        class PlaceOrder(Command):
+            order_id: UUID
+            customer_id: UUID
+            lines: list[OrderLine] = Field(min_length=1)
+    """
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        allow_inf_nan=False,
+        validate_default=True,
+        str_max_length=100_000,
+    )
+
+    command_type: ClassVar[str] = ""
+    """The command's public name (defaults to the class name); forms and APIs use it."""
+
+    command_id: UUID = Field(default_factory=uuid4, description="Idempotency key")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "command_type" not in cls.__dict__:
+            cls.command_type = cls.__name__
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any] | str | bytes) -> Self:
+        """Validate untrusted input (a mapping or JSON), raising
+        :class:`~framework.errors.CommandValidationError` with every field error."""
+        try:
+            if isinstance(data, str | bytes):
+                return cls.model_validate_json(data)
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise CommandValidationError(
+                cls.command_type,
+                [
+                    {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+                    for e in error.errors(include_url=False)
+                ],
+            ) from None
+
+
+class Metadata(BaseModel):
+    """Who issued a command and why, recorded on every event it causes.
+
+    Set by the framework (from the authenticated user and the request), never by the client.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    command_id: UUID | None = None
+    command_type: str | None = None
+    user: str | None = None
+    correlation_id: UUID | None = None
+    causation_id: UUID | None = None
+    issued_at: datetime = Field(default_factory=lambda: datetime.now(UTC))

@@ -1,0 +1,190 @@
+"""One exception tree for the whole framework.
+
+Every error the framework raises derives from :class:`FrameworkError`, and most
+also derive from the builtin they resemble, so ``except ValueError`` keeps working::
+
+    FrameworkError
+    ├── ConfigurationError (ValueError)
+    │   └── UnsafeConfigurationError
+    ├── CommandError (ValueError)
+    │   ├── CommandValidationError
+    │   └── UnknownCommandError (LookupError)
+    ├── DomainError (ValueError)            raised by your aggregates' invariants
+    ├── AggregateNotFoundError (LookupError)
+    ├── AggregateExistsError
+    ├── ConcurrencyError                     a version was already taken
+    │   └── ConflictRetriesExhaustedError
+    ├── CrossShardCommandError
+    ├── EventDecodingError (ValueError)
+    │   ├── UnknownEventTypeError (LookupError)
+    │   └── UpcastingError
+    ├── EventEncodingError (TypeError)
+    ├── EventTooLargeError (ValueError)
+    ├── StoreError
+    │   ├── StoreUnavailableError (ConnectionError)
+    │   ├── OutcomeUnknownError (TimeoutError)
+    │   ├── WriterFencedError
+    │   └── TopicLayoutChangedError
+    └── ProjectionError
+        ├── PositionConflictError
+        ├── ProjectionTimeoutError (TimeoutError)
+        └── DeadLetterError
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AggregateExistsError",
+    "AggregateNotFoundError",
+    "CommandError",
+    "CommandValidationError",
+    "ConcurrencyError",
+    "ConfigurationError",
+    "ConflictRetriesExhaustedError",
+    "CrossShardCommandError",
+    "DeadLetterError",
+    "DomainError",
+    "EventDecodingError",
+    "EventEncodingError",
+    "EventTooLargeError",
+    "FrameworkError",
+    "OutcomeUnknownError",
+    "PositionConflictError",
+    "ProjectionError",
+    "ProjectionTimeoutError",
+    "StoreError",
+    "StoreUnavailableError",
+    "TopicLayoutChangedError",
+    "UnknownCommandError",
+    "UnknownEventTypeError",
+    "UnsafeConfigurationError",
+    "UpcastingError",
+    "WriterFencedError",
+]
+
+
+class FrameworkError(Exception):
+    """The base of every error this framework raises."""
+
+
+class ConfigurationError(FrameworkError, ValueError):
+    """A setting is missing or has a value the framework cannot use."""
+
+
+class UnsafeConfigurationError(ConfigurationError):
+    """A setting would lose or corrupt events (e.g. a compacted events topic); the store refuses
+    to start. The message names the setting and the safe value."""
+
+
+class CommandError(FrameworkError, ValueError):
+    """A command was rejected before any event was written."""
+
+
+class CommandValidationError(CommandError):
+    """A command's input failed validation. ``errors`` lists every field error as pydantic
+    reports them (``loc``, ``msg``, ``type``), so a form can show each next to its field."""
+
+    def __init__(self, command_type: str, errors: list[dict[str, Any]]) -> None:
+        self.command_type = command_type
+        self.errors = errors
+        fields = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ())) or '(command)'}: {e.get('msg')}"
+            for e in errors
+        )
+        super().__init__(f"invalid {command_type}: {fields}")
+
+
+class UnknownCommandError(CommandError, LookupError):
+    """No handler is registered for this command type. Register one with ``@app.handles``."""
+
+
+class DomainError(FrameworkError, ValueError):
+    """An aggregate refused a command because it would break an invariant. Subclass it for
+    your domain's rules (``class OrderAlreadyShipped(DomainError)``)."""
+
+
+class AggregateNotFoundError(FrameworkError, LookupError):
+    """No events exist for this aggregate id."""
+
+
+class AggregateExistsError(FrameworkError):
+    """A command tried to create an aggregate whose id is already taken."""
+
+
+class ConcurrencyError(FrameworkError):
+    """Another writer appended to the same aggregate first: the expected version was stale.
+    Nothing was written. Reload the aggregate and decide again (``execute`` does this)."""
+
+
+class ConflictRetriesExhaustedError(ConcurrencyError):
+    """``execute`` reloaded and retried a command as many times as configured and still lost
+    every race. Nothing was written; raise ``max_conflict_retries`` or reduce contention."""
+
+
+class CrossShardCommandError(FrameworkError):
+    """One command touched aggregates owned by different writer shards, which cannot be
+    appended in one atomic transaction. Use one shard, or split the work with a process
+    manager."""
+
+
+class EventDecodingError(FrameworkError, ValueError):
+    """A stored event could not be turned back into a domain event."""
+
+
+class UnknownEventTypeError(EventDecodingError, LookupError):
+    """A stored event names a type no registered event class has. Import the module that
+    defines it, or register an upcaster for a renamed event."""
+
+
+class UpcastingError(EventDecodingError):
+    """An upcaster failed on an old event payload."""
+
+
+class EventEncodingError(FrameworkError, TypeError):
+    """An event holds a value that has no JSON form (the framework never pickles)."""
+
+
+class EventTooLargeError(FrameworkError, ValueError):
+    """An event or batch exceeds what the store accepts; nothing was written."""
+
+
+class StoreError(FrameworkError):
+    """The event store failed."""
+
+
+class StoreUnavailableError(StoreError, ConnectionError):
+    """The event store cannot be reached. Nothing was written; it is safe to retry."""
+
+
+class OutcomeUnknownError(StoreError, TimeoutError):
+    """An append may or may not have been written (e.g. a commit timed out and the store could
+    not find out). Retry with the same command id: idempotency makes that safe."""
+
+
+class WriterFencedError(StoreError):
+    """Another process took over this writer's transactional id; this writer must re-initialise
+    before it writes again."""
+
+
+class TopicLayoutChangedError(StoreError):
+    """The events topic's partition count (or shard count) differs from when the store was
+    created. Changing it would break per-aggregate ordering; restore the original layout."""
+
+
+class ProjectionError(FrameworkError):
+    """A projection worker failed."""
+
+
+class PositionConflictError(ProjectionError):
+    """A projection's stored position moved under this worker (another worker applied the same
+    partition); the batch was rolled back and nothing was applied twice."""
+
+
+class ProjectionTimeoutError(ProjectionError, TimeoutError):
+    """A projection did not reach the requested positions in time."""
+
+
+class DeadLetterError(ProjectionError):
+    """An event could not be applied after every retry and was parked as a dead letter."""
