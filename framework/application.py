@@ -135,6 +135,19 @@ class Application:
         self._handlers: dict[type[Command], Handler] = {}
         self._no_snapshots: set[type[Aggregate]] = set()
         self._lock = threading.Lock()
+        # Test hook: framework.testing checks the state handlers leave against a replay.
+        self.on_commit: Callable[[list[Aggregate]], None] | None = None
+
+    def using(self, store: EventStore | str) -> Application:
+        """A copy of this application (same handlers and settings) on another store."""
+        copy = Application(
+            self.name,
+            store,
+            snapshot_every=self.snapshot_every,
+            max_conflict_retries=self.max_conflict_retries,
+        )
+        copy._handlers = self._handlers
+        return copy
 
     # -- registration -------------------------------------------------------------------------
 
@@ -232,6 +245,8 @@ class Application:
             )
         )
         positions = self.store.append(events)
+        if self.on_commit is not None:
+            self.on_commit([aggregate for aggregate, _ in changed])
         for aggregate, loaded_version in changed:
             self._maybe_snapshot(aggregate, loaded_version)
         return CommandResult(command.command_id, primary, versions, positions)
@@ -306,4 +321,3 @@ class Application:
     def close(self) -> None:
         """Close the store."""
         self.store.close()
-

@@ -160,7 +160,7 @@ class _EventTypes:
 
 
 def _aliases(event_class: type[Any]) -> tuple[str, ...]:
-    aliases: tuple[str, ...] = event_class.__dict__.get("aliases", ())
+    aliases: tuple[str, ...] = getattr(event_class, "aliases", ())
     return aliases
 
 
