@@ -85,6 +85,7 @@ class _EventTypes:
         self._names: dict[type[Any], str] = {}
         self._owners: dict[type[Any], type[Aggregate]] = {}
         self._aggregates: dict[str, type[Aggregate]] = {}
+        self._clashes: dict[str, set[str]] = {}
         self._stale = True
 
     def invalidate(self) -> None:
@@ -95,13 +96,13 @@ class _EventTypes:
         names: dict[type[Any], str] = {}
         owners: dict[type[Any], type[Aggregate]] = {}
         aggregates: dict[str, type[Aggregate]] = {}
+        clashes: dict[str, set[str]] = {}
         for aggregate in _all_subclasses(Aggregate):
             other = aggregates.setdefault(aggregate.type_name, aggregate)
             if other is not aggregate:
-                raise ConfigurationError(
-                    f"two aggregates are named {aggregate.type_name!r} "
-                    f"({other.__module__} and {aggregate.__module__}): "
-                    "set type_name on one of them"
+                # Reported when the name is used, so unrelated code keeps working.
+                clashes.setdefault(aggregate.type_name, {other.__module__}).add(
+                    aggregate.__module__
                 )
             for attr in vars(aggregate).values():
                 if not (isinstance(attr, type) and issubclass(attr, DomainEvent)):
@@ -114,8 +115,16 @@ class _EventTypes:
                 for alias in (name, *(f"{aggregate.type_name}.{a}" for a in _aliases(attr))):
                     by_name[alias] = attr
         self._by_name, self._names, self._owners = by_name, names, owners
-        self._aggregates = aggregates
+        self._aggregates, self._clashes = aggregates, clashes
         self._stale = False
+
+    def _check_unique(self, type_name: str) -> None:
+        modules = self._clashes.get(type_name)
+        if modules:
+            raise ConfigurationError(
+                f"several aggregates are named {type_name!r} (in {', '.join(sorted(modules))}): "
+                "set a distinct type_name on each"
+            )
 
     def _fresh(self) -> None:
         if self._stale:
@@ -126,17 +135,19 @@ class _EventTypes:
     def name_of(self, event_class: type[Any]) -> str:
         """The stable type name of an event class."""
         self._fresh()
-        try:
-            return self._names[event_class]
-        except KeyError:
+        name = self._names.get(event_class)
+        if name is None:
             raise ConfigurationError(
                 f"{event_class.__qualname__} is not an event of a framework.domain.Aggregate "
                 "subclass; derive your aggregate from framework.domain.Aggregate"
-            ) from None
+            )
+        self._check_unique(name.rsplit(".", 1)[0])
+        return name
 
     def resolve(self, name: str) -> type[DomainEvent]:
         """The event class recorded under ``name``."""
         self._fresh()
+        self._check_unique(name.rsplit(".", 1)[0])
         found = self._by_name.get(name)
         if found is None:
             raise UnknownEventTypeError(
@@ -153,6 +164,7 @@ class _EventTypes:
     def aggregate(self, type_name: str) -> type[Aggregate]:
         """The aggregate class called ``type_name``."""
         self._fresh()
+        self._check_unique(type_name)
         found = self._aggregates.get(type_name)
         if found is None:
             raise UnknownEventTypeError(f"no aggregate class is registered as {type_name!r}")

@@ -1,0 +1,33 @@
+"""The README's first example runs as written, and its tests pass."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_example() -> str:
+    section = README.read_text().split("## Your first aggregate", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^```python\n(.*?)^```", section, flags=re.S | re.M)
+    return "\n".join(b for b in blocks if "upcast" not in b)
+
+
+def test_the_readme_example_runs_and_its_tests_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the example writes var/warehouse.db
+    module = ModuleType("readme_example")
+    monkeypatch.setitem(sys.modules, module.__name__, module)  # event classes resolve by module
+    exec(compile(readme_example(), str(README), "exec"), module.__dict__)
+    tests = [f for name, f in vars(module).items() if name.startswith("test_")]
+    assert len(tests) == 2
+    for test in tests:
+        test()
+    assert (tmp_path / "var" / "warehouse.db").exists()
+    module.app.close()
