@@ -41,7 +41,7 @@ from framework.errors import (
     StoreError,
     UnknownCommandError,
 )
-from framework.persistence import EventStore, NewEvent, Positions, open_store
+from framework.persistence import EventStore, NewEvent, Positions, open_store, store_url_from_env
 
 __all__ = ["COMMAND_RECORD_TOPIC", "Application", "CommandResult", "Handler", "UnitOfWork"]
 
@@ -116,19 +116,23 @@ class Application:
     """Routes commands to handlers and appends the events they cause.
 
     ``store`` is an :class:`~framework.persistence.EventStore` or a URL for
-    :func:`~framework.persistence.open_store`. ``snapshot_every`` takes a snapshot of an
-    aggregate each time its version crosses a multiple of it (``None`` turns snapshots off).
+    :func:`~framework.persistence.open_store`; by default it comes from the environment
+    (``KEEL_<NAME>_EVENT_STORE``, then ``KEEL_EVENT_STORE``), else a SQLite file under
+    ``var/``. ``snapshot_every`` takes a snapshot of an aggregate each time its version crosses
+    a multiple of it (``None`` turns snapshots off).
     """
 
     def __init__(
         self,
         name: str,
-        store: EventStore | str = "memory://",
+        store: EventStore | str | None = None,
         *,
         snapshot_every: int | None = 100,
         max_conflict_retries: int = 10,
     ) -> None:
         self.name = name
+        if store is None:
+            store = store_url_from_env(name)
         self.store = open_store(store, name=name) if isinstance(store, str) else store
         self.snapshot_every = snapshot_every
         self.max_conflict_retries = max_conflict_retries

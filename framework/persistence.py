@@ -9,6 +9,7 @@ markers take offsets), so never assume an offset equals a version or that offset
 from __future__ import annotations
 
 import importlib
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ __all__ = [
     "RecordedEvent",
     "Snapshot",
     "open_store",
+    "store_url_from_env",
 ]
 
 Positions = dict[int, int]
@@ -153,9 +155,9 @@ class EventStore(ABC):
     ) -> None:
         self.close()
 
-    def iter_partition(self, partition: int, *, start: int = 0, batch: int = 1000) -> Iterator[
-        RecordedEvent
-    ]:
+    def iter_partition(
+        self, partition: int, *, start: int = 0, batch: int = 1000
+    ) -> Iterator[RecordedEvent]:
         """Every event of one partition from ``start`` up to the head when called."""
         stop = self.head().get(partition, 0)
         while start < stop:
@@ -197,6 +199,16 @@ BACKENDS: dict[str, str] = {
     "kafka": "framework.backends.kafka",
 }
 """URL scheme -> module. Each module has ``open_store(url: str, *, name: str) -> EventStore``."""
+
+
+def store_url_from_env(name: str, environ: Mapping[str, str] | None = None) -> str:
+    """The event store URL for application ``name``: ``KEEL_<NAME>_EVENT_STORE``, else
+    ``KEEL_EVENT_STORE``, else the embedded default ``sqlite:///var/<name>-events.db``."""
+    env = os.environ if environ is None else environ
+    for key in (f"KEEL_{name.upper()}_EVENT_STORE", "KEEL_EVENT_STORE"):
+        if env.get(key):
+            return env[key]
+    return f"sqlite:///var/{name}-events.db"
 
 
 def open_store(url: str, *, name: str) -> EventStore:

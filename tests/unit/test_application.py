@@ -213,7 +213,7 @@ def test_state_without_json_form_turns_snapshots_off_with_a_warning(
     class Make(Command):
         n: int = 0
 
-    app = Application("loose", snapshot_every=2)
+    app = Application("loose", "memory://", snapshot_every=2)
     ids: list[object] = []
 
     @app.handles(Make)
@@ -228,3 +228,23 @@ def test_state_without_json_form_turns_snapshots_off_with_a_warning(
         app.execute(Make(n=n))
     assert app.store.latest_snapshot(ids[0]) is None  # type: ignore[arg-type]
     assert "snapshots of Loose are off" in caplog.text
+
+
+def test_the_store_comes_from_the_environment_with_a_per_app_prefix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    from framework.persistence import store_url_from_env
+
+    assert store_url_from_env("shop", {}) == "sqlite:///var/shop-events.db"
+    assert store_url_from_env("shop", {"KEEL_EVENT_STORE": "memory://"}) == "memory://"
+    both = {"KEEL_EVENT_STORE": "memory://", "KEEL_SHOP_EVENT_STORE": "kafka://h:9092"}
+    assert store_url_from_env("shop", both) == "kafka://h:9092"
+    monkeypatch.setenv("KEEL_BANK_EVENT_STORE", f"sqlite:///{tmp_path}/bank.db")
+    app = Application("bank")
+    assert app.store.read(uuid4()) == []
+    app.close()
+
+
+def test_an_unknown_store_url_says_which_are_known() -> None:
+    with pytest.raises(ConfigurationError, match=r"kafka://.*memory://"):
+        Application("x", "redis://localhost")
