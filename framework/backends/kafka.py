@@ -1,0 +1,426 @@
+"""The Kafka event store: ``kafka://host:9092[,host2:9092]?option=value&...``.
+
+Kafka is the log of record (design.md, decisions 1-4). One events topic per application,
+``<name>.events`` by default, keyed by aggregate id (its canonical UUID string), kept forever
+and never compacted; written only through fenced transactional producers, one per writer shard
+(``<name>-writer-<shard>``), with ``acks=all`` and idempotence; read back through a local SQLite
+index per process, so reading an aggregate never scans Kafka.
+
+URL options (all optional):
+
+=========================  ======================================================================
+``topic``                  events topic (default ``<name>.events``)
+``partitions``             partitions when creating the topic (default 3); fixed for its life
+``shards``                 writer shards (default 1: every append, multi-aggregate included, is
+                           one atomic transaction); fixed for the topic's life
+``replication_factor``     when creating topics (default: min(3, brokers))
+``min_insync_replicas``    when creating topics (default: min(2, replication factor))
+``index``                  the local index file (default: a free slot per store instance under
+                           ``$KEEL_KAFKA_INDEX_DIR`` or ``<tmp>/keel-kafka-index``)
+``client_id``              prefix of the Kafka client ids (default ``keel-<name>``)
+``commit_timeout``         seconds to wait for ``init_transactions``/``commit`` (default 30)
+``append_timeout``         seconds an append may spend re-fencing and retrying (default 60)
+``read_timeout``           seconds a catch-up read may take (default 30)
+``max_batch``              most events in one group-commit transaction (default 1000)
+=========================  ======================================================================
+
+Security settings go to every kafka-python client unchanged, under kafka-python's names:
+``security_protocol``, ``sasl_mechanism`` (e.g. ``SCRAM-SHA-512``), ``sasl_plain_username``,
+``sasl_plain_password``, ``sasl_kerberos_service_name``, ``sasl_kerberos_domain_name``,
+``ssl_cafile``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_password``, ``ssl_crlfile``,
+``ssl_ciphers``, ``ssl_check_hostname``. ``kafka://user:password@host:9092`` is a shorthand for
+the two ``sasl_plain_*`` settings (URL-encode special characters).
+
+The store sets ``acks='all'``, ``enable_idempotence=True``, ``isolation_level='read_committed'``
+and ``enable_auto_commit=False`` itself; naming any of them with another value in the URL or in
+``client=`` is refused with :class:`UnsafeConfigurationError`, as are unsafe topic settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import parse_qsl, unquote, urlsplit
+from uuid import UUID
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
+
+from framework.backends.kafka_feed import KafkaFeedReader
+from framework.backends.kafka_index import (
+    LocalIndex,
+    TopicIndex,
+    default_index_path,
+    lock_index_file,
+)
+from framework.backends.kafka_records import partition_for, record_size
+from framework.backends.kafka_topic import TopicInfo, prepare_topic
+from framework.backends.kafka_writer import ShardWriter, WriterSettings
+from framework.errors import (
+    ConfigurationError,
+    CrossShardCommandError,
+    EventTooLargeError,
+    StoreError,
+    StoreUnavailableError,
+    UnsafeConfigurationError,
+)
+from framework.persistence import (
+    EventStore,
+    FeedReader,
+    NewEvent,
+    OnAssign,
+    OnRevoke,
+    Positions,
+    RecordedEvent,
+    Snapshot,
+)
+
+__all__ = ["KafkaEventStore", "open_store", "parse_url"]
+
+log = logging.getLogger(__name__)
+
+SECURITY_SETTINGS = frozenset(
+    {
+        "security_protocol",
+        "sasl_mechanism",
+        "sasl_plain_username",
+        "sasl_plain_password",
+        "sasl_kerberos_service_name",
+        "sasl_kerberos_domain_name",
+        "ssl_cafile",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_password",
+        "ssl_crlfile",
+        "ssl_ciphers",
+        "ssl_check_hostname",
+    }
+)
+# The store sets these itself; another value would lose events or expose aborted ones.
+GUARDED_SETTINGS = {
+    "acks": ("all", {"all", "-1"}),
+    "enable_idempotence": ("true", {"true", "1", "yes"}),
+    "enable_auto_commit": ("false", {"false", "0", "no"}),
+    "isolation_level": ("read_committed", {"read_committed"}),
+}
+INT_OPTIONS = {"partitions", "shards", "replication_factor", "min_insync_replicas", "max_batch"}
+FLOAT_OPTIONS = {"commit_timeout", "append_timeout", "read_timeout"}
+STR_OPTIONS = {"topic", "index", "client_id"}
+
+
+def parse_url(url: str) -> dict[str, Any]:
+    """The keyword arguments of :class:`KafkaEventStore` that ``url`` spells."""
+    parts = urlsplit(url)
+    if parts.scheme != "kafka":
+        raise ConfigurationError(f"{url!r} is not a kafka:// URL")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    if not hosts.strip(","):
+        raise ConfigurationError(f"{url!r} names no broker: use kafka://host:9092[,host2:9092]")
+    options: dict[str, Any] = {"bootstrap_servers": hosts}
+    client: dict[str, Any] = {}
+    if userinfo:
+        user, _, password = userinfo.partition(":")
+        client["sasl_plain_username"] = unquote(user)
+        client["sasl_plain_password"] = unquote(password)
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        try:
+            if key in INT_OPTIONS:
+                options[key] = int(value)
+            elif key in FLOAT_OPTIONS:
+                options[key] = float(value)
+            elif key in STR_OPTIONS:
+                options[key] = value
+            elif key == "ssl_check_hostname":
+                client[key] = value.lower() in {"true", "1", "yes"}
+            elif key in SECURITY_SETTINGS or key in GUARDED_SETTINGS:
+                client[key] = value
+            else:
+                known = sorted(INT_OPTIONS | FLOAT_OPTIONS | STR_OPTIONS | SECURITY_SETTINGS)
+                raise ConfigurationError(
+                    f"unknown option {key!r} in the Kafka store URL; known: {', '.join(known)}"
+                )
+        except ValueError as error:
+            if isinstance(error, ConfigurationError):
+                raise
+            raise ConfigurationError(f"option {key}={value!r} is not a number") from error
+    if client:
+        options["client"] = client
+    return options
+
+
+def check_client_settings(client: Mapping[str, Any]) -> dict[str, Any]:
+    """Refuse unsafe client settings; return those passed on to every client."""
+    passed = {}
+    for key, value in client.items():
+        if key in GUARDED_SETTINGS:
+            safe, accepted = GUARDED_SETTINGS[key]
+            if str(value).strip().lower() not in accepted:
+                raise UnsafeConfigurationError(
+                    f"{key}={value!r} would let events be lost or aborted writes be read; the "
+                    f"store needs {key}={safe!r} (leave it out: the store sets it)"
+                )
+        elif key in SECURITY_SETTINGS:
+            passed[key] = value
+        else:
+            raise ConfigurationError(
+                f"client setting {key!r} is not passed through; allowed: "
+                f"{', '.join(sorted(SECURITY_SETTINGS))}"
+            )
+    return passed
+
+
+class KafkaEventStore(EventStore):
+    """An :class:`EventStore` on a Kafka topic (see the module docstring for the options)."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        bootstrap_servers: str | Sequence[str],
+        topic: str | None = None,
+        partitions: int | None = None,
+        shards: int | None = None,
+        replication_factor: int | None = None,
+        min_insync_replicas: int | None = None,
+        index: str | Path | None = None,
+        client_id: str | None = None,
+        commit_timeout: float = 30.0,
+        append_timeout: float = 60.0,
+        read_timeout: float = 30.0,
+        max_batch: int = 1000,
+        client: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.topic = topic or f"{name}.events"
+        servers = (
+            bootstrap_servers.split(",")
+            if isinstance(bootstrap_servers, str)
+            else bootstrap_servers
+        )
+        self._servers = [s.strip() for s in servers if s.strip()]
+        if not self._servers:
+            raise ConfigurationError("the Kafka store needs bootstrap_servers (host:port)")
+        for option, value in (
+            ("partitions", partitions),
+            ("shards", shards),
+            ("max_batch", max_batch),
+        ):
+            if value is not None and value < 1:
+                raise ConfigurationError(f"{option} must be at least 1, not {value}")
+        self._security = check_client_settings(client or {})
+        self._client_id = client_id or f"keel-{name}"
+        self._read_timeout = read_timeout
+        self._lock = threading.Lock()
+        self._writers: dict[int, ShardWriter] = {}
+        self._closed = False
+        self._settings = WriterSettings(
+            commit_timeout=commit_timeout,
+            append_timeout=append_timeout,
+            max_batch=max_batch,
+            stable_timeout=read_timeout,
+        )
+        self._index_lock: TextIO | None = None
+        self._admin_timeout = read_timeout
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=self._servers,
+                client_id=f"{self._client_id}-admin",
+                request_timeout_ms=int(read_timeout * 1000),
+                **self._security,
+            )
+        except KafkaError as error:
+            raise StoreUnavailableError(
+                f"cannot reach Kafka at {self._servers}: {error!r}"
+            ) from error
+        try:
+            self.info: TopicInfo = prepare_topic(
+                admin,
+                topic=self.topic,
+                partitions=partitions,
+                shards=shards,
+                replication_factor=replication_factor,
+                min_insync_replicas=min_insync_replicas,
+                new_producer=self._new_producer,
+                new_consumer=self._new_consumer,
+                timeout=read_timeout,
+            )
+        finally:
+            admin.close()
+        self.shards = self.info.layout.shards
+        self._max_record = min(self.info.max_message_bytes, 1048576) - 512
+        self.index_path, self._index_lock = self._open_index_file(index)
+        self._index = LocalIndex(self.index_path)
+        self._index.bind(self.topic, self.info.topic_id)
+        self._topic_index = TopicIndex(
+            self._index, self.topic, self.partitions, self._new_consumer, read_timeout
+        )
+
+    def _open_index_file(self, index: str | Path | None) -> tuple[Path, TextIO]:
+        if index is None:
+            return default_index_path(self.topic)
+        path = Path(index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = lock_index_file(path)
+        if lock is None:
+            raise ConfigurationError(
+                f"index file {path} is in use by another store instance; each process (and "
+                "each store) needs its own index file"
+            )
+        return path, lock
+
+    def _new_consumer(self, **settings: Any) -> KafkaConsumer:
+        return KafkaConsumer(
+            bootstrap_servers=self._servers,
+            client_id=f"{self._client_id}-consumer",
+            request_timeout_ms=max(int(self._read_timeout * 1000), 31000),
+            **self._security,
+            **settings,
+        )
+
+    def _new_producer(self, **settings: Any) -> KafkaProducer:
+        return KafkaProducer(
+            bootstrap_servers=self._servers,
+            client_id=f"{self._client_id}-producer",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=0,
+            transaction_timeout_ms=15000,
+            delivery_timeout_ms=int(self._settings.commit_timeout * 1000),
+            request_timeout_ms=min(int(self._settings.commit_timeout * 1000) - 1, 10000),
+            max_block_ms=int(self._settings.commit_timeout * 1000),
+            allow_auto_create_topics=False,
+            **self._security,
+            **settings,
+        )
+
+    @property
+    def partitions(self) -> int:
+        """The topic's partition count (fixed for its life)."""
+        return self.info.layout.partitions
+
+    def partition_for(self, aggregate_id: UUID) -> int:
+        """Kafka's default partition of ``aggregate_id``'s key."""
+        return partition_for(aggregate_id, self.partitions)
+
+    def shard_of(self, partition: int) -> int:
+        """The writer shard that owns ``partition``."""
+        return partition % self.shards
+
+    def append(self, events: Sequence[NewEvent]) -> Positions:
+        """Append atomically, checking each aggregate's next version (see the module doc)."""
+        if not events:
+            return {}
+        self._check_open()
+        placed = [self.partition_for(e.route_with or e.aggregate_id) for e in events]
+        shards = {self.shard_of(p) for p in placed}
+        if len(shards) > 1:
+            raise CrossShardCommandError(
+                f"these events fall in writer shards {sorted(shards)} of {self.topic!r}, which "
+                "cannot be written in one atomic transaction; nothing was written. Use one "
+                "shard, or split the work with a process manager"
+            )
+        for event in events:
+            if record_size(event) > self._max_record:
+                raise EventTooLargeError(
+                    f"event {event.topic} v{event.version} of {event.aggregate_id} takes about "
+                    f"{record_size(event)} bytes; the topic accepts {self._max_record}. Nothing "
+                    "was written"
+                )
+        return self._writer(shards.pop()).append(events, placed)
+
+    def _writer(self, shard: int) -> ShardWriter:
+        with self._lock:
+            self._check_open()
+            writer = self._writers.get(shard)
+            if writer is None:
+                writer = ShardWriter(
+                    topic=self.topic,
+                    shard=shard,
+                    partitions=[p for p in range(self.partitions) if self.shard_of(p) == shard],
+                    transactional_id=f"{self.name}-writer-{shard}",
+                    producer_factory=self._new_producer,
+                    topic_index=self._topic_index,
+                    settings=self._settings,
+                )
+                self._writers[shard] = writer
+            return writer
+
+    def read(
+        self, aggregate_id: UUID, *, after_version: int = 0, up_to_version: int | None = None
+    ) -> list[RecordedEvent]:
+        """One aggregate's events, from the local index once it has caught up."""
+        self._check_open()
+        self._topic_index.catch_up()
+        return self._index.aggregate_events(aggregate_id, after_version, up_to_version)
+
+    def read_partition(self, partition: int, *, start: int, limit: int) -> list[RecordedEvent]:
+        """Served from the local index, which holds every committed record of the topic
+        (malformed ones as events with the nil aggregate id)."""
+        self._check_open()
+        if not 0 <= partition < self.partitions or limit < 1:
+            return []
+        self._topic_index.catch_up([partition])
+        return self._index.partition_events(partition, start, limit)
+
+    def head(self) -> Positions:
+        """Each partition's last stable offset (the end a ``read_committed`` reader sees)."""
+        self._check_open()
+        return self._topic_index.end_offsets()
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        """Keep ``snapshot`` in the local index (a cache: it is not written to Kafka)."""
+        self._check_open()
+        self._index.save_snapshot(snapshot)
+
+    def latest_snapshot(self, aggregate_id: UUID) -> Snapshot | None:
+        """The newest snapshot this process kept of ``aggregate_id``."""
+        self._check_open()
+        return self._index.latest_snapshot(aggregate_id)
+
+    def feed(
+        self, group: str, *, on_assign: OnAssign, on_revoke: OnRevoke | None = None
+    ) -> FeedReader:
+        """A member of consumer group ``group`` (used as the Kafka group id, unchanged)."""
+        self._check_open()
+        return KafkaFeedReader(
+            self._new_consumer,
+            topic=self.topic,
+            group=group,
+            on_assign=on_assign,
+            on_revoke=on_revoke,
+        )
+
+    def catch_up(self) -> None:
+        """Bring the local index up to the topic's current end (reads do this themselves)."""
+        self._topic_index.catch_up()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("the event store is closed")
+
+    def close(self) -> None:
+        """Finish queued appends, release the producers, the consumer and the index file."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            writers = list(self._writers.values())
+        for writer in writers:
+            writer.close()
+        self._topic_index.close()
+        self._index.close()
+        if self._index_lock is not None:
+            self._index_lock.close()
+
+
+def open_store(url: str, *, name: str) -> KafkaEventStore:
+    """Open the Kafka event store that ``url`` names for the application ``name``."""
+    return KafkaEventStore(name, **parse_url(url))
+
+
+def writer_stats(store: KafkaEventStore) -> dict[int, dict[str, int]]:
+    """Counters of each shard writer of ``store`` (transactions, inits, fenced, unknown)."""
+    return {shard: dict(w.stats) for shard, w in store._writers.items()}

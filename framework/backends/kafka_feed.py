@@ -1,0 +1,111 @@
+"""A projection worker's live subscription to the events topic, as a consumer-group member.
+
+The consumer reads with ``read_committed`` (aborted transactions never show), never commits
+offsets to Kafka (``enable_auto_commit=False``; the worker keeps its positions in its own
+database) and, when the group gives it partitions, asks the worker where to start in each and
+seeks there. Offsets of consecutive events may differ by more than one (commit markers).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+
+from framework.backends.kafka_records import decode_record
+from framework.errors import StoreUnavailableError
+from framework.persistence import FeedReader, OnAssign, OnRevoke, RecordedEvent
+
+__all__ = ["KafkaFeedReader"]
+
+log = logging.getLogger(__name__)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Runs on the consumer's network thread: it only asks for offsets and seeks."""
+
+    def __init__(self, reader: KafkaFeedReader) -> None:
+        self._reader = reader
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        parts = {tp.partition for tp in revoked}
+        if parts and self._reader.on_revoke is not None:
+            self._reader.on_revoke(parts)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        parts = {tp.partition for tp in assigned}
+        if not parts:
+            return
+        starts = dict(self._reader.on_assign(parts))
+        for partition in parts:
+            # A partition the worker has no position for starts at the beginning of the log.
+            self._reader.consumer.seek(
+                TopicPartition(self._reader.topic, partition), starts.get(partition, 0)
+            )
+
+
+class KafkaFeedReader(FeedReader):
+    """A :class:`FeedReader` over a ``KafkaConsumer`` in consumer group ``group``."""
+
+    def __init__(
+        self,
+        new_consumer: Callable[..., KafkaConsumer],
+        *,
+        topic: str,
+        group: str,
+        on_assign: OnAssign,
+        on_revoke: OnRevoke | None,
+        max_poll_interval: float = 300.0,
+    ) -> None:
+        self.topic = topic
+        self.on_assign = on_assign
+        self.on_revoke = on_revoke
+        try:
+            self.consumer = new_consumer(
+                group_id=group,
+                enable_auto_commit=False,
+                isolation_level="read_committed",
+                auto_offset_reset="earliest",
+                max_poll_interval_ms=int(max_poll_interval * 1000),
+            )
+            self.consumer.subscribe([topic], listener=_Listener(self))
+        except KafkaError as error:
+            raise StoreUnavailableError(f"cannot subscribe to {topic!r}: {error}") from error
+
+    def poll(self, *, max_records: int, timeout: float) -> list[RecordedEvent]:
+        """The next events of the assigned partitions, each partition in offset order."""
+        try:
+            batch = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
+        except KafkaError as error:
+            raise StoreUnavailableError(f"cannot read {self.topic!r}: {error}") from error
+        events = []
+        for tp in sorted(batch, key=lambda tp: tp.partition):
+            for r in batch[tp]:
+                event, valid = decode_record(
+                    r.key, r.value, r.headers, partition=r.partition, offset=r.offset
+                )
+                if not valid:
+                    log.warning(
+                        "malformed record at %s:%s offset %s", self.topic, r.partition, r.offset
+                    )
+                events.append(event)
+        return events
+
+    def seek(self, partition: int, offset: int) -> None:
+        """Make the next poll of ``partition`` start at ``offset``."""
+        self.consumer.seek(TopicPartition(self.topic, partition), offset)
+
+    def assignment(self) -> set[int]:
+        """The partitions this reader owns now."""
+        return {tp.partition for tp in self.consumer.assignment()}
+
+    def close(self) -> None:
+        """Leave the group (the partitions go to the other members)."""
+        try:
+            self.consumer.close(autocommit=False)
+        except KafkaError:
+            log.debug("closing the feed consumer failed", exc_info=True)

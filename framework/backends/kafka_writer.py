@@ -1,0 +1,447 @@
+"""The fenced transactional writer of one shard, with group commit.
+
+A shard is a fixed set of partitions written by one transactional id, ``<name>-writer-<shard>``.
+``init_transactions()`` fences every older producer of that id and completes (commits or aborts)
+whatever transaction it left open, so after it the writer reads its partitions to the end into the
+local index and is, until someone fences it in turn, the only writer there: its version checks
+against the index cannot be stale. A fenced producer can commit nothing, so a check made before
+another process took over never lands; the writer re-initialises, catches up and checks again.
+
+Appends from every thread of the process queue here; one thread takes as many as are waiting,
+checks each against the index and the appends before it in the batch (a conflicting append fails
+alone), writes the rest in one transaction and hands each caller its own result.
+
+A commit that does not answer in time has an unknown outcome. The writer drops the producer,
+initialises a new one (which settles the old transaction either way), reads to the end again and
+looks for the batch's records at the offsets the broker gave them: found means committed; absent
+means aborted, and the appends are checked and written again. Only when the writer cannot get
+back in touch with the cluster does an append end in :class:`OutcomeUnknownError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.errors import InvalidProducerEpochError, KafkaError, ProducerFencedError
+
+from framework.backends.kafka_index import TopicIndex
+from framework.backends.kafka_records import encode_event
+from framework.errors import (
+    ConcurrencyError,
+    OutcomeUnknownError,
+    StoreError,
+    StoreUnavailableError,
+    WriterFencedError,
+)
+from framework.persistence import NewEvent, Positions, RecordedEvent
+
+__all__ = ["AppendRequest", "ShardWriter", "call_bounded"]
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class BoundedCallTimeout(Exception):
+    """A call wrapped by :func:`call_bounded` did not return in time (it may still run)."""
+
+
+def call_bounded(fn: Callable[[], Any], timeout: float, name: str = "kafka-call") -> Any:
+    """Run ``fn`` in a daemon thread and wait at most ``timeout`` seconds for it.
+
+    kafka-python's ``commit_transaction()`` and ``abort_transaction()`` wait with no timeout;
+    a call left hanging keeps its thread, which dies with the process.
+    """
+    outcome: list[Any] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append((True, fn()))
+        except BaseException as error:  # handed to the caller below
+            outcome.append((False, error))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    if not done.wait(timeout):
+        raise BoundedCallTimeout(f"{name} did not return in {timeout} s")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
+@dataclass(eq=False)
+class AppendRequest:
+    """One caller's append, waiting in a shard writer's queue."""
+
+    events: Sequence[NewEvent]
+    partitions: Sequence[int]
+    recorded: list[RecordedEvent] = field(default_factory=list)
+    positions: Positions | None = None
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def succeed(self, recorded: list[RecordedEvent]) -> None:
+        positions: Positions = {}
+        for event in recorded:
+            positions[event.partition] = max(positions.get(event.partition, 0), event.offset + 1)
+        self.recorded, self.positions = recorded, positions
+        self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done.set()
+
+
+class _Fenced(Exception):
+    pass
+
+
+class _Failed(Exception):
+    """The transaction did not commit (it never reached the commit call)."""
+
+
+class _Unknown(Exception):
+    """The commit was sent and its answer did not come back."""
+
+
+@dataclass
+class WriterSettings:
+    """Tuning of a :class:`ShardWriter` (see the store's URL options)."""
+
+    commit_timeout: float = 30.0
+    append_timeout: float = 60.0
+    max_batch: int = 1000
+    stable_timeout: float = 10.0
+
+
+class ShardWriter:
+    """Owns one shard's transactional id and writes every append of this process to it."""
+
+    def __init__(
+        self,
+        *,
+        topic: str,
+        shard: int,
+        partitions: Sequence[int],
+        transactional_id: str,
+        producer_factory: Callable[..., KafkaProducer],
+        topic_index: TopicIndex,
+        settings: WriterSettings,
+    ) -> None:
+        self.topic = topic
+        self.shard = shard
+        self.partitions = list(partitions)
+        self.transactional_id = transactional_id
+        self._new_producer = producer_factory
+        self._topic_index = topic_index
+        self._settings = settings
+        self._producer: KafkaProducer | None = None
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._closed = False
+        self.stats = {"transactions": 0, "inits": 0, "fenced": 0, "unknown": 0, "batched": 0}
+        self._thread = threading.Thread(
+            target=self._run, name=f"keel-writer-{transactional_id}", daemon=True
+        )
+        self._thread.start()
+
+    def append(self, events: Sequence[NewEvent], partitions: Sequence[int]) -> Positions:
+        """Queue ``events`` (already placed in ``partitions``) and wait for their outcome."""
+        if self._closed:
+            raise StoreError("the event store is closed")
+        request = AppendRequest(events, partitions)
+        self._queue.put(request)
+        while not request.done.wait(1.0):
+            if not self._thread.is_alive():
+                raise StoreError("the shard writer thread stopped")
+        if request.error is not None:
+            raise request.error
+        assert request.positions is not None
+        return request.positions
+
+    def close(self) -> None:
+        """Finish queued appends, then release the producer."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join(self._settings.append_timeout)
+        self._drop_producer()
+
+    # The writer thread.
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            batch: list[AppendRequest] = [item]
+            size = len(item.events)
+            stop = False
+            while size < self._settings.max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    stop = True
+                    break
+                batch.append(more)
+                size += len(more.events)
+            try:
+                self._write(batch)
+            except BaseException as error:  # never leave a caller waiting
+                log.exception("shard writer %s failed", self.transactional_id)
+                for request in batch:
+                    if not request.done.is_set():
+                        request.fail(StoreError(f"the shard writer failed: {error!r}"))
+            if stop:
+                return
+
+    def _write(self, batch: list[AppendRequest]) -> None:
+        self.stats["batched"] += len(batch)
+        deadline = time.monotonic() + self._settings.append_timeout
+        pending = batch
+        attempt = failures = 0
+        last: StoreError = StoreUnavailableError("nothing was written")
+        while pending:
+            attempt += 1
+            if attempt > 1 and (time.monotonic() > deadline or failures >= 3):
+                for request in pending:
+                    request.fail(last)
+                return
+            try:
+                producer = self._ready_producer()
+            except StoreUnavailableError as error:
+                for request in pending:
+                    request.fail(error)
+                return
+            accepted = self._check(pending)
+            if not accepted:
+                return
+            try:
+                recorded = self._transact(producer, accepted)
+            except _Unknown as unknown:
+                self.stats["unknown"] += 1
+                pending = self._settle_unknown(accepted, unknown)
+                last = StoreUnavailableError(
+                    "commits kept timing out (each was settled as not written); nothing was written"
+                )
+            except _Fenced:
+                self.stats["fenced"] += 1
+                self._drop_producer()
+                pending = accepted
+                last = WriterFencedError(
+                    f"writer {self.transactional_id} was fenced by another process on every "
+                    "attempt; nothing was written"
+                )
+            except _Failed as error:
+                failures += 1
+                self._drop_producer()
+                pending = accepted
+                last = StoreUnavailableError(
+                    f"the transaction failed; nothing was written: {error}"
+                )
+            else:
+                self._finish(accepted, recorded)
+                return
+            if pending:
+                # Writers of one shard in several processes take turns: back off at random.
+                time.sleep(random.uniform(0, min(0.5, 0.01 * 2 ** min(attempt, 6))))
+
+    def _ready_producer(self) -> KafkaProducer:
+        """The producer, (re)initialised and with the shard's partitions read to the end."""
+        if self._producer is not None:
+            return self._producer
+        try:
+            producer = self._new_producer(transactional_id=self.transactional_id)
+        except KafkaError as error:
+            raise StoreUnavailableError(f"cannot create a Kafka producer: {error}") from error
+        try:
+            # init_transactions fences older producers of this id and settles their transaction.
+            call_bounded(producer.init_transactions, self._settings.commit_timeout, "init")
+        except (KafkaError, BoundedCallTimeout) as error:
+            _close_quietly(producer)
+            raise StoreUnavailableError(
+                f"cannot initialise transactions for {self.transactional_id}: {error}"
+            ) from error
+        self.stats["inits"] += 1
+        self._topic_index.catch_up(self.partitions, force=True)
+        self._producer = producer
+        return producer
+
+    def _drop_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            _close_quietly(producer)
+
+    def _check(self, pending: list[AppendRequest]) -> list[AppendRequest]:
+        """Fail the appends whose versions are taken; return the others, checked in order."""
+        ids = {e.aggregate_id for r in pending for e in r.events}
+        known = self._topic_index.index.current_versions(ids)
+        accepted = []
+        for request in pending:
+            mine = dict(known)
+            conflict = None
+            for event in request.events:
+                # Check this event is the next in its sequence.
+                expected = mine[event.aggregate_id] + 1
+                if event.version != expected:
+                    conflict = (event, expected)
+                    break
+                mine[event.aggregate_id] = event.version
+            if conflict is None:
+                known = mine
+                accepted.append(request)
+            else:
+                event, expected = conflict
+                request.fail(
+                    ConcurrencyError(
+                        f"aggregate {event.aggregate_id} is at version {expected - 1}, so the "
+                        f"next event must have version {expected}, not {event.version}; "
+                        "nothing was written"
+                    )
+                )
+        return accepted
+
+    def _transact(
+        self, producer: KafkaProducer, accepted: list[AppendRequest]
+    ) -> list[list[RecordedEvent]]:
+        timeout = self._settings.commit_timeout
+        sent = []
+        try:
+            producer.begin_transaction()
+            for request in accepted:
+                for event, partition in zip(request.events, request.partitions, strict=True):
+                    key, value, headers = encode_event(event)
+                    future = producer.send(
+                        self.topic, key=key, value=value, headers=headers, partition=partition
+                    )
+                    sent.append((request, event, future))
+            deadline = time.monotonic() + timeout
+            recorded: dict[int, list[RecordedEvent]] = {id(r): [] for r in accepted}
+            for request, event, future in sent:
+                metadata = future.get(timeout=max(0.1, deadline - time.monotonic()))
+                recorded[id(request)].append(
+                    RecordedEvent(
+                        event.aggregate_id,
+                        event.version,
+                        event.topic,
+                        event.state,
+                        metadata.partition,
+                        metadata.offset,
+                    )
+                )
+        except Exception as error:
+            self._abort(producer)
+            if _is_fenced(producer, error):
+                raise _Fenced(str(error)) from error
+            raise _Failed(repr(error)) from error
+        try:
+            call_bounded(producer.commit_transaction, timeout, "commit")
+        except BoundedCallTimeout as error:
+            raise _Unknown([recorded[id(r)] for r in accepted]) from error
+        except KafkaError as error:
+            # Even "fenced" is no proof: a retried EndTxn is refused once another producer has
+            # taken the id, though the first attempt may have committed. Settle it.
+            raise _Unknown([recorded[id(r)] for r in accepted]) from error
+        self.stats["transactions"] += 1
+        return [recorded[id(r)] for r in accepted]
+
+    def _abort(self, producer: KafkaProducer) -> None:
+        try:
+            call_bounded(producer.abort_transaction, self._settings.commit_timeout, "abort")
+        except (KafkaError, BoundedCallTimeout) as error:
+            # A transaction we never asked to commit cannot commit; the next init aborts it.
+            log.info("abort of %s failed (%s); re-initialising", self.transactional_id, error)
+        self._drop_producer()
+
+    def _settle_unknown(
+        self, accepted: list[AppendRequest], unknown: _Unknown
+    ) -> list[AppendRequest]:
+        """Find out whether an unanswered commit happened; return the appends to write again."""
+        self._drop_producer()
+        log.warning("commit of %s did not answer; settling it", self.transactional_id)
+        try:
+            self._ready_producer()
+        except StoreUnavailableError as error:
+            for request in accepted:
+                request.fail(
+                    OutcomeUnknownError(
+                        f"the commit did not answer and the store could not find out whether "
+                        f"it happened ({error}); retry with the same command id"
+                    )
+                )
+            return []
+        again = []
+        index = self._topic_index.index
+        for request, recorded in zip(accepted, unknown.args[0], strict=True):
+            present = [index.contains(event) for event in recorded]
+            if all(present):
+                self._wait_stable(recorded)
+                request.succeed(recorded)
+            elif not any(present):
+                again.append(request)
+            else:  # A transaction is atomic: this cannot happen.
+                request.fail(OutcomeUnknownError("the append was found only in part"))
+        return again
+
+    def _finish(self, accepted: list[AppendRequest], recorded: list[list[RecordedEvent]]) -> None:
+        everything = [event for events in recorded for event in events]
+        self._topic_index.index.add_committed(everything)
+        self._wait_stable(everything)
+        for request, events in zip(accepted, recorded, strict=True):
+            request.succeed(events)
+
+    def _wait_stable(self, recorded: Sequence[RecordedEvent]) -> None:
+        """Wait until the commit markers are written, so every read_committed reader sees it."""
+        wanted: dict[int, int] = {}
+        for event in recorded:
+            wanted[event.partition] = max(wanted.get(event.partition, 0), event.offset + 1)
+        deadline = time.monotonic() + self._settings.stable_timeout
+        delay = 0.001
+        while wanted:
+            try:
+                ends = self._topic_index.end_offsets(wanted)
+            except StoreUnavailableError:
+                ends = {}
+            wanted = {p: o for p, o in wanted.items() if ends.get(p, 0) < o}
+            if not wanted:
+                return
+            if time.monotonic() > deadline:
+                log.warning(
+                    "commit markers before offsets %s still not visible after %.0f s",
+                    wanted,
+                    self._settings.stable_timeout,
+                )
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
+def _is_fenced(producer: KafkaProducer, error: BaseException) -> bool:
+    fencing = (ProducerFencedError, InvalidProducerEpochError)
+    if isinstance(error, fencing) or any(isinstance(a, fencing) for a in error.args):
+        return True
+    manager = getattr(producer, "_transaction_manager", None)
+    return isinstance(getattr(manager, "last_error", None), fencing)
+
+
+def _close_quietly(producer: KafkaProducer) -> None:
+    def close() -> None:
+        try:
+            producer.close(timeout=0)
+        except Exception:  # closing a broken producer may fail; it is discarded either way
+            log.debug("closing a producer failed", exc_info=True)
+
+    threading.Thread(target=close, name="keel-producer-close", daemon=True).start()
