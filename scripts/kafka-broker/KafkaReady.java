@@ -4,11 +4,14 @@
 //   java -cp <lib>/*:<classes> KafkaReady <bootstrap> <min-brokers> <timeout-seconds> [node-id|-] [pid...]
 //
 // Succeeds (exit 0) once an Admin client against <bootstrap> sees at least <min-brokers> live
-// brokers (and, if a node id is given, that broker among them) and can list topics.
+// brokers (and, if a node id is given, that broker among them), each of them (or just that one)
+// answers a request sent to it alone, and topics can be listed.
 // Exit 2: timed out. Exit 3: one of the given broker PIDs died while waiting. Exit 64: bad usage.
 
 import java.time.Duration;
+import java.util.ArrayList;
 import java.util.Collection;
+import java.util.List;
 import java.util.Properties;
 import java.util.Set;
 import java.util.concurrent.TimeUnit;
@@ -17,6 +20,7 @@ import java.util.stream.Collectors;
 import org.apache.kafka.clients.admin.Admin;
 import org.apache.kafka.clients.admin.AdminClientConfig;
 import org.apache.kafka.common.Node;
+import org.apache.kafka.common.config.ConfigResource;
 
 public final class KafkaReady {
     private KafkaReady() {}
@@ -61,6 +65,15 @@ public final class KafkaReady {
                     } else if (wantNode >= 0 && !ids.contains(wantNode)) {
                         last = "live brokers " + ids + ", node " + wantNode + " not among them yet";
                     } else {
+                        // describeCluster can list a broker that was just killed (until its
+                        // session times out), so ask every broker something only it answers.
+                        List<ConfigResource> brokers = new ArrayList<>();
+                        for (int id : ids) {
+                            if (wantNode < 0 || id == wantNode) {
+                                brokers.add(new ConfigResource(ConfigResource.Type.BROKER, Integer.toString(id)));
+                            }
+                        }
+                        admin.describeConfigs(brokers).all().get(5, TimeUnit.SECONDS);
                         Set<String> topics = admin.listTopics().names().get(5, TimeUnit.SECONDS);
                         System.out.println("ready: brokers " + ids + ", " + topics.size() + " topic(s)");
                         return;
