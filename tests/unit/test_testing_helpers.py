@@ -83,9 +83,9 @@ def test_a_wrong_expectation_shows_a_readable_diff() -> None:
     message = str(caught.value)
     assert "-Account.Deposited(amount=Decimal('6'))" in message
     assert "+Account.Deposited(amount=Decimal('5'))" in message
-    with pytest.raises(AssertionError, match="balance: expected Decimal\\('1'\\)"):
+    with pytest.raises(AssertionError, match=r"balance: expected Decimal\(.1.\)"):
         outcome.then_state(balance=Decimal(1))
-    with pytest.raises(AssertionError, match="Account.Deposited"):
+    with pytest.raises(AssertionError, match=r"Account\.Deposited"):
         outcome.then_nothing()
 
 
