@@ -1,0 +1,162 @@
+"""Dead letters: events a projection could not apply, parked with the error, and re-driven
+after a fix.
+
+Policy (see :mod:`framework.applier`): sequenced per aggregate. When an event of an aggregate is
+parked (reason ``failed``), every later event of that aggregate is parked behind it (reason
+``held``) so the aggregate's rows never see its events out of order; other aggregates keep
+flowing. :func:`redrive` applies one aggregate's parked events in order, in one transaction
+that also deletes them; if one still fails, that aggregate's transaction rolls back and its
+dead letters stay (with the new error), while the other aggregates go through.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import groupby
+from uuid import UUID
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from framework.codec import codec
+from framework.database import read_only
+from framework.persistence import RecordedEvent
+from framework.positions import dead_letters_table
+from framework.projection import Projection
+
+__all__ = ["DeadLetter", "RedriveResult", "count", "discard", "list_dead_letters", "redrive"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A parked event, with where it was in the log and why it was parked."""
+
+    id: int
+    projection: str
+    partition: int
+    offset: int
+    aggregate_id: str
+    version: int
+    event_type: str
+    payload: bytes
+    reason: str
+    """``failed`` (its handler or decoding failed) or ``held`` (behind a failed event of the
+    same aggregate)."""
+    error_type: str
+    error_message: str
+    attempts: int
+    created_at: datetime
+
+    def recorded(self) -> RecordedEvent:
+        """The event as the store recorded it."""
+        return RecordedEvent(
+            aggregate_id=UUID(self.aggregate_id),
+            version=self.version,
+            topic=self.event_type,
+            state=self.payload,
+            partition=self.partition,
+            offset=self.offset,
+        )
+
+
+@dataclass
+class RedriveResult:
+    """What a re-drive did."""
+
+    applied: int = 0
+    """Dead letters applied and removed."""
+    failed: dict[str, str] = field(default_factory=dict)
+    """Aggregate id -> the error that still stops it (its dead letters stay)."""
+    remaining: int = 0
+    """Dead letters left for the projection after the re-drive."""
+
+
+def _key(projection: Projection | str) -> str:
+    return projection if isinstance(projection, str) else projection.key
+
+
+def list_dead_letters(
+    engine: Engine, projection: Projection | str, *, limit: int | None = None
+) -> list[DeadLetter]:
+    """The projection's dead letters, oldest position first."""
+    t = dead_letters_table
+    query = (
+        sa.select(t)
+        .where(t.c.projection == _key(projection))
+        .order_by(t.c.partition, t.c.offset)
+        .limit(limit)
+    )
+    with engine.connect() as conn, read_only(conn).begin():
+        return [
+            DeadLetter(**{**row._asdict(), "payload": bytes(row.payload)})
+            for row in conn.execute(query)
+        ]
+
+
+def count(engine: Engine, projection: Projection | str) -> int:
+    """How many dead letters the projection has."""
+    t = dead_letters_table
+    query = sa.select(sa.func.count()).where(t.c.projection == _key(projection))
+    with engine.connect() as conn, read_only(conn).begin():
+        return int(conn.execute(query).scalar_one())
+
+
+def discard(engine: Engine, projection: Projection | str, ids: Sequence[int]) -> int:
+    """Delete dead letters without applying them (the read model will never see them)."""
+    t = dead_letters_table
+    with engine.begin() as conn:
+        result = conn.execute(
+            t.delete().where(t.c.projection == _key(projection), t.c.id.in_(list(ids)))
+        )
+    return int(result.rowcount)
+
+
+def redrive(
+    projection: Projection, engine: Engine, *, aggregate_ids: Sequence[str] | None = None
+) -> RedriveResult:
+    """Apply the projection's dead letters again (after a fix), each aggregate's in order and
+    in one transaction with their removal. ``aggregate_ids`` limits it to some aggregates."""
+    result = RedriveResult()
+    letters = list_dead_letters(engine, projection)
+    if aggregate_ids is not None:
+        wanted = {str(a) for a in aggregate_ids}
+        letters = [d for d in letters if d.aggregate_id in wanted]
+    letters.sort(key=lambda d: (d.aggregate_id, d.partition, d.offset))
+    topics = projection.handled_topics()
+    t = dead_letters_table
+    for aggregate_id, group in groupby(letters, key=lambda d: d.aggregate_id):
+        parked = list(group)
+        try:
+            with engine.begin() as conn:
+                for letter in parked:
+                    if letter.event_type in topics:
+                        projection.apply(codec.decode(letter.recorded()), conn)
+                gone = conn.execute(t.delete().where(t.c.id.in_([d.id for d in parked])))
+                if gone.rowcount != len(parked):
+                    raise _Raced(f"another re-drive of {aggregate_id} ran at the same time")
+            result.applied += len(parked)
+        except Exception as error:
+            message = f"{type(error).__name__}: {error}"
+            result.failed[aggregate_id] = message
+            log.warning("re-drive of %s for %s failed: %s", aggregate_id, projection.key, message)
+            with engine.begin() as conn:
+                conn.execute(
+                    t.update()
+                    .where(t.c.id == parked[0].id)
+                    .values(
+                        error_type=f"{type(error).__module__}.{type(error).__qualname__}",
+                        error_message=str(error)[:4000],
+                        attempts=t.c.attempts + 1,
+                    )
+                )
+    result.remaining = count(engine, projection)
+    return result
+
+
+class _Raced(Exception):
+    pass

@@ -1,0 +1,248 @@
+"""Projections: read models built from events, in SQLAlchemy tables.
+
+A projection names itself, declares its tables in a ``MetaData`` and handles event types::
+
+    import sqlalchemy as sa
+    from framework.projection import Projection, handles
+
+    class OrderSummary(Projection):
+        name = "order_summary"
+        version = 1                       # raise it when the handlers change: then rebuild
+        metadata = sa.MetaData()
+        orders = sa.Table(
+            "orders", metadata,
+            sa.Column("id", sa.Uuid, primary_key=True),
+            sa.Column("status", sa.String(20), nullable=False),
+        )
+
+        @handles(Order.Placed)
+        def placed(self, event: Order.Placed, conn: sa.Connection) -> None:
+            conn.execute(self.orders.insert().values(id=event.originator_id, status="open"))
+
+        @handles(Order.Confirmed)
+        def confirmed(self, event: Order.Confirmed, conn: sa.Connection) -> None:
+            conn.execute(self.orders.update().where(self.orders.c.id == event.originator_id)
+                         .values(status="confirmed"))
+
+Run it with :class:`framework.worker.ProjectionWorker` (or ``python -m framework.worker run
+module:OrderSummary``). Rules of the road:
+
+- **Reach your tables through ``self``** (``self.orders``), never a module-level name: a rebuild
+  runs the same handlers against shadow copies of the tables and swaps them in when done.
+- A handler gets the decoded event and a SQLAlchemy ``Connection`` inside the worker's
+  transaction; add a third parameter named ``envelope`` to also get the
+  :class:`~framework.codec.EventEnvelope` (metadata: user, correlation id; and the position).
+  Never commit or roll back yourself.
+- Handlers must be deterministic functions of the event and the rows (no clocks, no calls to
+  other services): a rebuild must produce the same rows. Use ``event.timestamp`` for times.
+- Events the projection does not handle cost nothing: the worker compares the recorded type name
+  with the handled ones before decoding anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import conv
+
+from framework.codec import EventEnvelope
+from framework.domain import DomainEvent, event_types
+from framework.errors import ConfigurationError
+
+__all__ = ["SHADOW_SUFFIX", "Projection", "handles", "upsert"]
+
+F = TypeVar("F", bound=Callable[..., None])
+
+SHADOW_SUFFIX = "__rebuild"
+"""Appended to table names (and to the projection name in the framework's tables) while a
+rebuild fills shadow copies."""
+
+_HANDLES = "__keel_handles__"
+
+
+def handles(*event_classes: type[DomainEvent]) -> Callable[[F], F]:
+    """Mark a projection method as the handler of ``event_classes``."""
+    if not event_classes:
+        raise ConfigurationError("@handles needs at least one event class")
+
+    def mark(method: F) -> F:
+        setattr(method, _HANDLES, (*getattr(method, _HANDLES, ()), *event_classes))
+        return method
+
+    return mark
+
+
+class Projection:
+    """Base class of projections: subclass it, set ``name``, ``version`` and ``metadata``,
+    declare ``sa.Table`` attributes in that metadata and ``@handles`` methods.
+
+    The handled types may also be given as a mapping, ``handlers = {Order.Placed:
+    "placed"}`` (event class -> method name), for code that prefers no decorators.
+    """
+
+    name: ClassVar[str] = ""
+    """Unique and stable: it keys the stored positions and is the consumer group id."""
+    version: ClassVar[int] = 1
+    """Raise it when the handlers change meaning; the read model must then be rebuilt."""
+    metadata: ClassVar[sa.MetaData]
+    """The ``MetaData`` holding this projection's tables (Alembic's target)."""
+    handlers: ClassVar[Mapping[type[DomainEvent], str]] = {}
+
+    _handler_names: ClassVar[dict[type[DomainEvent], str]]
+    _table_attrs: ClassVar[dict[str, str]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        found: dict[type[DomainEvent], str] = {}
+        tables: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            for attr, value in vars(klass).items():
+                for event_class in getattr(value, _HANDLES, ()):
+                    found[event_class] = attr
+                if isinstance(value, sa.Table):
+                    tables[attr] = value.name
+            for event_class, method in getattr(klass, "handlers", {}).items():
+                found[event_class] = method
+        cls._handler_names = found
+        cls._table_attrs = tables
+        if "metadata" not in vars(cls) and tables and not hasattr(cls, "metadata"):
+            cls.metadata = next(v for v in vars(cls).values() if isinstance(v, sa.Table)).metadata
+
+    def __init__(self) -> None:
+        if not self.name:
+            raise ConfigurationError(f"{type(self).__name__} needs a `name`")
+        if not self._handler_names:
+            raise ConfigurationError(f"{type(self).__name__} handles no event: use @handles")
+        self.is_shadow = False
+        self._topics: dict[str, Callable[..., None]] | None = None
+        self._wants_envelope: dict[str, bool] = {}
+
+    # -- what the worker needs ------------------------------------------------------------------
+
+    @property
+    def tables(self) -> list[sa.Table]:
+        """This projection's tables (the shadow copies, for a rebuild's instance)."""
+        return [getattr(self, attr) for attr in self._table_attrs]
+
+    @property
+    def key(self) -> str:
+        """The name the framework's tables know this instance by (``name__rebuild`` for a
+        rebuild's shadow)."""
+        return self.name + SHADOW_SUFFIX if self.is_shadow else self.name
+
+    def handled_topics(self) -> dict[str, Callable[..., None]]:
+        """Recorded type name (aliases included) -> bound handler."""
+        if self._topics is None:
+            topics: dict[str, Callable[..., None]] = {}
+            for event_class, method_name in self._handler_names.items():
+                method = getattr(self, method_name)
+                owner = event_types.owner_of(event_class)
+                names = [event_types.name_of(event_class)]
+                names += [f"{owner.type_name}.{a}" for a in getattr(event_class, "aliases", ())]
+                params = inspect.signature(method).parameters
+                for topic in names:
+                    topics[topic] = method
+                    self._wants_envelope[topic] = "envelope" in params
+            self._topics = topics
+        return self._topics
+
+    def apply(self, envelope: EventEnvelope, conn: Connection) -> None:
+        """Run the handler of ``envelope``'s event (the worker calls this)."""
+        topic = envelope.recorded.topic
+        handler = self.handled_topics()[topic]
+        if self._wants_envelope[topic]:
+            handler(envelope.event, conn, envelope=envelope)
+        else:
+            handler(envelope.event, conn)
+
+    def shadow(self, *, rename_constraints: bool = False) -> Projection:
+        """A copy whose table attributes point at shadow tables (``<table>__rebuild``) in a
+        metadata of their own; a rebuild fills them, then swaps them in. Named indexes (and,
+        with ``rename_constraints``, named constraints: PostgreSQL wants them unique in the
+        schema) get the suffix too."""
+        twin = copy.copy(self)
+        twin.is_shadow = True
+        twin._topics = None
+        twin._wants_envelope = {}
+        tables = self.tables
+        convention = tables[0].metadata.naming_convention if tables else None
+        shadow_metadata = sa.MetaData(naming_convention=convention)
+        for attr, table in zip(self._table_attrs, tables, strict=True):
+            shadow = table.to_metadata(shadow_metadata, name=table.name + SHADOW_SUFFIX)
+            named: list[Any] = [i for i in shadow.indexes if isinstance(i.name, str)]
+            if rename_constraints:
+                named += [c for c in shadow.constraints if isinstance(c.name, str)]
+            for item in named:
+                item.name = conv(item.name + SHADOW_SUFFIX)
+            setattr(twin, attr, shadow)
+        return twin
+
+    def create_tables(self, conn: Connection) -> None:
+        """Create this projection's tables when missing (tests; Alembic in production)."""
+        self.tables[0].metadata.create_all(conn, tables=self.tables)
+
+    def drop_tables(self, conn: Connection) -> None:
+        """Drop this projection's tables when present."""
+        self.tables[0].metadata.drop_all(conn, tables=self.tables)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.key!r} v{self.version}>"
+
+
+def projections_in(objects: Iterable[Any]) -> list[type[Projection]]:
+    """The Projection subclasses among ``objects`` (a module's ``vars()`` values)."""
+    return [
+        o
+        for o in objects
+        if isinstance(o, type) and issubclass(o, Projection) and o is not Projection and o.name
+    ]
+
+
+def upsert(
+    conn: Connection,
+    table: sa.Table,
+    values: Mapping[str, Any],
+    *,
+    key: Sequence[str] | None = None,
+    update: Mapping[str, Any] | None = None,
+) -> None:
+    """Insert a row, or update it when its ``key`` (default: the primary key) exists.
+
+    ``update`` gives the columns to set on conflict (default: every non-key value); values may
+    be SQL expressions, e.g. ``{"count": table.c.count + 1}``. Works on SQLite and PostgreSQL.
+    """
+    key = list(key or [c.name for c in table.primary_key.columns])
+    changes = (
+        dict(update) if update is not None else {k: v for k, v in values.items() if k not in key}
+    )
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        pg = pg_insert(table).values(**values)
+        pg_statement = (
+            pg.on_conflict_do_update(index_elements=key, set_=changes)
+            if changes
+            else pg.on_conflict_do_nothing(index_elements=key)
+        )
+        conn.execute(pg_statement)
+        return
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        lite = sqlite_insert(table).values(**values)
+        lite_statement = (
+            lite.on_conflict_do_update(index_elements=key, set_=changes)
+            if changes
+            else lite.on_conflict_do_nothing(index_elements=key)
+        )
+        conn.execute(lite_statement)
+        return
+    where = [table.c[k] == values[k] for k in key]
+    if not changes or conn.execute(table.update().where(*where).values(**changes)).rowcount == 0:
+        conn.execute(table.insert().values(**values))

@@ -1,0 +1,437 @@
+"""The projection worker: consumes the feed and keeps a projection's read model up to date.
+
+::
+
+    worker = ProjectionWorker(OrderSummary(), store, engine)
+    worker.run(stop_event)                   # until stop_event is set; or until_caught_up=True
+    worker.rebuild()                         # shadow tables from position 0, then an atomic swap
+    status(OrderSummary(), store, engine)    # per partition: position, head, lag; dead letters
+    wait_until(OrderSummary(), engine, result.positions, timeout=5)   # read your writes
+
+Several workers of one projection (in several processes) share its partitions as members of a
+Kafka consumer group named after the projection. Each keeps its positions in the read-model
+database (see :mod:`framework.positions`): on assignment it reads them and seeks there, and it
+commits every batch together with the new positions, guarded, so a rebalance, a crash or a
+redelivery never applies an event twice nor skips one (see :mod:`framework.applier`).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from framework import dead_letters
+from framework.applier import Applier, ApplierStats, Stopped
+from framework.database import engine_for, read_only
+from framework.errors import ProjectionError, ProjectionTimeoutError
+from framework.persistence import EventStore, FeedReader, RecordedEvent, group_by_partition
+from framework.positions import (
+    framework_metadata,
+    read_positions,
+    read_version,
+    write_version,
+)
+from framework.projection import SHADOW_SUFFIX, Projection
+from framework.settings import ProjectionSettings, projection_settings
+
+__all__ = [
+    "PartitionStatus",
+    "ProjectionStatus",
+    "ProjectionWorker",
+    "run_forever",
+    "setup_tables",
+    "status",
+    "wait_until",
+]
+
+log = logging.getLogger(__name__)
+
+
+def setup_tables(engine: Engine, *projections: Projection) -> None:
+    """Create the framework's tables and these projections' tables when missing. Handy for
+    tests and the embedded default; production databases are migrated with Alembic."""
+    with engine.begin() as conn:
+        framework_metadata.create_all(conn)
+        for projection in projections:
+            projection.create_tables(conn)
+
+
+class ProjectionWorker:
+    """Runs one projection: ``ProjectionWorker(projection, store, engine).run(stop)``.
+
+    ``engine`` defaults to the projection's configured database (:mod:`framework.settings`);
+    settings (batch size, retries, backoff) default to the environment, and keyword arguments
+    override them (``batch_size=10``). ``group`` is the consumer group (default: the
+    projection's name). With ``rebuild_on_version_change=True`` a worker that
+    finds its tables built by an older ``version`` rebuilds them before going live (run one
+    worker so, not several); otherwise it refuses to start and says to rebuild.
+    """
+
+    def __init__(
+        self,
+        projection: Projection | type[Projection],
+        store: EventStore,
+        engine: Engine | None = None,
+        *,
+        settings: ProjectionSettings | None = None,
+        rebuild_on_version_change: bool = False,
+        group: str | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.projection = projection() if isinstance(projection, type) else projection
+        self.group = group or self.projection.name
+        self.store = store
+        self.engine = engine if engine is not None else engine_for(self.projection.name)
+        self.settings = settings or projection_settings(self.projection.name, **overrides)
+        self.rebuild_on_version_change = rebuild_on_version_change
+        self.stop_event = threading.Event()
+        self._reader: FeedReader | None = None
+        self.applier = Applier(
+            self.projection,
+            self.engine,
+            self.settings,
+            self.stop_event,
+            on_conflict=self._reseek,
+        )
+
+    @property
+    def stats(self) -> ApplierStats:
+        """What this worker has done so far."""
+        return self.applier.stats
+
+    # -- the feed -------------------------------------------------------------------------------
+
+    def _on_assign(self, partitions: set[int]) -> Mapping[int, int]:
+        try:
+            starts = self.applier.load(partitions)
+        except Stopped:
+            return {}
+        log.info(
+            "%s: assigned partitions %s at %s", self.projection.key, sorted(partitions), starts
+        )
+        return starts
+
+    def _on_revoke(self, partitions: set[int]) -> None:
+        # Batches are applied between polls, so none is in flight here: just stop expecting.
+        log.info("%s: partitions %s revoked", self.projection.key, sorted(partitions))
+        self.applier.forget(partitions)
+
+    def _reseek(self, partition: int, stored: int | None) -> None:
+        if self._reader is not None:
+            self._reader.seek(partition, stored or 0)
+
+    def open_feed(self) -> FeedReader:
+        """Join the projection's consumer group (tests override this to inject faults)."""
+        return self.store.feed(self.group, on_assign=self._on_assign, on_revoke=self._on_revoke)
+
+    # -- running --------------------------------------------------------------------------------
+
+    def run(
+        self, stop: threading.Event | None = None, *, until_caught_up: bool = False
+    ) -> ApplierStats:
+        """Apply events until ``stop`` is set (checked between batches), or, with
+        ``until_caught_up``, until every assigned partition reaches the head it had when the
+        run started. Database outages are waited out; poison events become dead letters."""
+        if stop is not None:
+            self.stop_event = stop
+            self.applier.stop = stop
+        try:
+            self._check_version()
+        except Stopped:
+            return self.stats
+        target = self.store.head() if until_caught_up else {}
+        self._reader = self.open_feed()
+        try:
+            while not self.stop_event.is_set():
+                events = self._reader.poll(
+                    max_records=self.settings.batch_size, timeout=self.settings.poll_timeout
+                )
+                if events:
+                    self.process(events)
+                if (
+                    until_caught_up
+                    and len(events) < self.settings.batch_size
+                    and self._caught_up(target)
+                ):
+                    break
+        except Stopped:
+            log.info("%s: stopped while waiting to retry", self.projection.key)
+        finally:
+            reader, self._reader = self._reader, None
+            reader.close()
+        return self.stats
+
+    def process(self, events: list[RecordedEvent]) -> None:
+        """Apply one polled batch, partition by partition."""
+        assert self._reader is not None
+        for partition, part_events in group_by_partition(events).items():
+            if partition not in self.applier.positions:
+                if partition in self._reader.assignment():
+                    # Never apply without knowing the stored position: load it, re-read.
+                    stored = self.applier.load([partition])[partition]
+                    self._reader.seek(partition, stored)
+                continue
+            self.applier.apply_partition(partition, part_events)
+
+    def _caught_up(self, target: Mapping[int, int]) -> bool:
+        assert self._reader is not None
+        assigned = self._reader.assignment()
+        if not assigned:
+            return False
+        for partition in assigned:
+            if partition not in self.applier.positions:
+                return False
+            position = self.applier.next_offset(partition)
+            if position >= target.get(partition, 0):
+                continue
+            ahead = self.store.read_partition(partition, start=position, limit=1)
+            if ahead and ahead[0].offset < target.get(partition, 0):
+                return False
+        return True
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current batch."""
+        self.stop_event.set()
+
+    def _check_version(self) -> None:
+        p = self.projection
+
+        def check(conn: sa.Connection) -> int | None:
+            stored = read_version(conn, p.name)
+            if stored is None:
+                write_version(conn, p.name, p.version)  # a new projection: bootstrap from 0
+            return stored
+
+        stored = self.applier._with_db(check)
+        if stored is None or stored == p.version:
+            return
+        if stored > p.version:
+            raise ProjectionError(
+                f"{p.name}'s tables were built by version {stored}, newer than this code's "
+                f"{p.version}: deploy the newer code"
+            )
+        if not self.rebuild_on_version_change:
+            raise ProjectionError(
+                f"{p.name}'s tables were built by version {stored} but the code is version "
+                f"{p.version}: rebuild it (python -m framework.worker rebuild ...)"
+            )
+        log.warning("%s: version %s -> %s, rebuilding", p.name, stored, p.version)
+        self.rebuild()
+
+    def rebuild(self, **options: Any) -> Any:
+        """Rebuild the read model into shadow tables and swap them in (see
+        :func:`framework.rebuild.rebuild`); then continue from the rebuilt positions."""
+        from framework.rebuild import rebuild
+
+        result = rebuild(
+            self.projection, self.store, self.engine, settings=self.settings, **options
+        )
+        owned = set(self.applier.positions)
+        self.applier.forget(owned)
+        if self._reader is not None and owned:
+            for partition, start in self.applier.load(owned).items():
+                self._reader.seek(partition, start)
+        return result
+
+    def wait_until(self, positions: Mapping[int, int], timeout: float = 10.0) -> None:
+        """See :func:`wait_until`."""
+        wait_until(self.projection, self.engine, positions, timeout)
+
+
+# -- status and read-your-writes ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartitionStatus:
+    partition: int
+    position: int
+    """The next offset the projection will read."""
+    head: int
+    """The offset just past the partition's last committed record."""
+    lag: int
+    """Offsets between the position and the head (0 when no event remains to apply; Kafka's
+    transaction markers count, as in Kafka's own consumer lag)."""
+
+
+@dataclass(frozen=True)
+class ProjectionStatus:
+    name: str
+    version: int
+    stored_version: int | None
+    partitions: list[PartitionStatus] = field(default_factory=list)
+    dead_letters: int = 0
+    rebuilding: bool = False
+    """Whether a rebuild has shadow positions stored (running, or abandoned)."""
+
+    @property
+    def lag(self) -> int:
+        return sum(p.lag for p in self.partitions)
+
+
+def status(projection: Projection, store: EventStore, engine: Engine) -> ProjectionStatus:
+    """Where ``projection`` stands: per partition its position, the head and the lag, plus how
+    many dead letters it has."""
+    with engine.connect() as conn, read_only(conn).begin():
+        stored = read_positions(conn, projection.name)
+        shadow = read_positions(conn, projection.name + SHADOW_SUFFIX)
+        version = read_version(conn, projection.name)
+    head = store.head()
+    partitions = []
+    for partition in range(store.partitions):
+        position = stored.get(partition, 0)
+        end = head.get(partition, 0)
+        lag = max(0, end - position)
+        if lag and not store.read_partition(partition, start=position, limit=1):
+            lag = 0
+        partitions.append(PartitionStatus(partition, position, end, lag))
+    return ProjectionStatus(
+        name=projection.name,
+        version=projection.version,
+        stored_version=version,
+        partitions=partitions,
+        dead_letters=dead_letters.count(engine, projection),
+        rebuilding=bool(shadow),
+    )
+
+
+def wait_until(
+    projection: Projection,
+    engine: Engine,
+    positions: Mapping[int, int],
+    timeout: float = 10.0,
+    *,
+    interval: float = 0.02,
+) -> None:
+    """Return once ``projection`` has applied everything up to ``positions`` (a command's
+    ``CommandResult.positions``: for each partition, stored next offset >= the given one);
+    raise :class:`ProjectionTimeoutError` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    wanted = {p: o for p, o in positions.items() if o > 0}
+    while True:
+        with engine.connect() as conn, read_only(conn).begin():
+            stored = read_positions(conn, projection.name, wanted)
+        behind = {p: (stored.get(p, 0), o) for p, o in wanted.items() if stored.get(p, 0) < o}
+        if not behind:
+            return
+        if time.monotonic() >= deadline:
+            raise ProjectionTimeoutError(
+                f"{projection.name} did not reach {dict(wanted)} within {timeout}s "
+                f"(partition: (at, wanted) = {behind}); is its worker running?"
+            )
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+def run_forever(worker: ProjectionWorker, *, until_caught_up: bool = False) -> ApplierStats:
+    """Run ``worker`` in the main thread until SIGTERM or SIGINT, which stop it cleanly between
+    batches."""
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s: signal %s, stopping after this batch", worker.projection.name, signum)
+        stop.set()
+
+    previous: dict[signal.Signals, Any] = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.signal(signum, handle)
+    try:
+        return worker.run(stop, until_caught_up=until_caught_up)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def load_projection(target: str) -> Projection:
+    """``package.module:Name`` -> a projection instance (a class is instantiated)."""
+    import importlib
+
+    module_name, _, attr = target.partition(":")
+    if not attr:
+        raise ProjectionError(f"{target!r}: name the projection as package.module:ClassName")
+    found = getattr(importlib.import_module(module_name), attr)
+    projection = found() if isinstance(found, type) else found
+    if not isinstance(projection, Projection):
+        raise ProjectionError(f"{target!r} is not a Projection")
+    return projection
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m framework.worker {run,rebuild,status,dead-letters} module:Projection``."""
+    import argparse
+    import sys
+
+    from framework.database import create_engine
+    from framework.persistence import open_store, store_url_from_env
+
+    parser = argparse.ArgumentParser(prog="python -m framework.worker")
+    parser.add_argument("command", choices=["run", "rebuild", "status", "dead-letters"])
+    parser.add_argument("projection", help="package.module:ProjectionClass")
+    parser.add_argument("--app", required=True, help="the application (names its event store)")
+    parser.add_argument("--store", help="event store URL (default: from the environment)")
+    parser.add_argument("--database", help="read-model database URL (default: environment)")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--until-caught-up", action="store_true")
+    parser.add_argument("--create-tables", action="store_true", help="create missing tables")
+    parser.add_argument("--redrive", action="store_true", help="dead-letters: re-drive them")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    projection = load_projection(args.projection)
+    engine = create_engine(args.database) if args.database else engine_for(projection.name)
+    store = open_store(args.store or store_url_from_env(args.app), name=args.app)
+    try:
+        if args.create_tables:
+            setup_tables(engine, projection)
+        worker = ProjectionWorker(projection, store, engine, batch_size=args.batch_size)
+        if args.command == "run":
+            stats = run_forever(worker, until_caught_up=args.until_caught_up)
+            log.info("%s: stopped; %s", projection.name, stats)
+        elif args.command == "rebuild":
+            result = worker.rebuild()
+            print(
+                f"{projection.name}: rebuilt from {result.events} events in "
+                f"{result.seconds:.1f}s; positions {result.positions}"
+            )
+        elif args.command == "status":
+            s = status(projection, store, engine)
+            print(
+                f"{s.name} v{s.version} (tables v{s.stored_version}): lag {s.lag}, "
+                f"{s.dead_letters} dead letters{', rebuilding' if s.rebuilding else ''}"
+            )
+            for p in s.partitions:
+                print(f"  partition {p.partition}: position {p.position} head {p.head} lag {p.lag}")
+        else:
+            if args.redrive:
+                result_ = dead_letters.redrive(projection, engine)
+                print(
+                    f"re-drove {result_.applied}; still failing: {result_.failed or 'none'}; "
+                    f"{result_.remaining} left"
+                )
+            for d in dead_letters.list_dead_letters(engine, projection):
+                print(
+                    f"#{d.id} p{d.partition}@{d.offset} {d.event_type} v{d.version} of "
+                    f"{d.aggregate_id} [{d.reason}] {d.error_type}: {d.error_message}"
+                )
+    except ProjectionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+        engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
