@@ -27,7 +27,10 @@ from framework.projection import SHADOW_SUFFIX, projections_in
 from framework.settings import database_url
 
 PROJECTION_MODULES: list[str] = [
-    # "projections.orders",
+    "projections.customers",
+    "projections.orders",
+    "projections.sales",
+    "projections.order_history",
 ]
 """Modules whose Projection classes' tables Alembic migrates (one line per module)."""
 

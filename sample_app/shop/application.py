@@ -75,7 +75,8 @@ def build(store: str | EventStore = "memory://", **options: Any) -> Application:
 
     @app.handles(ConfirmOrder)
     def confirm(command: ConfirmOrder, uow: UnitOfWork) -> None:
-        uow.get(Order, command.order_id).confirm()
+        order = uow.get(Order, command.order_id)
+        order.confirm(ship_to=uow.get(Customer, order.customer_id).address)
 
     @app.handles(ShipOrder)
     def ship(command: ShipOrder, uow: UnitOfWork) -> None:

@@ -78,7 +78,7 @@ class RemoveOrderLine(Command):
 
 
 class ConfirmOrder(Command):
-    """Confirm an open order."""
+    """Confirm an open order; the customer's current address becomes its ship-to address."""
 
     order_id: UUID
 

@@ -247,6 +247,7 @@ class Order(Aggregate):
     tracking_number: str | None
     requested_delivery: date | None
     gift_wrap: bool
+    ship_to: Address | None
 
     @classmethod
     def place(
@@ -299,6 +300,7 @@ class Order(Aggregate):
         self.status = OrderStatus.OPEN
         self.carrier = None
         self.tracking_number = None
+        self.ship_to = None
 
     @property
     def total(self) -> Decimal:
@@ -331,9 +333,11 @@ class Order(Aggregate):
             )
         self._line_removed(line.product)
 
-    def confirm(self) -> None:
+    def confirm(self, ship_to: Address) -> None:
+        """Confirm the order; the customer's address at this moment becomes its ship-to
+        address (a later move of the customer no longer changes where it goes)."""
         self._check_open("confirm")
-        self._confirmed(self.total)
+        self._confirmed(self.total, ship_to)
 
     def ship(self, carrier: Carrier, tracking_number: str | None = None) -> None:
         if self.status is OrderStatus.SHIPPED:
@@ -370,8 +374,9 @@ class Order(Aggregate):
         self.lines = [x for x in self.lines if x.product != product]
 
     @event("Confirmed")
-    def _confirmed(self, total: Decimal) -> None:
+    def _confirmed(self, total: Decimal, ship_to: Address) -> None:
         self.status = OrderStatus.CONFIRMED
+        self.ship_to = ship_to
 
     @event("Shipped")
     def _shipped(self, carrier: Carrier, tracking_number: str | None) -> None:

@@ -64,7 +64,7 @@ def placed(*lines: OrderLine) -> EventSpec:
     )
 
 
-CONFIRMED = ev(Order.Confirmed, total=Decimal("19.00"))
+CONFIRMED = ev(Order.Confirmed, total=Decimal("19.00"), ship_to=BERLIN)
 SHIPPED = ev(Order.Shipped, carrier=Carrier.DHL, tracking_number=None)
 CANCELLED = ev(Order.Cancelled, reason="other", note=None)
 
@@ -210,8 +210,17 @@ def test_confirm() -> None:
     (
         shop.given(*customer(), placed(), id=ORDER)
         .when(ConfirmOrder(order_id=ORDER))
-        .then(ev(Order.Confirmed, total=Decimal("19.00")))
-        .then_state(status=OrderStatus.CONFIRMED)
+        .then(ev(Order.Confirmed, total=Decimal("19.00"), ship_to=BERLIN))
+        .then_state(status=OrderStatus.CONFIRMED, ship_to=BERLIN)
+    )
+
+
+def test_confirm_freezes_the_ship_to_address_of_the_moved_customer() -> None:
+    paris = Address(street="1 Rue de Rivoli", city="Paris", country="FR")
+    shop.given(
+        *customer(ev(Customer.AddressChanged, id=ADA, address=paris)), placed(), id=ORDER
+    ).when(ConfirmOrder(order_id=ORDER)).then(
+        ev(Order.Confirmed, total=Decimal("19.00"), ship_to=paris)
     )
 
 

@@ -1,0 +1,1 @@
+"""Integrations of the framework with host frameworks (the core never imports them)."""

@@ -1,0 +1,63 @@
+"""``manage.py projection_status [NAME ...] [--json]``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from framework.contrib.django import operations
+from framework.contrib.django.conf import get_projections
+from framework.errors import FrameworkError
+
+
+class Command(BaseCommand):
+    help = (
+        "Show each projection's positions, the store's head, the lag (events not yet applied) "
+        "and its dead letters. Exits 0 even when projections lag; --json for scripts."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("names", nargs="*", metavar="NAME", help="projections (default: all)")
+        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            known = get_projections()
+            unknown = [n for n in options["names"] if n not in known]
+            if unknown:
+                raise CommandError(
+                    f"unknown projection(s): {', '.join(unknown)}; known: "
+                    f"{', '.join(sorted(known))}"
+                )
+            rows = operations.status_rows(names=options["names"] or None)
+        except FrameworkError as error:
+            raise CommandError(str(error)) from error
+        if options["json"]:
+            self.stdout.write(json.dumps([r.as_json() for r in rows], indent=2))
+            return
+        header = ("projection", "version", "positions", "head", "lag", "dead letters")
+        table = [
+            (
+                r.name,
+                str(r.version)
+                if r.stored_version in (None, r.version)
+                else f"{r.version} (tables: {r.stored_version})",
+                r.positions_text or "-",
+                r.head_text or "-",
+                str(r.lag) if r.error is None else "?",
+                str(r.dead_letter_count),
+            )
+            for r in rows
+        ]
+        widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header)]
+        self.stdout.write("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+        for r, row in zip(rows, table, strict=True):
+            line = "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
+            if r.error:
+                self.stdout.write(self.style.ERROR(f"{line}  {r.error}"))
+            elif r.lag or r.dead_letter_count:
+                self.stdout.write(self.style.WARNING(line))
+            else:
+                self.stdout.write(line)

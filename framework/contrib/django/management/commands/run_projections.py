@@ -1,0 +1,129 @@
+"""``manage.py run_projections [NAME ...] [--until-caught-up]``."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from framework.contrib.django import checks
+from framework.contrib.django.conf import (
+    get_application,
+    get_engine,
+    get_projections,
+    get_settings,
+)
+from framework.contrib.django.operations import DjangoProjectionWorker
+from framework.errors import FrameworkError
+
+
+class Command(BaseCommand):
+    help = (
+        "Run projection workers: consume the event store and keep the read models up to date. "
+        "Runs every projection in KEEL['PROJECTIONS'] (or the NAMEs given), one thread each, "
+        "until SIGTERM or Ctrl-C, which stop them cleanly between batches. Several processes "
+        "may run the same projection: on Kafka they share its partitions."
+    )
+    requires_system_checks: list[str] = []  # run below, after marking this a worker
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "names", nargs="*", metavar="NAME", help="projections to run (default: all)"
+        )
+        parser.add_argument(
+            "--until-caught-up",
+            action="store_true",
+            help="stop once every projection has applied the events that existed at start",
+        )
+        parser.add_argument(
+            "--batch-size", type=int, default=None, help="events per SQL transaction"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        checks.running_worker = True
+        self.check(display_num_errors=False)
+        alias = get_settings().readmodels_database
+        for message in checks.check_alembic_head(databases=[alias]):
+            self.stderr.write(self.style.WARNING(f"{message.id}: {message.msg} {message.hint}"))
+        if settings.DEBUG:
+            self.stderr.write(
+                self.style.WARNING(
+                    "DEBUG=True: a long-running worker keeps every query in memory; run it with "
+                    "DEBUG=False (DJANGO_DEBUG=0) outside development."
+                )
+            )
+        try:
+            known = get_projections()
+        except FrameworkError as error:
+            raise CommandError(str(error)) from error
+        names = options["names"] or list(known)
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise CommandError(
+                f"unknown projection(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        if not names:
+            raise CommandError("no projections are configured: set KEEL['PROJECTIONS']")
+        overrides = {"batch_size": options["batch_size"]} if options["batch_size"] else {}
+        stop = threading.Event()
+        try:
+            store = get_application().store
+            engine = get_engine()
+        except FrameworkError as error:
+            raise CommandError(str(error)) from error
+        workers = [DjangoProjectionWorker(known[n], store, engine, **overrides) for n in names]
+        failures: dict[str, BaseException] = {}
+
+        def run(worker: DjangoProjectionWorker) -> None:
+            try:
+                worker.run(stop, until_caught_up=options["until_caught_up"])
+            except BaseException as error:  # reported by the main thread
+                failures[worker.projection.name] = error
+                stop.set()
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            self.stdout.write(f"{signal.Signals(signum).name}: stopping after the current batch")
+            stop.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        threads = [
+            threading.Thread(target=run, args=(w,), name=f"projection-{w.projection.name}")
+            for w in workers
+        ]
+        self.stdout.write(
+            self.style.SUCCESS(f"running projections: {', '.join(names)}")
+            + (" (until caught up)" if options["until_caught_up"] else " (Ctrl-C to stop)")
+        )
+        started = time.monotonic()
+        try:
+            for thread in threads:
+                thread.start()
+            while any(t.is_alive() for t in threads):
+                for thread in threads:
+                    thread.join(timeout=0.2)  # short joins keep signal handling responsive
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        for worker in workers:
+            stats = worker.stats
+            self.stdout.write(f"{worker.projection.name}: {_describe(stats)}")
+        if failures:
+            raise CommandError(
+                "; ".join(f"{name}: {type(e).__name__}: {e}" for name, e in failures.items())
+            )
+        self.stdout.write(f"stopped after {time.monotonic() - started:.1f}s")
+
+
+def _describe(stats: Any) -> str:
+    fields = getattr(stats, "__dataclass_fields__", None)
+    if not fields:
+        return str(stats)
+    return ", ".join(f"{name}={getattr(stats, name)}" for name in fields)

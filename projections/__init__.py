@@ -1,0 +1,21 @@
+"""The sample shop's read models: SQLAlchemy tables and the projections that fill them.
+
+=====================  ==========================================================================
+``customers``          one row per customer (name, e-mail, address, status)
+``orders``             orders enriched with the customer's name and country (a stream-table join:
+                       the projection keeps the customer data it needs in its own table)
+``sales_per_hour``     a tumbling window: confirmed orders and revenue per hour of confirmation
+``order_history``      every event of every order (version, type, payload, metadata, time)
+=====================  ==========================================================================
+
+Alembic migrates the tables (``migrations/versions``); workers fill them
+(``manage.py run_projections``).
+"""
+
+MODULES = [
+    "projections.customers",
+    "projections.orders",
+    "projections.sales",
+    "projections.order_history",
+]
+"""Every module with a projection (Alembic's env imports them for its target metadata)."""

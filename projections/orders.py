@@ -1,0 +1,188 @@
+"""Orders enriched with their customer's name and country: a stream-table join.
+
+The projection keeps the customer data it needs in a table of its own
+(``shop_order_customers``), fed by customer events, and copies it onto each order row:
+
+- An order placed for a customer shows that customer's name, city and country.
+- **An address change updates the customer's orders that were never confirmed** (the open ones,
+  and those cancelled while open, which never got a ship-to address). From confirmation on an
+  order shows the ship-to address recorded in its ``Confirmed`` event: where it actually goes.
+- Customer and order events may sit in different partitions (Kafka keys events by aggregate id),
+  so a worker can see an order before its customer. The row is then written without the
+  customer data and filled in when the customer's events arrive. Either way round, the final
+  rows are the same: a rebuild gives an identical table.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from framework.projection import Projection, handles, upsert
+from sample_app.shop.domain import Customer, Order, OrderStatus
+
+metadata = sa.MetaData()
+
+orders = sa.Table(
+    "shop_orders",
+    metadata,
+    sa.Column("order_id", sa.Uuid, primary_key=True),
+    sa.Column("customer_id", sa.Uuid, nullable=False),
+    sa.Column("customer_name", sa.String(100), nullable=True),
+    sa.Column("customer_city", sa.String(100), nullable=True),
+    sa.Column("customer_country", sa.String(2), nullable=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("line_count", sa.Integer, nullable=False),
+    sa.Column("item_count", sa.Integer, nullable=False),
+    sa.Column("total", sa.Numeric(14, 2), nullable=False),
+    sa.Column("lines", sa.JSON, nullable=False),
+    sa.Column("gift_wrap", sa.Boolean, nullable=False),
+    sa.Column("requested_delivery", sa.Date, nullable=True),
+    sa.Column("carrier", sa.String(20), nullable=True),
+    sa.Column("tracking_number", sa.String(40), nullable=True),
+    sa.Column("placed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("confirmed_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("shipped_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("cancelled_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Index("ix_shop_orders_customer", "customer_id"),
+    sa.Index("ix_shop_orders_status", "status"),
+    sa.Index("ix_shop_orders_placed_at", "placed_at"),
+)
+
+order_customers = sa.Table(
+    "shop_order_customers",
+    metadata,
+    sa.Column("customer_id", sa.Uuid, primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("city", sa.String(100), nullable=False),
+    sa.Column("country", sa.String(2), nullable=False),
+)
+
+
+def _lines(lines: list[Any]) -> list[dict[str, Any]]:
+    return [
+        {"product": x.product, "quantity": x.quantity, "unit_price": str(x.unit_price)}
+        for x in lines
+    ]
+
+
+def _totals(lines: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "lines": lines,
+        "line_count": len(lines),
+        "item_count": sum(x["quantity"] for x in lines),
+        "total": sum((Decimal(x["unit_price"]) * x["quantity"] for x in lines), Decimal("0")),
+    }
+
+
+class OrdersProjection(Projection):
+    name = "orders"
+    version = 1
+    metadata = metadata
+    orders = orders
+    order_customers = order_customers
+
+    # -- the customer side of the join ------------------------------------------------------
+
+    @handles(Customer.Registered, Customer.AddressChanged)
+    def customer_changed(self, event: Any, conn: Connection) -> None:
+        values: dict[str, Any] = {"city": event.address.city, "country": event.address.country}
+        if hasattr(event, "name"):
+            values["name"] = event.name
+            upsert(conn, self.order_customers, {"customer_id": event.originator_id, **values})
+        else:
+            conn.execute(
+                self.order_customers.update()
+                .where(self.order_customers.c.customer_id == event.originator_id)
+                .values(**values)
+            )
+        table = self.orders
+        mine = table.c.customer_id == event.originator_id
+        if "name" in values:  # orders seen before their customer get the name now
+            conn.execute(table.update().where(mine).values(customer_name=values["name"]))
+        conn.execute(
+            table.update()
+            .where(mine, table.c.confirmed_at.is_(None))
+            .values(customer_city=values["city"], customer_country=values["country"])
+        )
+
+    # -- orders ------------------------------------------------------------------------------
+
+    @handles(Order.Placed)
+    def placed(self, event: Any, conn: Connection) -> None:
+        customer = conn.execute(
+            sa.select(self.order_customers).where(
+                self.order_customers.c.customer_id == event.customer_id
+            )
+        ).first()
+        conn.execute(
+            self.orders.insert().values(
+                order_id=event.originator_id,
+                customer_id=event.customer_id,
+                customer_name=customer.name if customer else None,
+                customer_city=customer.city if customer else None,
+                customer_country=customer.country if customer else None,
+                status=OrderStatus.OPEN.value,
+                gift_wrap=event.gift_wrap,
+                requested_delivery=event.requested_delivery,
+                placed_at=event.timestamp,
+                updated_at=event.timestamp,
+                version=event.originator_version,
+                **_totals(_lines(event.lines)),
+            )
+        )
+
+    @handles(Order.LineAdded)
+    def line_added(self, event: Any, conn: Connection) -> None:
+        lines = [*self._current_lines(conn, event), *_lines([event.line])]
+        self._update(conn, event, **_totals(lines))
+
+    @handles(Order.LineRemoved)
+    def line_removed(self, event: Any, conn: Connection) -> None:
+        lines = [x for x in self._current_lines(conn, event) if x["product"] != event.product]
+        self._update(conn, event, **_totals(lines))
+
+    @handles(Order.Confirmed)
+    def confirmed(self, event: Any, conn: Connection) -> None:
+        self._update(
+            conn,
+            event,
+            status=OrderStatus.CONFIRMED.value,
+            confirmed_at=event.timestamp,
+            customer_city=event.ship_to.city,
+            customer_country=event.ship_to.country,
+        )
+
+    @handles(Order.Shipped)
+    def shipped(self, event: Any, conn: Connection) -> None:
+        self._update(
+            conn,
+            event,
+            status=OrderStatus.SHIPPED.value,
+            shipped_at=event.timestamp,
+            carrier=event.carrier.value,
+            tracking_number=event.tracking_number,
+        )
+
+    @handles(Order.Cancelled)
+    def cancelled(self, event: Any, conn: Connection) -> None:
+        self._update(conn, event, status=OrderStatus.CANCELLED.value, cancelled_at=event.timestamp)
+
+    def _current_lines(self, conn: Connection, event: Any) -> list[dict[str, Any]]:
+        found = conn.execute(
+            sa.select(self.orders.c.lines).where(self.orders.c.order_id == event.originator_id)
+        ).scalar_one()
+        return list(found)
+
+    def _update(self, conn: Connection, event: Any, **values: Any) -> None:
+        table = self.orders
+        conn.execute(
+            table.update()
+            .where(table.c.order_id == event.originator_id)
+            .values(updated_at=event.timestamp, version=event.originator_version, **values)
+        )

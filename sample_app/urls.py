@@ -1,0 +1,11 @@
+"""URLs of the sample shop: the admin, and the JSON API under /api/."""
+
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import RedirectView
+
+urlpatterns = [
+    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("admin/", admin.site.urls),
+    path("api/", include("sample_app.shop.urls")),
+]
