@@ -71,6 +71,12 @@ def _state_model(cls: type[Any], skip: frozenset[str]) -> type[BaseModel]:
     return model
 
 
+@functools.cache
+def _has_originator_topic(cls: type[Any]) -> bool:
+    # Cached: typing.get_type_hints walks the MRO and evaluates every annotation on each call.
+    return "originator_topic" in typing.get_type_hints(cls)
+
+
 def _to_json(value: Any, what: str) -> bytes:
     try:
         return pydantic_core.to_json(value)
@@ -112,7 +118,9 @@ class EventCodec:
         state = self._upcast(cls, state, payload.get("v", 1), recorded)
         model = _state_model(cls, _ENVELOPE_FIELDS)
         try:
-            values = dict(model.model_validate(state))
+            # __dict__, not dict(model): dict() probes the model for `keys` through pydantic's slow
+            # __getattr__, which cost a third of every decode.
+            values = model.model_validate(state).__dict__.copy()
             metadata = Metadata.model_validate(payload.get("meta") or {})
         except ValidationError as error:
             raise EventDecodingError(
@@ -121,7 +129,7 @@ class EventCodec:
             ) from error
         values["originator_id"] = recorded.aggregate_id
         values["originator_version"] = recorded.version
-        if "originator_topic" in typing.get_type_hints(cls):
+        if _has_originator_topic(cls):
             values["originator_topic"] = get_topic(event_types.owner_of(cls))
         event = object.__new__(cls)
         object.__setattr__(event, "__dict__", values)
