@@ -378,20 +378,25 @@ class CommandForm(_LeafForm):
         )
 
     def _post_clean(self) -> None:
+        # pydantic runs even when some fields failed Django's own parsing, so every error shows
+        # at once; it does not repeat an error on a field that has one already.
         formsets_valid = all(fs.is_valid() for fs in self.formsets.values())
-        if self._errors or not formsets_valid:
-            return
         data = self.model_input()
         rows: dict[str, list[ModelRowForm]] = {}
         for name, formset in self.formsets.items():
-            filled = formset.rows()
+            filled = (
+                formset.rows() if formset.is_bound and formset.management_form.is_valid() else []
+            )
             rows[name] = [form for form, _ in filled]
             data[name] = [row for _, row in filled]
         try:
-            self.command = self.command_class.parse(data)
+            command = self.command_class.parse(data)
         except CommandValidationError as error:
             for problem in error.errors:
                 self._place_error(tuple(problem.get("loc", ())), problem.get("msg", ""), rows)
+            return
+        if not self._errors and formsets_valid:
+            self.command = command
 
     def _place_error(
         self, loc: tuple[Any, ...], message: str, rows: dict[str, list[ModelRowForm]]
@@ -401,11 +406,15 @@ class CommandForm(_LeafForm):
             formset = self.formsets[loc[0]]
             if len(loc) >= 2 and isinstance(loc[1], int) and loc[1] < len(rows[loc[0]]):
                 row = rows[loc[0]][loc[1]]
-                row.add_error(row.field_for(loc[2:]) if len(loc) > 2 else None, message)
+                field = row.field_for(loc[2:]) if len(loc) > 2 else None
+                if field is None or field not in row.errors:
+                    row.add_error(field, message)
             else:
                 formset._non_form_errors.append(message)  # type: ignore[union-attr]
             return
         name = self.field_for(loc) if loc else None
+        if name is not None and name in self._errors:
+            return  # Django could not even parse it; its message says more
         if name is None and loc:
             message = f"{_label(tuple(str(p) for p in loc))}: {message}"
         self.add_error(name, message)
