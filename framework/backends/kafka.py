@@ -46,9 +46,12 @@ from typing import Any, TextIO
 from urllib.parse import parse_qsl, unquote, urlsplit
 from uuid import UUID
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaError
-
+from framework.backends.kafka_client import (
+    KafkaAdminClient,
+    KafkaConsumer,
+    KafkaError,
+    KafkaProducer,
+)
 from framework.backends.kafka_feed import KafkaFeedReader
 from framework.backends.kafka_index import (
     LocalIndex,
@@ -292,6 +295,9 @@ class KafkaEventStore(EventStore):
             request_timeout_ms=min(int(self._settings.commit_timeout * 1000) - 1, 10000),
             max_block_ms=int(self._settings.commit_timeout * 1000),
             allow_auto_create_topics=False,
+            # init_transactions and the first AddPartitionsToTxn poll while the coordinator
+            # settles the previous epoch; 100 ms steps double the cost of taking a writer over.
+            retry_backoff_ms=20,
             **self._security,
             **settings,
         )

@@ -4,6 +4,11 @@ The consumer reads with ``read_committed`` (aborted transactions never show), ne
 offsets to Kafka (``enable_auto_commit=False``; the worker keeps its positions in its own
 database) and, when the group gives it partitions, asks the worker where to start in each and
 seeks there. Offsets of consecutive events may differ by more than one (commit markers).
+
+The rebalance listener runs on kafka-python's network thread, so it only calls ``on_assign``
+and seeks. If ``on_assign`` raises, the partitions it was given stay paused (nothing is read
+from an unknown position), its error is raised from the next ``poll``, and the poll after that
+asks ``on_assign`` again.
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError
-
+from framework.backends.kafka_client import (
+    ConsumerRebalanceListener,
+    KafkaConsumer,
+    KafkaError,
+    TopicPartition,
+)
 from framework.backends.kafka_records import decode_record
 from framework.errors import StoreUnavailableError
 from framework.persistence import FeedReader, OnAssign, OnRevoke, RecordedEvent
@@ -32,20 +39,32 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self._reader = reader
 
     def on_partitions_revoked(self, revoked: Any) -> None:
+        self._reader.unstarted.difference_update(revoked)
         parts = {tp.partition for tp in revoked}
         if parts and self._reader.on_revoke is not None:
-            self._reader.on_revoke(parts)
+            try:
+                self._reader.on_revoke(parts)
+            except Exception as error:  # raised from the next poll, in the worker's thread
+                self._reader.callback_error = error
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         parts = {tp.partition for tp in assigned}
         if not parts:
             return
-        starts = dict(self._reader.on_assign(parts))
+        consumer = self._reader.consumer
+        try:
+            starts = dict(self._reader.on_assign(parts))
+        except Exception as error:
+            # Without a start position nothing may be read: hold the partitions, raise the
+            # worker's own error from the next poll (kafka-python would wrap it) and ask again
+            # on the poll after.
+            consumer.pause(*assigned)
+            self._reader.unstarted.update(assigned)
+            self._reader.callback_error = error
+            return
         for partition in parts:
             # A partition the worker has no position for starts at the beginning of the log.
-            self._reader.consumer.seek(
-                TopicPartition(self._reader.topic, partition), starts.get(partition, 0)
-            )
+            consumer.seek(TopicPartition(self._reader.topic, partition), starts.get(partition, 0))
 
 
 class KafkaFeedReader(FeedReader):
@@ -64,6 +83,8 @@ class KafkaFeedReader(FeedReader):
         self.topic = topic
         self.on_assign = on_assign
         self.on_revoke = on_revoke
+        self.callback_error: Exception | None = None
+        self.unstarted: set[Any] = set()  # assigned partitions on_assign failed for
         try:
             self.consumer = new_consumer(
                 group_id=group,
@@ -78,10 +99,14 @@ class KafkaFeedReader(FeedReader):
 
     def poll(self, *, max_records: int, timeout: float) -> list[RecordedEvent]:
         """The next events of the assigned partitions, each partition in offset order."""
+        self._raise_callback_error()
+        self._start_held_partitions()
         try:
             batch = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
         except KafkaError as error:
+            self._raise_callback_error()
             raise StoreUnavailableError(f"cannot read {self.topic!r}: {error}") from error
+        self._raise_callback_error()
         events = []
         for tp in sorted(batch, key=lambda tp: tp.partition):
             for r in batch[tp]:
@@ -94,6 +119,25 @@ class KafkaFeedReader(FeedReader):
                     )
                 events.append(event)
         return events
+
+    def _start_held_partitions(self) -> None:
+        held = self.unstarted & set(self.consumer.assignment())
+        self.unstarted.clear()
+        if not held:
+            return
+        try:
+            starts = dict(self.on_assign({tp.partition for tp in held}))
+        except Exception:
+            self.unstarted.update(held)
+            raise
+        for tp in held:
+            self.consumer.seek(tp, starts.get(tp.partition, 0))
+        self.consumer.resume(*held)
+
+    def _raise_callback_error(self) -> None:
+        error, self.callback_error = self.callback_error, None
+        if error is not None:
+            raise error
 
     def seek(self, partition: int, offset: int) -> None:
         """Make the next poll of ``partition`` start at ``offset``."""

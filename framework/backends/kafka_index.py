@@ -26,9 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from uuid import UUID
 
-from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
-
+from framework.backends.kafka_client import KafkaConsumer, KafkaError, TopicPartition
 from framework.backends.kafka_records import decode_record
 from framework.errors import ConfigurationError, StoreUnavailableError
 from framework.persistence import RecordedEvent, Snapshot
@@ -318,7 +316,7 @@ class TopicIndex:
             raise StoreUnavailableError(
                 f"cannot read the end offsets of {self.topic}: {error}"
             ) from error
-        return {tp.partition: int(offset) for tp, offset in ends.items()}
+        return {tp.partition: int(ends[tp]) for tp in sorted(ends, key=lambda tp: tp.partition)}
 
     def _tps(self, partitions: Iterable[int] | None) -> list[TopicPartition]:
         chosen = range(self.partitions) if partitions is None else sorted(set(partitions))

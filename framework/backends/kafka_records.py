@@ -15,8 +15,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from kafka.partitioner.default import murmur2
-
+from framework.backends.kafka_client import murmur2
 from framework.persistence import NewEvent, RecordedEvent
 
 __all__ = [

@@ -22,10 +22,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import ConfigResource, ConfigResourceType
-from kafka.errors import KafkaError, TopicAlreadyExistsError
-
+from framework.backends.kafka_client import (
+    ConfigResource,
+    ConfigResourceType,
+    KafkaAdminClient,
+    KafkaConsumer,
+    KafkaError,
+    KafkaProducer,
+    TopicAlreadyExistsError,
+    TopicPartition,
+)
 from framework.errors import (
     ConfigurationError,
     StoreUnavailableError,
@@ -38,6 +44,7 @@ __all__ = ["Layout", "TopicInfo", "check_topic_configs", "prepare_topic"]
 log = logging.getLogger(__name__)
 
 DEFAULT_PARTITIONS = 3
+_warned: set[str] = set()  # topics already warned about in this process
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,9 @@ def check_topic_configs(topic: str, configs: Mapping[str, str], replication_fact
             f"min.insync.replicas={min_isr}: an append acknowledged by one broker is lost with "
             "it. Set min.insync.replicas=2"
         )
+    if topic in _warned:
+        return
+    _warned.add(topic)
     if replication_factor == 1:
         log.warning(
             "topic %r has a single replica: fine for development, but events are lost with the "

@@ -29,9 +29,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka import KafkaProducer
-from kafka.errors import InvalidProducerEpochError, KafkaError, ProducerFencedError
-
+from framework.backends.kafka_client import (
+    InvalidProducerEpochError,
+    KafkaError,
+    KafkaProducer,
+    ProducerFencedError,
+)
 from framework.backends.kafka_index import TopicIndex
 from framework.backends.kafka_records import encode_event
 from framework.errors import (
@@ -257,7 +260,7 @@ class ShardWriter:
                 return
             if pending:
                 # Writers of one shard in several processes take turns: back off at random.
-                time.sleep(random.uniform(0, min(0.5, 0.01 * 2 ** min(attempt, 6))))
+                time.sleep(random.uniform(0, min(1.0, 0.025 * 2**attempt)))
 
     def _ready_producer(self) -> KafkaProducer:
         """The producer, (re)initialised and with the shard's partitions read to the end."""
@@ -371,7 +374,11 @@ class ShardWriter:
     ) -> list[AppendRequest]:
         """Find out whether an unanswered commit happened; return the appends to write again."""
         self._drop_producer()
-        log.warning("commit of %s did not answer; settling it", self.transactional_id)
+        log.warning(
+            "commit of %s got no definite answer (%r); settling it",
+            self.transactional_id,
+            unknown.__cause__,
+        )
         try:
             self._ready_producer()
         except StoreUnavailableError as error:
