@@ -68,6 +68,8 @@ class ApplierStats:
     held: int = 0
     outage_retries: int = 0
     outage_delays: list[float] = field(default_factory=list)
+    outage_episodes: list[list[float]] = field(default_factory=list)
+    """The backoff delays of each outage (one list per outage)."""
     outage_seconds: float = 0.0
     """Time spent waiting for the database to come back."""
 
@@ -322,9 +324,11 @@ class Applier:
                     raise
                 if down_since is None:
                     down_since = time.monotonic()
+                    self.stats.outage_episodes.append([])
                 delay = backoff.next()
                 self.stats.outage_retries += 1
                 self.stats.outage_delays.append(delay)
+                self.stats.outage_episodes[-1].append(delay)
                 log.warning(
                     "%s: the read-model database is unavailable (%s); retry %d in %.2fs",
                     self.projection.key,

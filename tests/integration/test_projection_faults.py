@@ -66,13 +66,13 @@ def test_t3_worker_process_sigkilled_at_random_points(
     traffic.run(100)
     engine = ready_engine(db_url)
     rng = random.Random(20)
-    env = {**os.environ, "KEEL_TEST_HANDLER_DELAY": "0.003", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "KEEL_TEST_HANDLER_DELAY": "0.002", "PYTHONPATH": str(REPO)}
     command = [
         PYTHON, "-m", "framework.worker", "run", "tests.projection_domain:CartSummary",
         "--app", "carts", "--store", store_url, "--database", db_url, "--batch-size", "4",
     ]  # fmt: skip
     stop_writer = threading.Event()
-    writer = traffic.in_thread(stop_writer, pause=0.01)
+    writer = traffic.in_thread(stop_writer, pause=0.03)
     kills = starts = 0
     catchups: list[float] = []
     deadline = time.monotonic() + 150

@@ -150,7 +150,9 @@ class Traffic:
         elif r < 0.9:
             cart = self.rng.choice(self.open)
             sku = f"sku{self.rng.randint(1, 5)}"
-            result = self.app.execute(AddItem(cart_id=cart, sku=sku, quantity=self.rng.randint(1, 3)))
+            result = self.app.execute(
+                AddItem(cart_id=cart, sku=sku, quantity=self.rng.randint(1, 3))
+            )
         else:
             cart = self.open.pop(self.rng.randrange(len(self.open)))
             result = self.app.execute(CheckOut(cart_id=cart))

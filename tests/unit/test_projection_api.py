@@ -101,9 +101,7 @@ def test_unhandled_events_and_command_records_are_never_decoded(
     app.execute(CheckOut(cart_id=CART))
     decoded: list[str] = []
     real = codec_module.codec.decode
-    monkeypatch.setattr(
-        codec_module.codec, "decode", lambda r: decoded.append(r.topic) or real(r)
-    )
+    monkeypatch.setattr(codec_module.codec, "decode", lambda r: decoded.append(r.topic) or real(r))
     projection = OnlyCheckouts()
     setup_tables(engine, projection)
     stats = ProjectionWorker(projection, store, engine).run(until_caught_up=True)
@@ -133,9 +131,7 @@ def test_redelivered_events_are_skipped_and_a_stale_worker_rolls_back(
     assert first.applier.positions[0] == store.head()[0]  # re-read from the database
     assert digest(engine, CartSummary().tables) != before
     with engine.connect() as conn:
-        assert conn.execute(sa.select(CartSummary.event_log.c.applied).distinct()).all() == [
-            (1,)
-        ]
+        assert conn.execute(sa.select(CartSummary.event_log.c.applied).distinct()).all() == [(1,)]
 
 
 def test_position_guard(engine: sa.Engine) -> None:
@@ -184,9 +180,9 @@ def test_a_new_version_needs_a_rebuild(engine: sa.Engine) -> None:
 
     with pytest.raises(ProjectionError, match="rebuild it"):
         ProjectionWorker(CartSummaryV2(), store, engine).run(until_caught_up=True)
-    ProjectionWorker(
-        CartSummaryV2(), store, engine, rebuild_on_version_change=True
-    ).run(until_caught_up=True)
+    ProjectionWorker(CartSummaryV2(), store, engine, rebuild_on_version_change=True).run(
+        until_caught_up=True
+    )
     assert status(CartSummaryV2(), store, engine).stored_version == 2
 
 
