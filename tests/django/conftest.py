@@ -58,6 +58,14 @@ class Shop:
             return [dict(r._mapping) for r in conn.execute(query)]
 
 
+PATIENT = {"worker", "live_server", "patient"}
+
+
+@pytest.fixture
+def patient() -> None:
+    """Request it to make reads wait for the read models as long as with a worker (5 s)."""
+
+
 @pytest.fixture
 def shop(
     request: pytest.FixtureRequest,
@@ -83,7 +91,7 @@ def shop(
         **settings.KEEL,
         "EVENT_STORE": f"sqlite:///{tmp_path}/shop-events.db",
         # With a worker running, the admin waits for it; without one, it would only time out.
-        "WAIT_TIMEOUT": 5.0 if {"worker", "live_server"} & set(request.fixturenames) else 0.2,
+        "WAIT_TIMEOUT": 5.0 if PATIENT & set(request.fixturenames) else 0.2,
     }
     conf.reset()
     setup_tables(conf.get_engine(), *conf.get_projections().values())
