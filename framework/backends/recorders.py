@@ -9,6 +9,8 @@ one partition whose offsets are notification ids).
 from __future__ import annotations
 
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -69,6 +71,8 @@ class RecorderEventStore(EventStore):
         self._events = events
         self._snapshots = snapshots
         self._close = close
+        self._readers: weakref.WeakSet[PollingFeedReader] = weakref.WeakSet()
+        self._readers_lock = threading.Lock()
 
     @property
     def partitions(self) -> int:
@@ -88,7 +92,15 @@ class RecorderEventStore(EventStore):
         ]
         with translated_errors():
             ids = self._events.insert_events(stored)
+        self._wake_readers()
         return {0: max(ids or [0]) + 1}
+
+    def _wake_readers(self) -> None:
+        # Feed readers of this process see an append at once, not after their poll timeout.
+        with self._readers_lock:
+            readers = list(self._readers)
+        for reader in readers:
+            reader.wake()
 
     def read(
         self, aggregate_id: UUID, *, after_version: int = 0, up_to_version: int | None = None
@@ -136,7 +148,10 @@ class RecorderEventStore(EventStore):
     def feed(
         self, group: str, *, on_assign: OnAssign, on_revoke: OnRevoke | None = None
     ) -> FeedReader:
-        return PollingFeedReader(self, on_assign)
+        reader = PollingFeedReader(self, on_assign)
+        with self._readers_lock:
+            self._readers.add(reader)
+        return reader
 
     def close(self) -> None:
         self._close()
@@ -146,18 +161,31 @@ class PollingFeedReader(FeedReader):
     """Reads a one-partition store by polling; every reader owns partition 0.
 
     The embedded backends run one worker per projection, so there is no group to share with.
+    An append through the same store object wakes a waiting poll at once; appends by other
+    processes are seen at the next re-check, every ``recheck`` seconds.
     """
+
+    recheck = 0.05
 
     def __init__(self, store: EventStore, on_assign: OnAssign) -> None:
         self._store = store
         self._next = dict(on_assign({0}))
         self._next.setdefault(0, 0)
         self._wakeup = threading.Event()
+        self._closed = False
+
+    def wake(self) -> None:
+        """Make a waiting :meth:`poll` read again now."""
+        self._wakeup.set()
 
     def poll(self, *, max_records: int, timeout: float) -> list[RecordedEvent]:
         events = self._store.read_partition(0, start=self._next[0], limit=max_records)
-        if not events and timeout > 0:
-            self._wakeup.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while not events and not self._closed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wakeup.wait(min(remaining, self.recheck))
             self._wakeup.clear()
             events = self._store.read_partition(0, start=self._next[0], limit=max_records)
         if events:
@@ -171,6 +199,7 @@ class PollingFeedReader(FeedReader):
         return {0}
 
     def close(self) -> None:
+        self._closed = True
         self._wakeup.set()
 
 
