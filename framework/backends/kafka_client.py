@@ -25,6 +25,7 @@ with warnings.catch_warnings():
     from kafka.errors import (
         InvalidProducerEpochError,
         KafkaError,
+        KafkaTimeoutError,
         ProducerFencedError,
         TopicAlreadyExistsError,
     )
@@ -39,6 +40,7 @@ __all__ = [
     "KafkaConsumer",
     "KafkaError",
     "KafkaProducer",
+    "KafkaTimeoutError",
     "ProducerFencedError",
     "TopicAlreadyExistsError",
     "TopicPartition",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import queue
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -219,16 +220,17 @@ class ShardWriter:
         last: StoreError = StoreUnavailableError("nothing was written")
         while pending:
             attempt += 1
-            if attempt > 1 and (time.monotonic() > deadline or failures >= 3):
+            if attempt > 1 and (time.monotonic() >= deadline or failures >= 3):
                 for request in pending:
                     request.fail(last)
                 return
             try:
                 producer = self._ready_producer()
             except StoreUnavailableError as error:
-                for request in pending:
-                    request.fail(error)
-                return
+                # Nothing of this batch is written; the cluster may come back before the deadline.
+                last = error
+                time.sleep(min(1.0, 0.1 * attempt))
+                continue
             accepted = self._check(pending)
             if not accepted:
                 return
@@ -236,7 +238,7 @@ class ShardWriter:
                 recorded = self._transact(producer, accepted)
             except _Unknown as unknown:
                 self.stats["unknown"] += 1
-                pending = self._settle_unknown(accepted, unknown)
+                pending = self._settle_unknown(accepted, unknown, deadline)
                 last = StoreUnavailableError(
                     "commits kept timing out (each was settled as not written); nothing was written"
                 )
@@ -279,7 +281,11 @@ class ShardWriter:
                 f"cannot initialise transactions for {self.transactional_id}: {error}"
             ) from error
         self.stats["inits"] += 1
-        self._topic_index.catch_up(self.partitions, force=True)
+        try:
+            self._topic_index.catch_up(self.partitions, force=True)
+        except StoreUnavailableError:
+            _close_quietly(producer)
+            raise
         self._producer = producer
         return producer
 
@@ -366,11 +372,11 @@ class ShardWriter:
             call_bounded(producer.abort_transaction, self._settings.commit_timeout, "abort")
         except (KafkaError, BoundedCallTimeout) as error:
             # A transaction we never asked to commit cannot commit; the next init aborts it.
-            log.info("abort of %s failed (%s); re-initialising", self.transactional_id, error)
+            log.debug("abort of %s failed (%s); re-initialising", self.transactional_id, error)
         self._drop_producer()
 
     def _settle_unknown(
-        self, accepted: list[AppendRequest], unknown: _Unknown
+        self, accepted: list[AppendRequest], unknown: _Unknown, deadline: float
     ) -> list[AppendRequest]:
         """Find out whether an unanswered commit happened; return the appends to write again."""
         self._drop_producer()
@@ -379,17 +385,24 @@ class ShardWriter:
             self.transactional_id,
             unknown.__cause__,
         )
-        try:
-            self._ready_producer()
-        except StoreUnavailableError as error:
-            for request in accepted:
-                request.fail(
-                    OutcomeUnknownError(
-                        f"the commit did not answer and the store could not find out whether "
-                        f"it happened ({error}); retry with the same command id"
-                    )
-                )
-            return []
+        delay = 0.1
+        while True:
+            try:
+                self._ready_producer()
+                break
+            except StoreUnavailableError as error:
+                # The cluster may be electing a new leader or coordinator: keep asking a while.
+                if time.monotonic() + delay > deadline:
+                    for request in accepted:
+                        request.fail(
+                            OutcomeUnknownError(
+                                "the commit did not answer and the store could not find out "
+                                f"whether it happened ({error}); retry with the same command id"
+                            )
+                        )
+                    return []
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
         again = []
         index = self._topic_index.index
         for request, recorded in zip(accepted, unknown.args[0], strict=True):
@@ -405,7 +418,13 @@ class ShardWriter:
 
     def _finish(self, accepted: list[AppendRequest], recorded: list[list[RecordedEvent]]) -> None:
         everything = [event for events in recorded for event in events]
-        self._topic_index.index.add_committed(everything)
+        try:
+            self._topic_index.index.add_committed(everything)
+        except sqlite3.Error:
+            # The check of the next batch must see these events: re-initialising reads the
+            # shard's partitions to the end again.
+            log.exception("could not index the committed events; re-initialising the writer")
+            self._drop_producer()
         self._wait_stable(everything)
         for request, events in zip(accepted, recorded, strict=True):
             request.succeed(events)

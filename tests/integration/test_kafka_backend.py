@@ -20,6 +20,7 @@ from framework.backends.kafka_client import (
     KafkaAdminClient,
     KafkaConsumer,
     KafkaProducer,
+    KafkaTimeoutError,
     TopicPartition,
 )
 from framework.backends.kafka_records import NIL_UUID, partition_for
@@ -28,6 +29,7 @@ from framework.errors import (
     ConfigurationError,
     CrossShardCommandError,
     EventTooLargeError,
+    OutcomeUnknownError,
     TopicLayoutChangedError,
     UnsafeConfigurationError,
 )
@@ -428,3 +430,68 @@ def test_a_failing_on_assign_holds_its_partitions_and_is_asked_again(
         assert calls == [set(range(store.partitions))] * 2
     finally:
         reader.close()
+
+
+@pytest.mark.timeout(120)
+def test_an_unanswered_commit_is_settled_by_looking_in_the_topic(
+    url: str, name: str, kafka_bootstrap: str
+) -> None:
+    """A commit that does not answer in time: committed (the answer was lost), never sent, or
+    unknowable (the writer cannot re-initialise)."""
+    store = open_store(f"{url}&commit_timeout=1.5&append_timeout=3", name=name)
+    assert isinstance(store, KafkaEventStore)
+    mode = {"commit": "normal", "init": "normal"}
+    factory = store._new_producer
+
+    def producer(**settings: object) -> KafkaProducer:
+        made = factory(**settings)
+        commit, init = made.commit_transaction, made.init_transactions
+
+        def hanging_commit() -> None:
+            how, mode["commit"] = mode["commit"], "normal"
+            if how == "lose-answer":
+                commit()
+            if how != "normal":
+                time.sleep(4)  # longer than commit_timeout: the writer gives up waiting
+                return
+            commit()
+
+        def failing_init() -> None:
+            if mode["init"] == "fail":
+                raise KafkaTimeoutError("injected: the coordinator is unreachable")
+            init()
+
+        made.commit_transaction = hanging_commit
+        made.init_transactions = failing_init
+        return made
+
+    store._new_producer = producer  # type: ignore[method-assign]
+    try:
+        a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        store.append([ev(a, 1)])  # the writer is up
+        mode["commit"] = "lose-answer"
+        found = store.append([ev(a, 2, b"answer lost")])
+        mode["commit"] = "never-sent"
+        rewritten = store.append([ev(b, 1, b"never sent")])
+        mode["commit"], mode["init"] = "lose-answer", "fail"
+        with pytest.raises(OutcomeUnknownError):
+            store.append([ev(c, 1, b"unknowable")])
+        mode["init"] = "normal"
+        with pytest.raises(ConcurrencyError):  # it had landed: a retry finds the version taken
+            store.append([ev(c, 1, b"unknowable")])
+        stats = writer_stats(store)[0]
+        assert found == {store.partition_for(a): store.read(a)[-1].offset + 1}
+        assert rewritten == {store.partition_for(b): store.read(b)[-1].offset + 1}
+        states = Counter(
+            e.state
+            for p in range(store.partitions)
+            for e in store.read_partition(p, start=0, limit=100)
+        )
+    finally:
+        store.close()
+    print(
+        f"unknown outcomes: settled={stats['unknown']} found={int(states[b'answer lost'])} "
+        f"rewritten={int(states[b'never sent'])} unknowable_landed={int(states[b'unknowable'])}"
+    )
+    assert states[b"answer lost"] == states[b"never sent"] == states[b"unknowable"] == 1
+    assert stats["unknown"] == 3
