@@ -35,21 +35,17 @@ from sqlalchemy.engine import Connection, Engine
 
 from framework.codec import codec
 from framework.database import Backoff, is_connectivity_error, read_only
-from framework.errors import PositionConflictError, ProjectionError
+from framework.errors import PositionConflictError, ProjectionError, ProjectionStoppedError
 from framework.persistence import RecordedEvent
 from framework.positions import dead_letters_table, now, read_positions, write_positions
 from framework.projection import Projection
 from framework.settings import ProjectionSettings
 
-__all__ = ["Applier", "ApplierStats", "Stopped"]
+__all__ = ["Applier", "ApplierStats"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class Stopped(ProjectionError):
-    """Internal: the stop event was set while waiting to retry."""
 
 
 @dataclass
@@ -184,7 +180,7 @@ class Applier:
             )
             self.stats.handler_retries += 1
             if not backoff.sleep(self.stop):
-                raise Stopped("stopped while retrying a failing event")
+                raise ProjectionStoppedError("stopped while retrying a failing event")
             failure = self._transact(partition, [event])
             if failure is None:
                 return
@@ -213,8 +209,10 @@ class Applier:
     ) -> _Failure | None:
         """One transaction: guard and move the position, then apply (or park) ``events``."""
         new = events[-1].offset + 1
+        held_here = [0]
 
         def work(conn: Connection) -> None:
+            held_here[0] = 0
             write_positions(
                 conn, self.projection.key, {partition: new}, {partition: self.positions[partition]}
             )
@@ -228,6 +226,7 @@ class Applier:
                     continue
                 if event.aggregate_id in held:
                     self._park(conn, event, "held", None, 0)
+                    held_here[0] += 1
                     continue
                 try:
                     self.projection.apply(codec.decode(event), conn)
@@ -244,7 +243,8 @@ class Applier:
         self.stats.transactions += 1
         if park is None:
             handled = sum(1 for e in events if e.topic in self._topics)
-            self.stats.events_applied += handled
+            self.stats.events_applied += handled - held_here[0]
+            self.stats.held += held_here[0]
             self.stats.events_skipped += len(events) - handled
         return None
 
@@ -273,7 +273,6 @@ class Applier:
         if error is None:
             error_type = "Held"
             message = "an earlier event of this aggregate is a dead letter; applied on re-drive"
-            self.stats.held += 1
         else:
             error_type = f"{type(error).__module__}.{type(error).__qualname__}"
             message = str(error)[:4000]
@@ -337,4 +336,6 @@ class Applier:
                     delay,
                 )
                 if self.stop.wait(delay):
-                    raise Stopped("stopped while the database was unavailable") from error
+                    raise ProjectionStoppedError(
+                        "stopped while the database was unavailable"
+                    ) from error

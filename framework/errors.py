@@ -28,6 +28,7 @@ also derive from the builtin they resemble, so ``except ValueError`` keeps worki
     └── ProjectionError
         ├── PositionConflictError
         ├── ProjectionTimeoutError (TimeoutError)
+        ├── ProjectionStoppedError
         └── DeadLetterError
 """
 
@@ -53,6 +54,7 @@ __all__ = [
     "OutcomeUnknownError",
     "PositionConflictError",
     "ProjectionError",
+    "ProjectionStoppedError",
     "ProjectionTimeoutError",
     "StoreError",
     "StoreUnavailableError",
@@ -184,6 +186,12 @@ class PositionConflictError(ProjectionError):
 
 class ProjectionTimeoutError(ProjectionError, TimeoutError):
     """A projection did not reach the requested positions in time."""
+
+
+class ProjectionStoppedError(ProjectionError):
+    """A worker or rebuild was asked to stop (its stop event was set) while it waited to retry
+    or before it finished; nothing half-done was committed, and a restart resumes from the
+    stored positions."""
 
 
 class DeadLetterError(ProjectionError):

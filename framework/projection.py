@@ -246,3 +246,9 @@ def upsert(
     where = [table.c[k] == values[k] for k in key]
     if not changes or conn.execute(table.update().where(*where).values(**changes)).rowcount == 0:
         conn.execute(table.insert().values(**values))
+
+
+if __name__ == "__main__":  # python -m framework.projection run module:Projection ...
+    from framework.worker import main
+
+    raise SystemExit(main())

@@ -27,8 +27,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from framework.applier import Applier, ApplierStats, Stopped
-from framework.errors import ProjectionError
+from framework.applier import Applier, ApplierStats
+from framework.errors import ProjectionError, ProjectionStoppedError
 from framework.persistence import EventStore
 from framework.positions import dead_letters_table, now, positions_table, write_version
 from framework.projection import SHADOW_SUFFIX, Projection
@@ -133,7 +133,7 @@ def rebuild(
             end = target.get(partition, 0)
             while applier.next_offset(partition) < end:
                 if stop.is_set():
-                    raise Stopped(f"{projection.name}: rebuild stopped")
+                    raise ProjectionStoppedError(f"{projection.name}: rebuild stopped")
                 start = applier.next_offset(partition)
                 batch = store.read_partition(partition, start=start, limit=settings.batch_size)
                 batch = [e for e in batch if e.offset < end]

@@ -30,9 +30,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from framework import dead_letters
-from framework.applier import Applier, ApplierStats, Stopped
-from framework.database import engine_for, read_only
-from framework.errors import ProjectionError, ProjectionTimeoutError
+from framework.applier import Applier, ApplierStats
+from framework.database import Backoff, engine_for, read_only
+from framework.errors import (
+    ProjectionError,
+    ProjectionStoppedError,
+    ProjectionTimeoutError,
+    StoreUnavailableError,
+)
 from framework.persistence import EventStore, FeedReader, RecordedEvent, group_by_partition
 from framework.positions import (
     framework_metadata,
@@ -111,13 +116,10 @@ class ProjectionWorker:
     # -- the feed -------------------------------------------------------------------------------
 
     def _on_assign(self, partitions: set[int]) -> Mapping[int, int]:
-        try:
-            starts = self.applier.load(partitions)
-        except Stopped:
-            return {}
-        log.info(
-            "%s: assigned partitions %s at %s", self.projection.key, sorted(partitions), starts
-        )
+        # Waits out a database outage; raises ProjectionStoppedError if stopped meanwhile, so
+        # the feed holds these partitions (nothing is read without its stored position).
+        starts = self.applier.load(partitions)
+        log.info("%s: assigned partitions %s at %s", self.group, sorted(partitions), starts)
         return starts
 
     def _on_revoke(self, partitions: set[int]) -> None:
@@ -146,15 +148,28 @@ class ProjectionWorker:
             self.applier.stop = stop
         try:
             self._check_version()
-        except Stopped:
+        except ProjectionStoppedError:
             return self.stats
         target = self.store.head() if until_caught_up else {}
-        self._reader = self.open_feed()
+        try:
+            self._reader = self.open_feed()
+        except ProjectionStoppedError:
+            return self.stats
+        store_backoff = Backoff(self.settings.outage_initial, self.settings.outage_max)
         try:
             while not self.stop_event.is_set():
-                events = self._reader.poll(
-                    max_records=self.settings.batch_size, timeout=self.settings.poll_timeout
-                )
+                try:
+                    events = self._reader.poll(
+                        max_records=self.settings.batch_size, timeout=self.settings.poll_timeout
+                    )
+                    store_backoff.reset()
+                except StoreUnavailableError as error:
+                    # The event store (broker) is away: nothing was read, so poll again later.
+                    delay = store_backoff.next()
+                    log.warning("%s: %s; polling again in %.2fs", self.group, error, delay)
+                    if self.stop_event.wait(delay):
+                        break
+                    continue
                 if events:
                     self.process(events)
                 if (
@@ -163,7 +178,7 @@ class ProjectionWorker:
                     and self._caught_up(target)
                 ):
                     break
-        except Stopped:
+        except ProjectionStoppedError:
             log.info("%s: stopped while waiting to retry", self.projection.key)
         finally:
             reader, self._reader = self._reader, None

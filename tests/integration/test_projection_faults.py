@@ -72,7 +72,7 @@ def test_t3_worker_process_sigkilled_at_random_points(
         "--app", "carts", "--store", store_url, "--database", db_url, "--batch-size", "4",
     ]  # fmt: skip
     stop_writer = threading.Event()
-    writer = traffic.in_thread(stop_writer, pause=0.03)
+    writer = traffic.in_thread(stop_writer, pause=0.05)
     kills = starts = 0
     catchups: list[float] = []
     deadline = time.monotonic() + 150
@@ -197,7 +197,7 @@ def test_t6_rebuild_while_commands_keep_arriving(db_urls: tuple[str, str], tmp_p
     db_url, clean_url = db_urls
     store = open_store(f"sqlite:///{tmp_path}/events.db", name="carts")
     traffic = Traffic(cart_app(store), seed=6)
-    traffic.run(600)
+    traffic.run(400)
     engine = ready_engine(db_url)
     projection = CartSummary()
     live_stop = threading.Event()
@@ -206,7 +206,7 @@ def test_t6_rebuild_while_commands_keep_arriving(db_urls: tuple[str, str], tmp_p
     live_thread.start()
     wait_until(projection, engine, traffic.positions, timeout=60)
     writer_stop = threading.Event()
-    writer = traffic.in_thread(writer_stop, pause=0.002)
+    writer = traffic.in_thread(writer_stop, pause=0.01)
     during_start = traffic.commands
     reports: list[RebuildProgress] = []
     result = rebuild(projection, store, engine, progress=reports.append)

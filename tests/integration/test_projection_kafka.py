@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from framework.persistence import open_store
-from framework.projection_testing import digest
+from framework.projection_testing import digest, table_rows
 from framework.worker import ProjectionWorker, status, wait_until
-from tests.projection_domain import CartSummary, cart_app
+from tests.projection_domain import CartSummary, OpenCart, cart_app
 from tests.support.projection_support import Traffic, check_counts, clean_digest, ready_engine
 
 
@@ -82,4 +83,40 @@ def test_two_workers_in_one_group_survive_a_rebalance(
     assert (dup, missing, lag, equal) == (0, 0, 0, True)
     for store in (*stores, writer_store):
         store.close()
+    engine.dispose()
+
+
+@pytest.mark.timeout(120)
+def test_read_your_writes_end_to_end_on_kafka(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    name = unique_name("carts").replace("-", "_")
+    store = open_store(f"kafka://{kafka_bootstrap}?partitions=3", name=name)
+    app = cart_app(store, name=name)
+    engine = ready_engine(f"sqlite:///{tmp_path}/read.db")
+    projection = CartSummary()
+    worker = ProjectionWorker(projection, store, engine, group=unique_name("rw"), poll_timeout=0.1)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    waits = []
+    try:
+        for i in range(10):
+            cart = uuid.uuid4()
+            result = app.execute(OpenCart(cart_id=cart, customer=f"k{i}"))
+            started = time.monotonic()
+            wait_until(projection, engine, result.positions, timeout=60)
+            waits.append(time.monotonic() - started)
+            rows = table_rows(engine, CartSummary.carts)
+            assert any(r["id"] == cart for r in rows), "wait_until returned before the write"
+    finally:
+        stop.set()
+        thread.join(30)
+    lag = status(projection, store, engine)
+    print(
+        f"\nKAFKA-RYW: commands=10 first_wait={waits[0]:.2f}s "
+        f"median_wait={sorted(waits)[5]:.3f}s lag={lag.lag} partitions={len(lag.partitions)}"
+    )
+    assert lag.lag == 0 and len(lag.partitions) == 3
+    store.close()
     engine.dispose()

@@ -3,6 +3,9 @@ on the embedded backends (memory store, SQLite read models)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import threading
 import uuid
 from decimal import Decimal
@@ -25,6 +28,8 @@ from framework.worker import ProjectionWorker, main, setup_tables, status, wait_
 from tests.projection_domain import AddItem, Cart, CartSummary, CheckOut, OpenCart, cart_app
 
 pytestmark = pytest.mark.timeout(60)
+
+REPO = Path(__file__).resolve().parents[2]
 
 CART = uuid.UUID(int=1)
 
@@ -271,3 +276,40 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["rebuild", target, *common]) == 0
     assert "rebuilt from 2 events" in capsys.readouterr().out
     assert main(["dead-letters", target, *common, "--redrive"]) == 0
+
+
+def test_sigterm_stops_the_worker_cleanly(tmp_path: Path) -> None:
+    store_url = f"sqlite:///{tmp_path}/events.db"
+    db = f"sqlite:///{tmp_path}/read.db"
+    app = cart_app(store_url)
+    app.execute(OpenCart(cart_id=CART, customer="term"))
+    app.close()
+    engine = create_engine(db)
+    setup_tables(engine, CartSummary())
+    command = [
+        str(REPO / ".venv" / "bin" / "python"), "-m", "framework.projection", "run",
+        "tests.projection_domain:CartSummary", "--app", "carts", "--store", store_url,
+        "--database", db,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(CartSummary(), engine, {0: 3}, timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    assert "stopping after this batch" in output and "stopped;" in output
+
+
+def test_progress_reporting() -> None:
+    from framework.rebuild import RebuildProgress, console_progress
+
+    p = RebuildProgress("x", events_done=50, offsets_done=50, offsets_total=200, elapsed=2.0)
+    assert (p.rate, p.fraction, p.eta) == (25.0, 0.25, 6.0)
+    report = console_progress("x", interval=0)  # not a terminal here: log lines
+    report(p)
+    report(RebuildProgress("x", 200, 200, 200, 8.0, finished=True))
