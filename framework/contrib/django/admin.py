@@ -231,6 +231,7 @@ class CommandAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             subtitle="Event history",
             aggregate_id=aggregate_id,
             events=events,
+            has_positions=any(e["position"] for e in events),
             row_url=self._row_url(aggregate_id),
         )
         return TemplateResponse(request, "keel/event_history.html", context)
@@ -394,6 +395,13 @@ class ReadModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         actions = super().get_actions(request)
         actions.pop("delete_selected", None)
         return actions
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        # The generated fields are not editable, so a form would leave them out: show them all.
+        return [f.name for f in self.model._meta.concrete_fields]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [*self.get_fields(request, obj), *super().get_readonly_fields(request, obj)]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
