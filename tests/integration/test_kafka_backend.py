@@ -495,3 +495,26 @@ def test_an_unanswered_commit_is_settled_by_looking_in_the_topic(
     )
     assert states[b"answer lost"] == states[b"never sent"] == states[b"unknowable"] == 1
     assert stats["unknown"] == 3
+
+
+@pytest.mark.timeout(90)
+def test_an_index_built_for_a_deleted_namesake_topic_is_not_served(
+    kafka_bootstrap: str, name: str, tmp_path: Path
+) -> None:
+    url = f"kafka://{kafka_bootstrap}?partitions=1&index={tmp_path / 'index.sqlite'}"
+    a = uuid.uuid4()
+    with open_store(url, name=name) as store:
+        store.append([ev(a, 1, b"old")])
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.delete_topics([f"{name}.events", f"{name}.events.layout"])
+        deadline = time.monotonic() + 30
+        while {f"{name}.events", f"{name}.events.layout"} & set(admin.list_topics()):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        admin.close()
+    with open_store(url, name=name) as store:
+        assert store.read(a) == []  # the topic id changed: the index was emptied
+        store.append([ev(a, 1, b"new")])
+        assert [e.state for e in store.read(a)] == [b"new"]
