@@ -221,6 +221,17 @@ class ProjectionWorker:
         p = self.projection
 
         def check(conn: sa.Connection) -> int | None:
+            inspector = sa.inspect(conn)
+            missing = [
+                t.name
+                for t in [*framework_metadata.sorted_tables, *p.tables]
+                if not inspector.has_table(t.name)
+            ]
+            if missing:
+                raise ProjectionError(
+                    f"{p.name}: tables {missing} are missing from the read-model database: run "
+                    "`alembic upgrade head` (or setup_tables(engine, projection) in tests)"
+                )
             stored = read_version(conn, p.name)
             if stored is None:
                 write_version(conn, p.name, p.version)  # a new projection: bootstrap from 0

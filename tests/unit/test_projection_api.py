@@ -313,3 +313,10 @@ def test_progress_reporting() -> None:
     report = console_progress("x", interval=0)  # not a terminal here: log lines
     report(p)
     report(RebuildProgress("x", 200, 200, 200, 8.0, finished=True))
+
+
+def test_missing_tables_are_reported_not_retried(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path}/empty.db")
+    store = open_store("memory://", name="carts")
+    with pytest.raises(ProjectionError, match="alembic upgrade head"):
+        ProjectionWorker(CartSummary(), store, engine).run(until_caught_up=True)
