@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "KeelSettings",
     "command_classes",
+    "consumer_group",
     "django_database",
     "get_application",
     "get_engine",
@@ -78,6 +79,12 @@ class KeelSettings(BaseSettings):
     projections: list[str] = Field(
         default_factory=list,
         description="Dotted paths to Projection classes (or instances) the workers run.",
+    )
+    consumer_group_prefix: str = Field(
+        "",
+        max_length=100,
+        description="Prepended to each projection's name to form its Kafka consumer group "
+        "(e.g. 'shop.' when several applications share a broker).",
     )
     alembic_config: str = Field(
         "alembic.ini",
@@ -288,6 +295,11 @@ def get_projections() -> dict[str, Projection]:
 
     projections: dict[str, Projection] = _cached("projections", build)
     return projections
+
+
+def consumer_group(name: str) -> str:
+    """The Kafka consumer group of projection ``name``'s workers."""
+    return get_settings().consumer_group_prefix + name
 
 
 def get_projection(name: str) -> Projection:

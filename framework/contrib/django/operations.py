@@ -15,6 +15,7 @@ from django.db import close_old_connections
 
 from framework import dead_letters
 from framework.contrib.django.conf import (
+    consumer_group,
     get_application,
     get_engine,
     get_projection,
@@ -131,6 +132,7 @@ class DjangoProjectionWorker(ProjectionWorker):
 def make_worker(name: str, **options: Any) -> DjangoProjectionWorker:
     """A worker for a configured projection, on the application's store and the read-model
     engine."""
+    options.setdefault("group", consumer_group(name))
     return DjangoProjectionWorker(
         get_projection(name), get_application().store, get_engine(), **options
     )

@@ -13,6 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from framework.contrib.django import checks
 from framework.contrib.django.conf import (
+    consumer_group,
     get_application,
     get_engine,
     get_projections,
@@ -76,7 +77,10 @@ class Command(BaseCommand):
             engine = get_engine()
         except FrameworkError as error:
             raise CommandError(str(error)) from error
-        workers = [DjangoProjectionWorker(known[n], store, engine, **overrides) for n in names]
+        workers = [
+            DjangoProjectionWorker(known[n], store, engine, group=consumer_group(n), **overrides)
+            for n in names
+        ]
         failures: dict[str, BaseException] = {}
 
         def run(worker: DjangoProjectionWorker) -> None:
