@@ -233,4 +233,3 @@ def given_commands(
     for command in commands:
         application.execute(command)
     return _run(projection, store, check_redelivery)
-
