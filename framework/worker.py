@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -57,6 +57,9 @@ __all__ = [
     "status",
     "wait_until",
 ]
+
+if TYPE_CHECKING:
+    from framework.rebuild import RebuildResult
 
 log = logging.getLogger(__name__)
 
@@ -253,9 +256,10 @@ class ProjectionWorker:
         log.warning("%s: version %s -> %s, rebuilding", p.name, stored, p.version)
         self.rebuild()
 
-    def rebuild(self, **options: Any) -> Any:
+    def rebuild(self, **options: Any) -> RebuildResult:
         """Rebuild the read model into shadow tables and swap them in (see
-        :func:`framework.rebuild.rebuild`); then continue from the rebuilt positions."""
+        :func:`framework.rebuild.rebuild`: ``from_positions``, ``progress``, ``stop``,
+        ``swap``); then continue from the rebuilt positions."""
         from framework.rebuild import rebuild
 
         result = rebuild(
