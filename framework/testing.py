@@ -22,6 +22,9 @@ versions and timestamps are filled in for ``given`` and ignored by ``then`` unle
 After ``when``, every scenario also replays the aggregates from their stored events and fails if
 that state differs from the state the handler left: a change made outside an ``@event`` method,
 or a value that does not survive JSON, is caught here rather than in production.
+
+Projections are tested the same way (``given_events`` / ``given_commands`` ... ``then_rows``,
+from :mod:`framework.projection_testing`, re-exported here).
 """
 
 from __future__ import annotations
@@ -42,8 +45,27 @@ from framework.codec import codec
 from framework.commands import Command, Metadata
 from framework.domain import Aggregate, DomainEvent, event_types
 from framework.persistence import EventStore, RecordedEvent, open_store
+from framework.projection_testing import (
+    ProjectionOutcome,
+    digest,
+    given_commands,
+    given_events,
+    table_rows,
+)
 
-__all__ = ["EventSpec", "Outcome", "Scenario", "ev", "given", "scenario"]
+__all__ = [
+    "EventSpec",
+    "Outcome",
+    "ProjectionOutcome",
+    "Scenario",
+    "digest",
+    "ev",
+    "given",
+    "given_commands",
+    "given_events",
+    "scenario",
+    "table_rows",
+]
 
 _IGNORED = frozenset({"originator_id", "originator_version", "originator_topic", "timestamp"})
 
