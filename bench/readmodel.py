@@ -1,0 +1,177 @@
+"""The read model the projection benchmarks build, and the feeds they build it from.
+
+``Balances`` keeps one row per account (balance in cents, event count), upserted on every
+``Opened`` and ``Deposited`` event: the shape of a typical read model. The feed holds what the
+application appends for such commands: every event followed by its command record (which the
+projection skips without decoding). Bulk feeds are stamped from one encoded event of each kind,
+so writing a million of them costs the broker's time, not the codec's.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import pydantic_core
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from bench.domain import Account
+from framework.application import COMMAND_RECORD_TOPIC, command_record_id
+from framework.codec import codec
+from framework.commands import Metadata
+from framework.persistence import EventStore, NewEvent
+from framework.projection import Projection, handles
+
+__all__ = ["Balances", "balances_projection", "feed_events", "fill_store", "open_engine"]
+
+
+class Balances(Projection):
+    name = "bench_balances"
+    version = 1
+    metadata = sa.MetaData()
+    balances = sa.Table(
+        "bench_balances",
+        metadata,
+        sa.Column("account_id", sa.Uuid, primary_key=True),
+        sa.Column("cents", sa.BigInteger, nullable=False),
+        sa.Column("events", sa.Integer, nullable=False),
+    )
+
+    @handles(Account.Opened)
+    def opened(self, event: Any, conn: Connection) -> None:
+        conn.execute(self._statements()[0], {"id": event.originator_id})
+
+    @handles(Account.Deposited)
+    def deposited(self, event: Any, conn: Connection) -> None:
+        conn.execute(
+            self._statements()[1], {"id": event.originator_id, "delta": int(event.amount * 100)}
+        )
+
+    def _statements(self) -> tuple[Any, Any]:
+        # Built once per table (a rebuild's shadow has its own), with bound parameters: building
+        # a SQLAlchemy expression per event costs more than running it.
+        cached = self.__dict__.get("_cached")
+        if cached is None or cached[0] is not self.balances:
+            t = self.balances
+            insert = t.insert().values(account_id=sa.bindparam("id"), cents=0, events=1)
+            update = (
+                t.update()
+                .where(t.c.account_id == sa.bindparam("id"))
+                .values(cents=t.c.cents + sa.bindparam("delta"), events=t.c.events + 1)
+            )
+            cached = (t, insert, update)
+            self.__dict__["_cached"] = cached
+        return cached[1], cached[2]
+
+
+def balances_projection(name: str) -> Balances:
+    """A Balances projection with its own name (its positions and consumer group)."""
+    cls = type(f"Balances_{name}", (Balances,), {"name": name})
+    projection: Balances = cls()
+    return projection
+
+
+def open_engine(url: str, schema: str | None = None) -> Engine:
+    """A read-model engine; on PostgreSQL, confined to ``schema`` (created here)."""
+    from framework.database import create_engine
+
+    if schema is None:
+        return create_engine(url)
+    admin = sa.create_engine(url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+    admin.dispose()
+    return create_engine(url, connect_args={"options": f"-csearch_path={schema}"})
+
+
+def drop_schema(url: str, schema: str) -> None:
+    admin = sa.create_engine(url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    admin.dispose()
+
+
+def balance_of(engine: Engine, projection: Balances, account_id: UUID) -> int | None:
+    t = projection.balances
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(t.c.cents).where(t.c.account_id == account_id)).first()
+    return None if row is None else int(row[0])
+
+
+def _templates() -> tuple[bytes, bytes]:
+    meta = Metadata(command_id=uuid.uuid4(), command_type="BenchDeposit", user="bench")
+    account = Account(id=uuid.uuid4(), owner="Ada Lovelace", email="ada@example.org")
+    account.deposit(Decimal("10.00"))
+    opened, deposited = (codec.encode(e, meta) for e in account.collect_events())
+    return opened.state, deposited.state
+
+
+def feed_events(count: int, deposits_per_account: int = 19) -> Iterator[list[NewEvent]]:
+    """Appends (one command's events each: the event and its command record) adding up to
+    about ``count`` records."""
+    opened_state, deposited_state = _templates()
+    opened_topic = "BenchAccount.Opened"
+    deposited_topic = "BenchAccount.Deposited"
+    written = 0
+    while written < count:
+        account_id = uuid.uuid4()
+        for version in range(1, deposits_per_account + 2):
+            if written >= count:
+                return
+            command_id = uuid.uuid4()
+            record = pydantic_core.to_json(
+                {
+                    "command_type": "BenchOpenAccount" if version == 1 else "BenchDeposit",
+                    "aggregate_id": account_id,
+                    "versions": {str(account_id): version},
+                }
+            )
+            yield [
+                NewEvent(
+                    account_id,
+                    version,
+                    opened_topic if version == 1 else deposited_topic,
+                    opened_state if version == 1 else deposited_state,
+                ),
+                NewEvent(
+                    command_record_id(command_id),
+                    1,
+                    COMMAND_RECORD_TOPIC,
+                    record,
+                    route_with=account_id,
+                ),
+            ]
+            written += 2
+
+
+def fill_store(store: EventStore, count: int, *, chunk: int = 1000) -> int:
+    """Append about ``count`` records to ``store`` in transactions of ``chunk`` records;
+    returns how many were written."""
+    batch: list[NewEvent] = []
+    written = 0
+    for events in feed_events(count):
+        batch.extend(events)
+        if len(batch) >= chunk:
+            store.append(batch)
+            written += len(batch)
+            batch = []
+    if batch:
+        store.append(batch)
+        written += len(batch)
+    return written
+
+
+# -- the peer of the embedded feed ---------------------------------------------------------------
+
+
+def bare_read_store(store: EventStore) -> dict[str, Any]:
+    """Read every record of a one-partition (embedded) store through ``iter_partition``."""
+    import time
+
+    started = time.perf_counter()
+    read = sum(1 for _ in store.iter_partition(0))
+    return {"events": read, "seconds": round(time.perf_counter() - started, 6)}
