@@ -68,7 +68,7 @@ def check_streams(
         versions = [e.version for e in events]
         dup_versions += len(versions) - len(set(versions))
         gaps += (max(versions) - len(set(versions))) if versions else 0
-        final += len(events) - initial.get(account, 0)
+        final += len(events)
         by_command = {
             str(h.metadata.command_id): h.recorded.version for h in app.history(uuid.UUID(account))
         }
@@ -87,6 +87,7 @@ def check_streams(
         "conflicts": kinds["conflict"],
         "info": kinds["info"],
         "fail": kinds["fail"],
+        "initial_length": sum(initial.values()),
         "final_length": final,
         "dup_versions": dup_versions,
         "gaps": gaps,
