@@ -81,6 +81,7 @@ class RecorderEventStore(EventStore):
     def append(self, events: Sequence[NewEvent]) -> Positions:
         if not events:
             return {}
+        self._check_sequences(events)
         stored = [
             StoredEvent(
                 originator_id=e.aggregate_id,
@@ -94,6 +95,23 @@ class RecorderEventStore(EventStore):
             ids = self._events.insert_events(stored)
         self._wake_readers()
         return {0: max(ids or [0]) + 1}
+
+    def _check_sequences(self, events: Sequence[NewEvent]) -> None:
+        """Refuse a version that does not follow the aggregate's last one. The unique constraint
+        catches a version taken concurrently; this catches a gap, which can only shrink."""
+        last: dict[UUID, int] = {}
+        for e in events:
+            if e.aggregate_id not in last:
+                with translated_errors():
+                    found = self._events.select_events(e.aggregate_id, desc=True, limit=1)
+                last[e.aggregate_id] = found[0].originator_version if found else 0
+            if e.version != last[e.aggregate_id] + 1:
+                raise ConcurrencyError(
+                    f"aggregate {e.aggregate_id} is at version {last[e.aggregate_id]}, so the "
+                    f"next event must be version {last[e.aggregate_id] + 1}, not {e.version}; "
+                    "nothing was written"
+                )
+            last[e.aggregate_id] = e.version
 
     def _wake_readers(self) -> None:
         # Feed readers of this process see an append at once, not after their poll timeout.

@@ -103,6 +103,17 @@ class EventStoreContract:
         assert [e.state for e in store.read(a)] == [b"{}"]
         assert store.head() == head
 
+    def test_a_version_gap_is_a_conflict_and_writes_nothing(self, store: EventStore) -> None:
+        a = uuid.uuid4()
+        store.append([new_event(a, 1)])
+        with pytest.raises(ConcurrencyError):
+            store.append([new_event(a, 3)])
+        with pytest.raises(ConcurrencyError):
+            store.append([new_event(a, 2), new_event(a, 4)])
+        with pytest.raises(ConcurrencyError):
+            store.append([new_event(uuid.uuid4(), 2)])
+        assert [e.version for e in store.read(a)] == [1]
+
     def test_a_multi_aggregate_append_is_atomic(self, store: EventStore) -> None:
         ids = [uuid.uuid4() for _ in range(5)]
         positions = store.append([new_event(i, 1) for i in ids])
