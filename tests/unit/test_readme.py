@@ -12,9 +12,14 @@ import pytest
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
+def python_blocks(heading: str) -> list[str]:
+    section = README.read_text().split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^```python\n(.*?)^```", section, flags=re.S | re.M)
+
+
 def readme_example() -> str:
-    section = README.read_text().split("## Your first aggregate", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"^```python\n(.*?)^```", section, flags=re.S | re.M)
+    """The first aggregate, its tests, then the projection over it."""
+    blocks = python_blocks("Your first aggregate") + python_blocks("Read models: projections")
     return "\n".join(b for b in blocks if "upcast" not in b)
 
 
