@@ -123,7 +123,14 @@ def test_the_shop_on_kafka_end_to_end(
         assert all(head[p] >= o for p, o in written.items())
         assert len(written) == 3  # customers and orders spread over every partition
         for projection in PROJECTIONS:
-            wait_until(projection, engine, written, timeout=90)
+            try:
+                wait_until(projection, engine, written, timeout=90)
+            except TimeoutError:
+                worker.kill()
+                out, err = worker.communicate()
+                raise AssertionError(
+                    f"the worker did not catch up:\n{out}\n{err[-5000:]}"
+                ) from None
         caught_up = time.monotonic() - started
 
         with engine.connect() as conn:
