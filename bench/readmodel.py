@@ -148,20 +148,30 @@ def feed_events(count: int, deposits_per_account: int = 19) -> Iterator[list[New
             written += 2
 
 
-def fill_store(store: EventStore, count: int, *, chunk: int = 1000) -> int:
+def fill_store(
+    store: EventStore, count: int, *, chunk: int = 1000, reached: dict[int, int] | None = None
+) -> int:
     """Append about ``count`` records to ``store`` in transactions of ``chunk`` records;
-    returns how many were written."""
+    returns how many were written. ``reached`` collects, per partition, the offset just past
+    the last record written (what a projection has applied once it has caught up)."""
     batch: list[NewEvent] = []
     written = 0
+
+    def flush() -> None:
+        nonlocal batch, written
+        positions = store.append(batch)
+        if reached is not None:
+            for partition, offset in positions.items():
+                reached[partition] = max(reached.get(partition, 0), offset)
+        written += len(batch)
+        batch = []
+
     for events in feed_events(count):
         batch.extend(events)
         if len(batch) >= chunk:
-            store.append(batch)
-            written += len(batch)
-            batch = []
+            flush()
     if batch:
-        store.append(batch)
-        written += len(batch)
+        flush()
     return written
 
 
