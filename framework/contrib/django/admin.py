@@ -53,11 +53,16 @@ __all__ = ["CommandAdmin", "ProjectionAdmin", "ReadModelAdmin", "command_action"
 log = logging.getLogger(__name__)
 
 
+def _has_perm(request: HttpRequest, permission: str) -> bool:
+    user: Any = request.user
+    return bool(user.has_perm(permission))
+
+
 def _allowed_commands(request: HttpRequest) -> dict[str, type[Command]]:
     return {
         name: cls
         for name, cls in sorted(command_classes().items())
-        if request.user.has_perm(execute_permission(name))
+        if _has_perm(request, execute_permission(name))
     }
 
 
@@ -92,7 +97,7 @@ class CommandAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         try:
             return bool(_allowed_commands(request))
         except FrameworkError:
-            return bool(request.user.is_superuser)
+            return bool(getattr(request.user, "is_superuser", False))
 
     def get_urls(self) -> list[URLPattern]:
         site = self.admin_site
@@ -100,7 +105,7 @@ class CommandAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             path("", site.admin_view(self.command_list_view), name="keel_command_changelist"),
             path(
                 "history/<uuid:aggregate_id>/",
-                site.admin_view(self.history_view),
+                site.admin_view(self.event_history_view),
                 name="keel_command_history",
             ),
             path(
@@ -136,7 +141,7 @@ class CommandAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         cls = command_classes().get(command_type)
         if cls is None:
             raise Http404(f"no command is called {command_type!r}")
-        if not request.user.has_perm(execute_permission(command_type)):
+        if not _has_perm(request, execute_permission(command_type)):
             raise PermissionDenied(f"you may not execute {command_type}")
         form_class = command_form_class(cls)
         if request.method == "POST":
@@ -199,8 +204,8 @@ class CommandAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                     break
         return reverse(f"{self.admin_site.name}:keel_command_history", args=[aggregate_id])
 
-    def history_view(self, request: HttpRequest, aggregate_id: UUID) -> HttpResponse:
-        if not request.user.has_perm("keel.view_events"):
+    def event_history_view(self, request: HttpRequest, aggregate_id: UUID) -> HttpResponse:
+        if not _has_perm(request, "keel.view_events"):
             raise PermissionDenied
         try:
             history = get_application().history(aggregate_id)
@@ -275,13 +280,13 @@ class ProjectionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             "opts": self.opts,
             "title": "Projections",
             "projections": operations.status_rows(dead_letters=True),
-            "can_rebuild": request.user.has_perm("keel.rebuild_projection"),
-            "can_redrive": request.user.has_perm("keel.redrive_deadletter"),
+            "can_rebuild": _has_perm(request, "keel.rebuild_projection"),
+            "can_redrive": _has_perm(request, "keel.redrive_deadletter"),
         }
         return TemplateResponse(request, "keel/projections.html", context)
 
     def rebuild_view(self, request: HttpRequest, name: str) -> HttpResponse:
-        if not request.user.has_perm("keel.rebuild_projection"):
+        if not _has_perm(request, "keel.rebuild_projection"):
             raise PermissionDenied
         from framework.contrib.django import operations
 
@@ -294,7 +299,7 @@ class ProjectionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return redirect(f"{self.admin_site.name}:keel_projection_changelist")
 
     def redrive_view(self, request: HttpRequest, name: str) -> HttpResponse:
-        if not request.user.has_perm("keel.redrive_deadletter"):
+        if not _has_perm(request, "keel.redrive_deadletter"):
             raise PermissionDenied
         from framework.contrib.django import operations
 
@@ -396,11 +401,11 @@ class ReadModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         actions.pop("delete_selected", None)
         return actions
 
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         # The generated fields are not editable, so a form would leave them out: show them all.
         return [f.name for f in self.model._meta.concrete_fields]
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return [*self.get_fields(request, obj), *super().get_readonly_fields(request, obj)]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -428,7 +433,7 @@ class ReadModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         if self.aggregate_type:
             context["keel_history_url"] = (
                 reverse(f"{self.admin_site.name}:keel_command_history", args=[object_id])
-                if request.user.has_perm("keel.view_events")
+                if _has_perm(request, "keel.view_events")
                 else None
             )
             context["keel_commands"] = [
@@ -440,13 +445,13 @@ class ReadModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                     + f"?{field}={object_id}",
                 }
                 for cls, field in self.row_commands
-                if request.user.has_perm(execute_permission(cls.command_type))
+                if _has_perm(request, execute_permission(cls.command_type))
             ]
         return super().change_view(request, object_id, form_url, context)
 
 
 def _permission_check(permission: str) -> Callable[[HttpRequest], bool]:
     def check(request: HttpRequest) -> bool:
-        return bool(request.user.has_perm(permission))
+        return _has_perm(request, permission)
 
     return check

@@ -113,9 +113,9 @@ class Filter:
             escaped = str(parsed[0]).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             return column.ilike(f"%{escaped}%", escape="\\")
         if self.lookup == "gte":
-            return column >= parsed[0]
+            return sa.and_(column >= parsed[0])
         if self.lookup == "lte":
-            return column <= parsed[0]
+            return sa.and_(column <= parsed[0])
         return column.in_(parsed) if len(parsed) > 1 else column == parsed[0]
 
     def _parse(self, column: sa.Column[Any], parameter: str, value: str) -> Any:
@@ -341,7 +341,8 @@ def command_view(request: HttpRequest, command_type: str) -> HttpResponse:
         )
     if not request.user.is_authenticated:
         return json_error(401, "log in first (session authentication)")
-    if not request.user.has_perm(execute_permission(command_type)):
+    user: Any = request.user
+    if not user.has_perm(execute_permission(command_type)):
         return json_error(403, f"you may not execute {command_type}")
     content_type = request.content_type or ""
     if content_type != "application/json":
