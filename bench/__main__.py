@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # The development broker has one replica; the store says so on every topic it creates.
     logging.getLogger("framework.backends.kafka_topic").setLevel(logging.ERROR)
+    # kafka-python warns about its own event loop and group metadata while the machine is busy.
+    logging.getLogger("kafka").setLevel(logging.ERROR)
 
     if args.smoke:
         services = Services()

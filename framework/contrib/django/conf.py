@@ -29,6 +29,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from framework.application import Application
+from framework.commands import Command
 from framework.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -191,11 +192,11 @@ def get_application() -> Application:
     return app
 
 
-def command_classes() -> dict[str, type[Any]]:
+def command_classes() -> dict[str, type[Command]]:
     """Every command the application handles, by name, without opening the event store when
     ``APPLICATION`` is a factory (it is built once more on an in-memory store)."""
 
-    def build() -> dict[str, type[Any]]:
+    def build() -> dict[str, type[Command]]:
         if "application" in _state:
             return dict(_state["application"].command_types)
         target = import_object(get_settings().application)

@@ -395,7 +395,7 @@ class CommandForm(_LeafForm):
             for problem in error.errors:
                 self._place_error(tuple(problem.get("loc", ())), problem.get("msg", ""), rows)
             return
-        if not self._errors and formsets_valid:
+        if not self.errors and formsets_valid:
             self.command = command
 
     def _place_error(
@@ -410,10 +410,10 @@ class CommandForm(_LeafForm):
                 if field is None or field not in row.errors:
                     row.add_error(field, message)
             else:
-                formset._non_form_errors.append(message)  # type: ignore[union-attr]
+                formset.non_form_errors().append(message)
             return
         name = self.field_for(loc) if loc else None
-        if name is not None and name in self._errors:
+        if name is not None and name in self.errors:
             return  # Django could not even parse it; its message says more
         if name is None and loc:
             message = f"{_label(tuple(str(p) for p in loc))}: {message}"
@@ -430,12 +430,12 @@ def error_fields(form: CommandForm) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for name, errors in form.errors.items():
         key = name if name == "__all__" else name.replace(SEPARATOR, ".")
-        found.setdefault(key, []).extend(errors)
+        found.setdefault(key, []).extend(str(e) for e in errors)
     for name, formset in form.formsets.items():
         if not formset.is_bound:
             continue
         for message in formset.non_form_errors():
-            found.setdefault(name, []).append(message)
+            found.setdefault(name, []).append(str(message))
         for index, row in enumerate(formset.forms):
             for field, errors in row.errors.items():
                 key = f"{name}.{index}" + (
@@ -457,7 +457,7 @@ def command_form_class(command_class: type[Command]) -> type[CommandForm]:
         if item is not None:
             limits = _constraints(leaf.metadata)
             max_rows = int(limits.get("max_length", 50))
-            formsets[name] = formset_factory(
+            formsets[name] = formset_factory(  # type: ignore[assignment]
                 _row_form_class(item),
                 formset=_RowFormSet,
                 extra=min(3, max_rows),
