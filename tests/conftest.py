@@ -151,3 +151,25 @@ def make_unique_name(prefix: str) -> str:
 def unique_name() -> Callable[[str], str]:
     """``unique_name("orders")`` -> ``orders-3f9a0c1b2d4e``; call it as often as needed."""
     return make_unique_name
+
+
+# -- figure lines -----------------------------------------------------------------------------
+# Fault tests print one closing line of figures (``T3: kills=20 ... digest_equal=True``); pytest
+# captures it, so the session's summary repeats every such line where CI logs show it.
+
+_FIGURE_LINE = re.compile(r"^\s*([A-Z][\w-]*(\[[^\]]*\])?( \w+)?): (\S+=\S+ ?){2,}")
+_figures: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        _figures.extend(
+            line.strip() for line in report.capstdout.splitlines() if _FIGURE_LINE.match(line)
+        )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _figures:
+        terminalreporter.section("figures reported by the fault tests")
+        for line in _figures:
+            terminalreporter.write_line(line)
