@@ -81,8 +81,8 @@ def _report_wait(request: HttpRequest, result: CommandResult) -> None:
         )
 
 
-class CommandAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    """The commands of the application, as forms."""
+class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Nothing here is added, changed or deleted through Django: events are the only writes."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -92,6 +92,10 @@ class CommandAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class CommandAdmin(ReadOnlyAdmin):
+    """The commands of the application, as forms."""
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         try:
@@ -242,17 +246,8 @@ class CommandAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return TemplateResponse(request, "keel/event_history.html", context)
 
 
-class ProjectionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ProjectionAdmin(ReadOnlyAdmin):
     """The projections page: positions, lag, dead letters; rebuild and re-drive."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def get_urls(self) -> list[URLPattern]:
         site = self.admin_site
@@ -372,7 +367,7 @@ def command_action(
     return decorated
 
 
-class ReadModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ReadModelAdmin(ReadOnlyAdmin):
     """A read-only admin over a generated read-model model: no add, change or delete.
 
     Set ``aggregate_type`` (``"Order"``) when the model's primary key is an aggregate id: the
@@ -407,15 +402,6 @@ class ReadModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return [*self.get_fields(request, obj), *super().get_readonly_fields(request, obj)]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="events")
     def history_link(self, obj: models.Model) -> str:
