@@ -18,7 +18,7 @@ from typing import Any
 
 from bench.harness import Context, Row, Section, ServiceMissing, Stopwatch, rate
 
-READ_TIMEOUT = 900
+READ_TIMEOUT = 500  # kafka-python needs request_timeout_ms < connections_max_idle_ms (540 s)
 TITLE = "Rebuild (events/s from position 0 into shadow tables, then swap; SQLite read model)"
 
 

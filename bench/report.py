@@ -340,7 +340,25 @@ def markdown(result: dict[str, Any]) -> str:
     def esc(text: str) -> str:
         return str(text).replace("|", "\\|")
 
-    lines = []
+    meta = result["meta"]
+    m = meta["machine"]
+    services = meta["services"]
+    kafka = (
+        f"Kafka {m['kafka'] or '?'} single broker on loopback ({services['kafka']})"
+        if services.get("kafka")
+        else f"no Kafka ({services.get('kafka_note')})"
+    )
+    postgres = (
+        f"PostgreSQL {services.get('postgres_version') or '?'} on loopback"
+        if services.get("postgres")
+        else f"no PostgreSQL ({services.get('postgres_note')})"
+    )
+    lines = [
+        f"{meta['mode'].capitalize()} run of {meta['date']}, {meta['seconds']:.0f} s: "
+        f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, Python {m['python']}, "
+        f"{kafka}, {postgres}; all on the same machine.",
+        "",
+    ]
     for section in result["sections"].values():
         lines += [f"### {section['title']}", ""]
         lines.append("| " + " | ".join(HEADERS) + " |")
@@ -365,3 +383,12 @@ def markdown(result: dict[str, Any]) -> str:
             f"**{goal['status']}** | {esc(goal['note'])} |"
         )
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    # python -m bench.report results.json: the Markdown tables of a saved run.
+    with open(sys.argv[1]) as saved:
+        sys.stdout.write(markdown(json.load(saved)))
