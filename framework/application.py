@@ -91,7 +91,7 @@ class UnitOfWork:
         """Load an aggregate (once per attempt); raises AggregateNotFoundError."""
         found = self._seen.get(aggregate_id)
         if found is None:
-            aggregate = self._app.load(cls, aggregate_id)
+            aggregate = self._app.load(cls, aggregate_id, deciding=True)
             self._seen[aggregate_id] = (aggregate, aggregate.version)
             return aggregate
         if not isinstance(found[0], cls):
@@ -100,7 +100,8 @@ class UnitOfWork:
 
     def add(self, aggregate: Aggregate) -> None:
         """Register a newly created aggregate; raises AggregateExistsError if its id is taken."""
-        if aggregate.id in self._seen or self._app.store.read(aggregate.id, up_to_version=1):
+        # A stale "absent" is safe: appending version 1 again is a conflict, and the retry sees it.
+        if aggregate.id in self._seen or self._app.store.read_for_decision(aggregate.id):
             raise AggregateExistsError(
                 f"an aggregate with id {aggregate.id} exists already; choose a new id"
             )
@@ -256,7 +257,8 @@ class Application:
         return CommandResult(command.command_id, primary, versions, positions)
 
     def _previous_result(self, command_id: UUID) -> CommandResult | None:
-        found = self.store.read(command_record_id(command_id))
+        # A stale "absent" is safe: the command record's version 1 is then a conflict.
+        found = self.store.read_for_decision(command_record_id(command_id))
         if not found:
             return None
         record = pydantic_core.from_json(found[0].state)
@@ -272,14 +274,30 @@ class Application:
 
     # -- aggregates ---------------------------------------------------------------------------
 
-    def load(self, cls: type[A], aggregate_id: UUID, *, version: int | None = None) -> A:
-        """Rebuild an aggregate from its snapshot (if any) and later events."""
+    def load(
+        self,
+        cls: type[A],
+        aggregate_id: UUID,
+        *,
+        version: int | None = None,
+        deciding: bool = False,
+    ) -> A:
+        """Rebuild an aggregate from its snapshot (if any) and later events.
+
+        ``deciding`` (used by command handlers) allows a read that may lag the log where the
+        store's append catches the difference (see ``EventStore.read_for_decision``)."""
         aggregate: Aggregate | None = None
         after = 0
         if version is None and self.snapshot_every:
             aggregate = self._from_snapshot(cls, aggregate_id)
             after = aggregate.version if aggregate is not None else 0
-        for recorded in self.store.read(aggregate_id, after_version=after, up_to_version=version):
+        if deciding and version is None:
+            events = self.store.read_for_decision(aggregate_id, after_version=after)
+            if not events and aggregate is None:  # maybe not indexed yet: never say "not found"
+                events = self.store.read(aggregate_id)
+        else:
+            events = self.store.read(aggregate_id, after_version=after, up_to_version=version)
+        for recorded in events:
             aggregate = codec.decode(recorded).event.mutate(aggregate)
         if aggregate is None:
             raise AggregateNotFoundError(f"no {cls.__name__} has id {aggregate_id}")

@@ -110,6 +110,15 @@ class EventStore(ABC):
     ) -> list[RecordedEvent]:
         """Return one aggregate's events in version order, optionally a slice of them."""
 
+    def read_for_decision(
+        self, aggregate_id: UUID, *, after_version: int = 0
+    ) -> list[RecordedEvent]:
+        """Read events to decide a command on. A backend may answer from a cache that lags the
+        log when its ``append`` checks versions against every committed write: a stale answer
+        then costs a ConcurrencyError, which ``execute`` retries on fresher state. Queries use
+        :meth:`read`, which is always up to date."""
+        return self.read(aggregate_id, after_version=after_version)
+
     @abstractmethod
     def read_partition(self, partition: int, *, start: int, limit: int) -> list[RecordedEvent]:
         """Return up to ``limit`` events of one partition whose offset is ``>= start``, in order."""

@@ -387,6 +387,16 @@ class KafkaEventStore(EventStore):
         self._topic_index.catch_up()
         return self._index.aggregate_events(aggregate_id, after_version, up_to_version)
 
+    def read_for_decision(
+        self, aggregate_id: UUID, *, after_version: int = 0
+    ) -> list[RecordedEvent]:
+        """Straight from the local index, without catching up: the shard writer checks every
+        append against an index that holds every committed write (it is fenced, re-initialised
+        and caught up whenever another process wrote), so a stale read can only end in a
+        ConcurrencyError, and the writer's catch-up has refreshed the index for the retry."""
+        self._check_open()
+        return self._index.aggregate_events(aggregate_id, after_version, None)
+
     def read_partition(self, partition: int, *, start: int, limit: int) -> list[RecordedEvent]:
         """Served from the local index, which holds every committed record of the topic
         (malformed ones as events with the nil aggregate id)."""

@@ -127,6 +127,9 @@ class WriterSettings:
     append_timeout: float = 60.0
     max_batch: int = 1000
     stable_timeout: float = 10.0
+    linger: float = 0.002
+    """How long a batch waits for more appends, when the last batch had several (a lone
+    caller never waits)."""
 
 
 class ShardWriter:
@@ -185,6 +188,7 @@ class ShardWriter:
     # The writer thread.
 
     def _run(self) -> None:
+        concurrent = False
         while True:
             item = self._queue.get()
             if item is _STOP:
@@ -192,9 +196,12 @@ class ShardWriter:
             batch: list[AppendRequest] = [item]
             size = len(item.events)
             stop = False
+            # Callers that were waiting on the last transaction come back together: linger a
+            # moment for them, so batches stay whole instead of alternating halves.
+            until = time.monotonic() + (self._settings.linger if concurrent else 0.0)
             while size < self._settings.max_batch:
                 try:
-                    more = self._queue.get_nowait()
+                    more = self._queue.get(timeout=max(0.0, until - time.monotonic()))
                 except queue.Empty:
                     break
                 if more is _STOP:
@@ -202,6 +209,7 @@ class ShardWriter:
                     break
                 batch.append(more)
                 size += len(more.events)
+            concurrent = len(batch) > 1
             try:
                 self._write(batch)
             except BaseException as error:  # never leave a caller waiting
