@@ -221,27 +221,18 @@ def upsert(
         dict(update) if update is not None else {k: v for k, v in values.items() if k not in key}
     )
     dialect = conn.dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
+    if dialect in ("postgresql", "sqlite"):
+        # Both dialects spell INSERT ... ON CONFLICT the same way.
+        from sqlalchemy.dialects import postgresql, sqlite
 
-        pg = pg_insert(table).values(**values)
-        pg_statement = (
-            pg.on_conflict_do_update(index_elements=key, set_=changes)
+        statement: postgresql.Insert | sqlite.Insert = (
+            postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+        ).values(**values)
+        conn.execute(
+            statement.on_conflict_do_update(index_elements=key, set_=changes)
             if changes
-            else pg.on_conflict_do_nothing(index_elements=key)
+            else statement.on_conflict_do_nothing(index_elements=key)
         )
-        conn.execute(pg_statement)
-        return
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        lite = sqlite_insert(table).values(**values)
-        lite_statement = (
-            lite.on_conflict_do_update(index_elements=key, set_=changes)
-            if changes
-            else lite.on_conflict_do_nothing(index_elements=key)
-        )
-        conn.execute(lite_statement)
         return
     where = [table.c[k] == values[k] for k in key]
     if not changes or conn.execute(table.update().where(*where).values(**changes)).rowcount == 0:
