@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any
 
 from bench.domain import Deposit, OpenAccount, build_app
-from bench.harness import Context, Row, Section, ServiceMissing, Stopwatch, rate
+from bench.harness import Context, Row, Section, Stopwatch, rate
 from framework.persistence import EventStore, NewEvent, open_store
 
 TITLE = "Raw ceiling: the store's append against the bare client (events/s)"
@@ -202,12 +202,8 @@ def raw_sqlite(ctx: Context, events: Sequence[NewEvent], per_transaction: int) -
 def run(ctx: Context) -> Section:
     section = Section("ceiling", TITLE)
     kafka = not ctx.smoke
-    if kafka:
-        try:
-            ctx.services.need_kafka()
-        except ServiceMissing as missing:
-            section.skipped.append(f"whole section: {missing}")
-            return section
+    if ctx.kafka_missing(section):
+        return section
     callers = 8
     per_caller = ctx.pick(8, 60, 300)
     single = ctx.pick(8, 100, 400)

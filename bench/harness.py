@@ -260,6 +260,18 @@ class Context:
 
     # -- resources that outlive one measurement, cleaned at the end ------------------------------
 
+    def kafka_missing(self, section: Section) -> bool:
+        """Outside the smoke run a section needs Kafka: True, with the section marked skipped,
+        when the broker is missing (``need_kafka`` raises instead under ``CI=true``)."""
+        if self.smoke:
+            return False
+        try:
+            self.services.need_kafka()
+        except ServiceMissing as missing:
+            section.skipped.append(f"whole section: {missing}")
+            return True
+        return False
+
     def kafka_url(self, name: str, *, partitions: int = 3, **options: Any) -> str:
         """A store URL on a fresh topic ``<name>.events`` (deleted at the end of the run)."""
         bootstrap = self.services.need_kafka()

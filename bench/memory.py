@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any
 
-from bench.harness import REPO, Context, Row, Section, ServiceMissing
+from bench.harness import REPO, Context, Row, Section
 
 TITLE = "Memory: peak RSS of the writer and of a projection worker (MiB, own process each)"
 MIB = 1024 * 1024
@@ -225,12 +225,8 @@ def run(ctx: Context) -> Section:
 
     section = Section("memory", TITLE)
     kafka = not ctx.smoke
-    if kafka:
-        try:
-            bootstrap = ctx.services.need_kafka()
-        except ServiceMissing as missing:
-            section.skipped.append(f"whole section: {missing}")
-            return section
+    if ctx.kafka_missing(section):
+        return section
     commands = ctx.pick(40, 400, 3000)
     extra = ctx.pick(400, 10_000, 100_000)
     name = ctx.name("mem")
@@ -256,6 +252,7 @@ def run(ctx: Context) -> Section:
     )
     ctx.log("  peer children")
     if kafka:
+        bootstrap = ctx.services.need_kafka()
         topic = ctx.name("memraw") + ".events"
         ctx.drop_kafka_topics_later(topic)
         producer = run_child(

@@ -74,12 +74,8 @@ def run(ctx: Context) -> Section:
     section = Section("projection", TITLE)
     records = ctx.pick(400, 6000, 50_000)
     kafka = not ctx.smoke
-    if kafka:
-        try:
-            ctx.services.need_kafka()
-        except ServiceMissing as missing:
-            section.skipped.append(f"whole section: {missing}")
-            return section
+    if ctx.kafka_missing(section):
+        return section
     name = ctx.name("proj")
     url = ctx.kafka_url(name) if kafka else f"sqlite:///{ctx.path(name + '.db')}"
     store = open_store(url, name=name)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.harness import Context, Row, Section, ServiceMissing, Stopwatch, rate
+from bench.harness import Context, Row, Section, Stopwatch, rate
 
 READ_TIMEOUT = 500  # kafka-python needs request_timeout_ms < connections_max_idle_ms (540 s)
 TITLE = "Rebuild (events/s from position 0 into shadow tables, then swap; SQLite read model)"
@@ -66,12 +66,8 @@ def run(ctx: Context) -> Section:
 
     section = Section("rebuild", TITLE)
     kafka = not ctx.smoke
-    if kafka:
-        try:
-            ctx.services.need_kafka()
-        except ServiceMissing as missing:
-            section.skipped.append(f"whole section: {missing}")
-            return section
+    if ctx.kafka_missing(section):
+        return section
     sizes = ctx.pick([400], [20_000], [100_000, 1_000_000])
     if ctx.quick and not ctx.smoke:
         section.notes.append(
