@@ -101,7 +101,9 @@ class RecorderEventStore(EventStore):
         catches a version taken concurrently; this catches a gap, which can only shrink."""
         last: dict[UUID, int] = {}
         for e in events:
-            if e.aggregate_id not in last:
+            if e.aggregate_id not in last and e.version == 1:
+                last[e.aggregate_id] = 0  # a taken version 1 is the unique constraint's to catch
+            elif e.aggregate_id not in last:
                 with translated_errors():
                     found = self._events.select_events(e.aggregate_id, desc=True, limit=1)
                 last[e.aggregate_id] = found[0].originator_version if found else 0
