@@ -22,10 +22,11 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 import pydantic_core
+from eventsourcing.domain import OriginatorVersionError
 
 from framework.codec import EventEnvelope, codec
 from framework.commands import Command, Metadata
@@ -38,12 +39,33 @@ from framework.errors import (
     ConflictRetriesExhaustedError,
     EventDecodingError,
     EventEncodingError,
+    IdempotencyKeyReusedError,
     StoreError,
+    StreamGapError,
     UnknownCommandError,
 )
-from framework.persistence import EventStore, NewEvent, Positions, open_store, store_url_from_env
+from framework.persistence import (
+    EventStore,
+    NewEvent,
+    Positions,
+    RecordedEvent,
+    open_store,
+    store_url_from_env,
+)
 
-__all__ = ["COMMAND_RECORD_TOPIC", "Application", "CommandResult", "Handler", "UnitOfWork"]
+__all__ = [
+    "COMMAND_RECORD_TOPIC",
+    "Application",
+    "CommandResult",
+    "CommandRouter",
+    "Decision",
+    "Handler",
+    "Loader",
+    "StoreLoader",
+    "UnitOfWork",
+    "command_record_id",
+    "replayed_result",
+]
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +102,42 @@ class CommandResult:
     """True when this command id had run before: nothing new was written."""
 
 
-class UnitOfWork:
-    """The aggregates one attempt of a command handler has loaded or created."""
+class Loader(Protocol):
+    """Where a :class:`UnitOfWork` gets the aggregates a handler asks for."""
+
+    def load(self, cls: type[A], aggregate_id: UUID) -> A:
+        """The aggregate as of now; raises AggregateNotFoundError."""
+
+    def exists(self, aggregate_id: UUID) -> bool:
+        """Whether an aggregate with this id has any event."""
+
+
+class StoreLoader:
+    """The default loader: the application's store (and its snapshots)."""
 
     def __init__(self, app: Application) -> None:
         self._app = app
+
+    def load(self, cls: type[A], aggregate_id: UUID) -> A:
+        return self._app.load(cls, aggregate_id, deciding=True)
+
+    def exists(self, aggregate_id: UUID) -> bool:
+        # A stale "absent" is safe: appending version 1 again is a conflict, and the retry sees it.
+        return bool(self._app.store.read_for_decision(aggregate_id))
+
+
+class UnitOfWork:
+    """The aggregates one attempt of a command handler has loaded or created."""
+
+    def __init__(self, app: Application, loader: Loader | None = None) -> None:
+        self._loader: Loader = loader or StoreLoader(app)
         self._seen: dict[UUID, tuple[Aggregate, int]] = {}
 
     def get(self, cls: type[A], aggregate_id: UUID) -> A:
         """Load an aggregate (once per attempt); raises AggregateNotFoundError."""
         found = self._seen.get(aggregate_id)
         if found is None:
-            aggregate = self._app.load(cls, aggregate_id, deciding=True)
+            aggregate = self._loader.load(cls, aggregate_id)
             self._seen[aggregate_id] = (aggregate, aggregate.version)
             return aggregate
         if not isinstance(found[0], cls):
@@ -100,8 +146,7 @@ class UnitOfWork:
 
     def add(self, aggregate: Aggregate) -> None:
         """Register a newly created aggregate; raises AggregateExistsError if its id is taken."""
-        # A stale "absent" is safe: appending version 1 again is a conflict, and the retry sees it.
-        if aggregate.id in self._seen or self._app.store.read_for_decision(aggregate.id):
+        if aggregate.id in self._seen or self._loader.exists(aggregate.id):
             raise AggregateExistsError(
                 f"an aggregate with id {aggregate.id} exists already; choose a new id"
             )
@@ -113,6 +158,68 @@ class UnitOfWork:
         return iter(self._seen.values())
 
 
+@dataclass
+class Decision:
+    """What a handler decided: the events to append, not yet written."""
+
+    command: Command
+    events: list[NewEvent]
+    """The aggregates' new events, in the order they were recorded."""
+    changed: list[tuple[Aggregate, int]]
+    """Each aggregate with new events, and its version when loaded (0 when created)."""
+    touched: list[Aggregate]
+    """Every aggregate the handler loaded or created: the changed ones first, in order."""
+
+    @property
+    def primary(self) -> UUID | None:
+        """The first aggregate changed (for a creation command: the new one)."""
+        return self.changed[0][0].id if self.changed else None
+
+    @property
+    def versions(self) -> dict[UUID, int]:
+        return {aggregate.id: aggregate.version for aggregate, _ in self.changed}
+
+    def record(self, positions: Positions | None = None) -> NewEvent:
+        """The command record: the idempotency key, appended in the same write as the events.
+        Writers that know where the events landed store ``positions`` in it, so a replay can
+        hand them back."""
+        body: dict[str, Any] = {
+            "command_type": self.command.command_type,
+            "fingerprint": self.command.fingerprint(),
+            "aggregate_id": self.primary,
+            "versions": {str(k): v for k, v in self.versions.items()},
+        }
+        if positions:
+            body["positions"] = {str(p): o for p, o in positions.items()}
+        return NewEvent(
+            aggregate_id=command_record_id(self.command.command_id),
+            version=1,
+            topic=COMMAND_RECORD_TOPIC,
+            state=pydantic_core.to_json(body),
+            route_with=self.primary or self.command.routing_id(),
+        )
+
+    def result(self, positions: Positions) -> CommandResult:
+        return CommandResult(self.command.command_id, self.primary, self.versions, positions)
+
+
+class CommandRouter(Protocol):
+    """Carries commands to the process that decides them (a sharded store's shard owner).
+
+    A store that decides commands elsewhere returns one from ``command_router(app)``;
+    embedded stores return None and commands are decided in the calling process."""
+
+    def execute(self, command: Command, metadata: Metadata, timeout: float | None) -> CommandResult:
+        """Run ``command`` where it is decided and return its result, or raise the error its
+        handler raised; OutcomeUnknownError when no answer came within ``timeout``."""
+
+    def send(self, command: Command, metadata: Metadata) -> None:
+        """Hand ``command`` over without waiting for its outcome."""
+
+    def close(self) -> None:
+        """Release the router's clients."""
+
+
 class Application:
     """Routes commands to handlers and appends the events they cause.
 
@@ -121,6 +228,10 @@ class Application:
     (``KEEL_<NAME>_EVENT_STORE``, then ``KEEL_EVENT_STORE``), else a SQLite file under
     ``var/``. ``snapshot_every`` takes a snapshot of an aggregate each time its version crosses
     a multiple of it (``None`` turns snapshots off).
+
+    On the embedded stores a command is decided in the calling process. On Kafka it is decided
+    by the one writer process that owns its shard (``python -m framework.writer run``); other
+    processes send it there and wait for the result (see :mod:`framework.writer`).
     """
 
     def __init__(
@@ -140,7 +251,10 @@ class Application:
         self._handlers: dict[type[Command], Handler] = {}
         self._no_snapshots: set[type[Aggregate]] = set()
         self._lock = threading.Lock()
-        # Test hook: framework.testing checks the state handlers leave against a replay.
+        self._router: CommandRouter | None = None
+        self._router_ready = False
+        # Test hook: framework.testing checks the state handlers leave against a replay. It
+        # gets every aggregate the handler touched, changed or not.
         self.on_commit: Callable[[list[Aggregate]], None] | None = None
 
     def using(self, store: EventStore | str) -> Application:
@@ -172,6 +286,15 @@ class Application:
         """Every command this application handles, by its public name."""
         return {cls.command_type: cls for cls in self._handlers}
 
+    @property
+    def router(self) -> CommandRouter | None:
+        """The store's command router (None: commands are decided in this process)."""
+        with self._lock:
+            if not self._router_ready:
+                self._router = self.store.command_router(self)
+                self._router_ready = True
+            return self._router
+
     # -- commands -----------------------------------------------------------------------------
 
     def execute_raw(
@@ -191,86 +314,119 @@ class Application:
         user: str | None = None,
         correlation_id: UUID | None = None,
         causation_id: UUID | None = None,
+        timeout: float | None = None,
     ) -> CommandResult:
         """Run ``command``'s handler and append its events atomically.
 
         Retries on a version conflict (up to ``max_conflict_retries``), then raises
         ConflictRetriesExhaustedError. Executing a command id that ran before returns the first
-        result and writes nothing. Domain errors from the handler propagate; nothing is written.
+        result and writes nothing (the same id with another payload raises
+        IdempotencyKeyReusedError). Domain errors from the handler propagate; nothing is
+        written. On Kafka the command may be decided in another process: ``timeout`` bounds the
+        wait for its result (OutcomeUnknownError; re-sending the same command is safe).
         """
-        handler = self._handlers.get(type(command))
-        if handler is None:
-            raise UnknownCommandError(
-                f"no handler for {type(command).__name__}: register one with @app.handles"
-            )
-        metadata = Metadata(
+        metadata = self._metadata(command, user, correlation_id, causation_id)
+        router = self.router
+        if router is not None:
+            return router.execute(command, metadata, timeout)
+        return self.execute_here(command, metadata)
+
+    def send(
+        self,
+        command: Command,
+        *,
+        user: str | None = None,
+        correlation_id: UUID | None = None,
+        causation_id: UUID | None = None,
+    ) -> UUID:
+        """Hand ``command`` over without waiting for its outcome; returns its command id.
+
+        On Kafka the command is in the commands topic when this returns, and its shard's
+        writer executes it exactly once. The embedded stores have no queue: they execute it
+        here (errors propagate)."""
+        metadata = self._metadata(command, user, correlation_id, causation_id)
+        router = self.router
+        if router is not None:
+            router.send(command, metadata)
+        else:
+            self.execute_here(command, metadata)
+        return command.command_id
+
+    def _metadata(
+        self,
+        command: Command,
+        user: str | None,
+        correlation_id: UUID | None,
+        causation_id: UUID | None,
+    ) -> Metadata:
+        self.handler_for(command)
+        return Metadata(
             command_id=command.command_id,
             command_type=command.command_type,
             user=user,
             correlation_id=correlation_id or command.command_id,
             causation_id=causation_id or command.command_id,
         )
+
+    def handler_for(self, command: Command) -> Handler:
+        """The handler registered for ``command``'s type; raises UnknownCommandError."""
+        handler = self._handlers.get(type(command))
+        if handler is None:
+            raise UnknownCommandError(
+                f"no handler for {type(command).__name__}: register one with @app.handles"
+            )
+        return handler
+
+    def execute_here(self, command: Command, metadata: Metadata) -> CommandResult:
+        """Decide ``command`` in this process and append through the store's version check
+        (what :meth:`execute` does on the embedded stores)."""
         for _attempt in range(self.max_conflict_retries + 1):
-            previous = self._previous_result(command.command_id)
+            previous = self.previous_result(command)
             if previous is not None:
                 return previous
-            uow = UnitOfWork(self)
-            handler(command, uow)
+            decision = self.decide(command, metadata, UnitOfWork(self))
             try:
-                return self._commit(command, uow, metadata)
+                positions = self.store.append([*decision.events, decision.record()])
             except ConcurrencyError:
                 continue
+            return self.committed(decision, positions)
         raise ConflictRetriesExhaustedError(
             f"{command.command_type} {command.command_id} lost {self.max_conflict_retries + 1} "
             "races for the same aggregates; nothing was written"
         )
 
-    def _commit(self, command: Command, uow: UnitOfWork, metadata: Metadata) -> CommandResult:
+    def decide(self, command: Command, metadata: Metadata, uow: UnitOfWork) -> Decision:
+        """Run the handler and encode the events it caused; nothing is written."""
+        self.handler_for(command)(command, uow)
         events: list[NewEvent] = []
         changed: list[tuple[Aggregate, int]] = []
+        unchanged: list[Aggregate] = []
         for aggregate, loaded_version in uow.touched():
             pending = aggregate.collect_events()
             if pending:
                 changed.append((aggregate, loaded_version))
                 events.extend(codec.encode(e, metadata) for e in pending)
-        versions = {aggregate.id: aggregate.version for aggregate, _ in changed}
-        primary = changed[0][0].id if changed else None
-        record = {
-            "command_type": command.command_type,
-            "aggregate_id": primary,
-            "versions": {str(k): v for k, v in versions.items()},
-        }
-        events.append(
-            NewEvent(
-                aggregate_id=command_record_id(command.command_id),
-                version=1,
-                topic=COMMAND_RECORD_TOPIC,
-                state=pydantic_core.to_json(record),
-                route_with=primary,
-            )
-        )
-        positions = self.store.append(events)
-        if self.on_commit is not None:
-            self.on_commit([aggregate for aggregate, _ in changed])
-        for aggregate, loaded_version in changed:
-            self._maybe_snapshot(aggregate, loaded_version)
-        return CommandResult(command.command_id, primary, versions, positions)
+            else:
+                unchanged.append(aggregate)
+        return Decision(command, events, changed, [a for a, _ in changed] + unchanged)
 
-    def _previous_result(self, command_id: UUID) -> CommandResult | None:
+    def committed(self, decision: Decision, positions: Positions) -> CommandResult:
+        """After a decision's events are written: test hooks, snapshots, the result."""
+        if self.on_commit is not None:
+            self.on_commit(decision.touched)
+        for aggregate, loaded_version in decision.changed:
+            self._maybe_snapshot(aggregate, loaded_version)
+        return decision.result(positions)
+
+    def previous_result(self, command: Command) -> CommandResult | None:
+        """The result of ``command``'s id if it ran before (``replayed=True``), else None.
+
+        Raises IdempotencyKeyReusedError when that id ran with another type or payload."""
         # A stale "absent" is safe: the command record's version 1 is then a conflict.
-        found = self.store.read_for_decision(command_record_id(command_id))
+        found = self.store.read_for_decision(command_record_id(command.command_id))
         if not found:
             return None
-        record = pydantic_core.from_json(found[0].state)
-        primary = record.get("aggregate_id")
-        positions = {found[0].partition: found[0].offset + 1} if found[0].offset >= 0 else {}
-        return CommandResult(
-            command_id=command_id,
-            aggregate_id=UUID(primary) if primary else None,
-            versions={UUID(k): int(v) for k, v in record.get("versions", {}).items()},
-            positions=positions,
-            replayed=True,
-        )
+        return replayed_result(self.store, command, found[0])
 
     # -- aggregates ---------------------------------------------------------------------------
 
@@ -298,7 +454,15 @@ class Application:
         else:
             events = self.store.read(aggregate_id, after_version=after, up_to_version=version)
         for recorded in events:
-            aggregate = codec.decode(recorded).event.mutate(aggregate)
+            try:
+                aggregate = codec.decode(recorded).event.mutate(aggregate)
+            except OriginatorVersionError as error:
+                have = aggregate.version if aggregate is not None else 0
+                raise StreamGapError(
+                    f"aggregate {aggregate_id} has version {recorded.version} after version "
+                    f"{have}: its stored events skip a version (something wrote around the "
+                    "store, or the data was damaged)"
+                ) from error
         if aggregate is None:
             raise AggregateNotFoundError(f"no {cls.__name__} has id {aggregate_id}")
         if not isinstance(aggregate, cls):
@@ -341,5 +505,33 @@ class Application:
             log.warning("could not save a snapshot of %s: %s", aggregate.id, error)
 
     def close(self) -> None:
-        """Close the store."""
+        """Close the command router and the store."""
+        with self._lock:
+            router, self._router = self._router, None
+        if router is not None:
+            router.close()
         self.store.close()
+
+
+def replayed_result(store: EventStore, command: Command, record: RecordedEvent) -> CommandResult:
+    """The result a command record stands for; refuses a re-used id with another payload."""
+    body = pydantic_core.from_json(record.state)
+    if (
+        body.get("command_type", command.command_type) != command.command_type
+        or body.get("fingerprint", command.fingerprint()) != command.fingerprint()
+    ):
+        raise IdempotencyKeyReusedError(
+            f"command id {command.command_id} already ran as a {body.get('command_type')} with "
+            f"another payload; nothing was written. Give a new command a new id"
+        )
+    primary = body.get("aggregate_id")
+    stored = body.get("positions")
+    # Without stored positions, the head is past the command's events: a safe place to wait.
+    positions = {int(p): int(o) for p, o in stored.items()} if stored else dict(store.head())
+    return CommandResult(
+        command_id=command.command_id,
+        aggregate_id=UUID(primary) if primary else None,
+        versions={UUID(k): int(v) for k, v in body.get("versions", {}).items()},
+        positions=positions,
+        replayed=True,
+    )

@@ -7,6 +7,7 @@ A command is a frozen pydantic model. The client chooses its fields (and may cho
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
@@ -42,12 +43,38 @@ class Command(BaseModel):
     command_type: ClassVar[str] = ""
     """The command's public name (defaults to the class name); forms and APIs use it."""
 
+    route_by: ClassVar[str | None] = None
+    """The field holding the id of the aggregate this command changes. On a sharded store
+    (Kafka) the command goes to that aggregate's writer shard. By default: the first field
+    whose type is ``UUID`` (``command_id`` aside); a command without one routes by its
+    ``command_id``."""
+
     command_id: UUID = Field(default_factory=uuid4, description="Idempotency key")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "command_type" not in cls.__dict__:
             cls.command_type = cls.__name__
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if cls.route_by is not None and cls.route_by not in cls.model_fields:
+            raise TypeError(
+                f"{cls.__name__}.route_by names {cls.route_by!r}, which is not one of its fields"
+            )
+
+    def routing_id(self) -> UUID:
+        """The id that picks this command's writer shard (see :attr:`route_by`)."""
+        field_name = self.route_by or _first_uuid_field(type(self))
+        value = getattr(self, field_name) if field_name else None
+        return value if isinstance(value, UUID) else self.command_id
+
+    def fingerprint(self) -> str:
+        """A digest of the command's type and payload (without its id): re-using a command id
+        for another command is refused by comparing these."""
+        payload = self.model_dump_json(exclude={"command_id"})
+        return hashlib.sha256(f"{self.command_type}\n{payload}".encode()).hexdigest()
 
     @classmethod
     def parse(cls, data: Mapping[str, Any] | str | bytes) -> Self:
@@ -65,6 +92,13 @@ class Command(BaseModel):
                     for e in error.errors(include_url=False)
                 ],
             ) from None
+
+
+def _first_uuid_field(cls: type[Command]) -> str | None:
+    for name, info in cls.model_fields.items():
+        if name != "command_id" and info.annotation is UUID:
+            return name
+    return None
 
 
 class Metadata(BaseModel):

@@ -8,16 +8,19 @@ also derive from the builtin they resemble, so ``except ValueError`` keeps worki
     │   └── UnsafeConfigurationError
     ├── CommandError (ValueError)
     │   ├── CommandValidationError
-    │   └── UnknownCommandError (LookupError)
+    │   ├── UnknownCommandError (LookupError)
+    │   └── IdempotencyKeyReusedError        a command id re-used for another command
     ├── DomainError (ValueError)            raised by your aggregates' invariants
     ├── AggregateNotFoundError (LookupError)
     ├── AggregateExistsError
     ├── ConcurrencyError                     a version was already taken
     │   └── ConflictRetriesExhaustedError
     ├── CrossShardCommandError
+    ├── RemoteCommandError                   a writer process failed with an unknown error
     ├── EventDecodingError (ValueError)
     │   ├── UnknownEventTypeError (LookupError)
-    │   └── UpcastingError
+    │   ├── UpcastingError
+    │   └── StreamGapError                   an aggregate's stored versions skip a number
     ├── EventEncodingError (TypeError)
     ├── EventTooLargeError (ValueError)
     ├── StoreError
@@ -51,13 +54,16 @@ __all__ = [
     "EventEncodingError",
     "EventTooLargeError",
     "FrameworkError",
+    "IdempotencyKeyReusedError",
     "OutcomeUnknownError",
     "PositionConflictError",
     "ProjectionError",
     "ProjectionStoppedError",
     "ProjectionTimeoutError",
+    "RemoteCommandError",
     "StoreError",
     "StoreUnavailableError",
+    "StreamGapError",
     "TopicLayoutChangedError",
     "UnknownCommandError",
     "UnknownEventTypeError",
@@ -102,6 +108,12 @@ class UnknownCommandError(CommandError, LookupError):
     """No handler is registered for this command type. Register one with ``@app.handles``."""
 
 
+class IdempotencyKeyReusedError(CommandError):
+    """A command id that already ran was sent again with another command type or payload.
+    Nothing was written. A command id names one intent: give a new command a new id (the
+    default), and re-send the very same command to retry."""
+
+
 class DomainError(FrameworkError, ValueError):
     """An aggregate refused a command because it would break an invariant. Subclass it for
     your domain's rules (``class OrderAlreadyShipped(DomainError)``)."""
@@ -131,6 +143,16 @@ class CrossShardCommandError(FrameworkError):
     manager."""
 
 
+class RemoteCommandError(FrameworkError):
+    """The writer process that decided a command failed with an error this process does not
+    know (a bug in a handler, or an error class not imported here). ``remote_type`` names it;
+    the writer's log has the traceback. Nothing was written."""
+
+    def __init__(self, message: str, remote_type: str = "") -> None:
+        super().__init__(message)
+        self.remote_type = remote_type
+
+
 class EventDecodingError(FrameworkError, ValueError):
     """A stored event could not be turned back into a domain event."""
 
@@ -142,6 +164,11 @@ class UnknownEventTypeError(EventDecodingError, LookupError):
 
 class UpcastingError(EventDecodingError):
     """An upcaster failed on an old event payload."""
+
+
+class StreamGapError(EventDecodingError):
+    """An aggregate's stored events skip a version (the message names the aggregate and the
+    gap). The store never writes one: something wrote around it or the data was damaged."""
 
 
 class EventEncodingError(FrameworkError, TypeError):

@@ -14,11 +14,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 from urllib.parse import urlsplit
 from uuid import UUID
 
 from framework.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from framework.application import Application, CommandRouter
 
 __all__ = [
     "BACKENDS",
@@ -149,6 +152,11 @@ class EventStore(ABC):
     def partition_for(self, aggregate_id: UUID) -> int:
         """The partition that holds ``aggregate_id``'s events."""
         return 0
+
+    def command_router(self, app: Application) -> CommandRouter | None:
+        """How ``app``'s commands reach the process that decides them; None (the default)
+        means "right here": the store's append checks versions for any number of writers."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold resources
         """Release connections, producers and files."""

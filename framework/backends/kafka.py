@@ -22,6 +22,13 @@ URL options (all optional):
 ``append_timeout``         seconds an append may spend re-fencing and retrying (default 60)
 ``read_timeout``           seconds a catch-up read may take (default 30)
 ``max_batch``              most events in one group-commit transaction (default 1000)
+``max_event_bytes``        the largest event accepted (default: the topic's max.message.bytes,
+                           at most 1 MiB, less 512 bytes of record overhead)
+``command_timeout``        seconds ``execute`` waits for a command's result (default 30)
+``command_ttl``            seconds a sent command stays executable (default 300): a writer
+                           skips a command it reads later than that, so a command whose caller
+                           gave up long ago never runs by surprise
+``results_partitions``     partitions of ``<name>.results`` when creating it (default 6)
 =========================  ======================================================================
 
 Security settings go to every kafka-python client unchanged, under kafka-python's names:
@@ -37,6 +44,11 @@ and ``enable_auto_commit=False`` itself; naming any of them with another value i
 
 How it behaves:
 
+- ``Application.execute`` sends each command to the process that owns its writer shard
+  (``python -m framework.writer run``; see :mod:`framework.backends.kafka_owner`) through
+  ``<name>.commands`` and waits for its outcome on ``<name>.results``; a writer process decides
+  the commands of its own shards in place. ``store.append`` is the low-level fenced append
+  below both, for tools and tests.
 - ``append`` hands the events to its shard's writer thread, which batches concurrent appends
   into one transaction (see :mod:`framework.backends.kafka_writer`) and returns once the commit
   markers are written: ``head()`` is then past the returned positions and every
@@ -61,7 +73,7 @@ import re
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import parse_qsl, unquote, urlsplit
 from uuid import UUID
 
@@ -70,7 +82,9 @@ from framework.backends.kafka_client import (
     KafkaConsumer,
     KafkaError,
     KafkaProducer,
+    TopicPartition,
 )
+from framework.backends.kafka_commands import KafkaCommandRouter, count_group_members
 from framework.backends.kafka_feed import KafkaFeedReader
 from framework.backends.kafka_index import (
     LocalIndex,
@@ -79,7 +93,7 @@ from framework.backends.kafka_index import (
     lock_index_file,
 )
 from framework.backends.kafka_records import partition_for, record_size
-from framework.backends.kafka_topic import TopicInfo, prepare_topic
+from framework.backends.kafka_topic import TopicInfo, prepare_command_topics, prepare_topic
 from framework.backends.kafka_writer import ShardWriter, WriterSettings
 from framework.errors import (
     ConfigurationError,
@@ -99,6 +113,9 @@ from framework.persistence import (
     RecordedEvent,
     Snapshot,
 )
+
+if TYPE_CHECKING:
+    from framework.application import Application
 
 __all__ = ["KafkaEventStore", "open_store", "parse_url"]
 
@@ -128,8 +145,22 @@ GUARDED_SETTINGS = {
     "enable_auto_commit": ("false", {"false", "0", "no"}),
     "isolation_level": ("read_committed", {"read_committed"}),
 }
-INT_OPTIONS = {"partitions", "shards", "replication_factor", "min_insync_replicas", "max_batch"}
-FLOAT_OPTIONS = {"commit_timeout", "append_timeout", "read_timeout"}
+INT_OPTIONS = {
+    "partitions",
+    "shards",
+    "replication_factor",
+    "min_insync_replicas",
+    "max_batch",
+    "max_event_bytes",
+    "results_partitions",
+}
+FLOAT_OPTIONS = {
+    "commit_timeout",
+    "append_timeout",
+    "read_timeout",
+    "command_timeout",
+    "command_ttl",
+}
 STR_OPTIONS = {"topic", "index", "client_id"}
 
 
@@ -213,6 +244,10 @@ class KafkaEventStore(EventStore):
         append_timeout: float = 60.0,
         read_timeout: float = 30.0,
         max_batch: int = 1000,
+        max_event_bytes: int | None = None,
+        command_timeout: float = 30.0,
+        command_ttl: float = 300.0,
+        results_partitions: int = 6,
         client: Mapping[str, Any] | None = None,
     ) -> None:
         self.name = name
@@ -234,12 +269,21 @@ class KafkaEventStore(EventStore):
             ("partitions", partitions),
             ("shards", shards),
             ("max_batch", max_batch),
+            ("max_event_bytes", max_event_bytes),
+            ("results_partitions", results_partitions),
         ):
             if value is not None and value < 1:
                 raise ConfigurationError(f"{option} must be at least 1, not {value}")
         self._security = check_client_settings(client or {})
         self._client_id = client_id or f"keel-{name}"
         self._read_timeout = read_timeout
+        self.read_timeout = read_timeout
+        self.commit_timeout = commit_timeout
+        self.command_timeout = command_timeout
+        self.command_ttl = command_ttl
+        self.commands_topic = f"{self.topic.removesuffix('.events')}.commands"
+        self.results_topic = f"{self.topic.removesuffix('.events')}.results"
+        self.writer_group = f"{name}-writers"
         self._lock = threading.Lock()
         self._writers: dict[int, ShardWriter] = {}
         self._closed = False
@@ -250,6 +294,9 @@ class KafkaEventStore(EventStore):
             stable_timeout=read_timeout,
         )
         self._index_lock: TextIO | None = None
+        self._routers: list[KafkaCommandRouter] = []
+        self._head_reader: KafkaConsumer | None = None
+        self._head_lock = threading.Lock()
         self._admin_timeout = read_timeout
         try:
             admin = KafkaAdminClient(
@@ -274,16 +321,46 @@ class KafkaEventStore(EventStore):
                 new_consumer=self._new_consumer,
                 timeout=read_timeout,
             )
+            self.results_partitions = prepare_command_topics(
+                admin,
+                self.info,
+                commands_topic=self.commands_topic,
+                results_topic=self.results_topic,
+                results_partitions=results_partitions,
+                timeout=read_timeout,
+            )
         finally:
             admin.close()
         self.shards = self.info.layout.shards
-        self._max_record = min(self.info.max_message_bytes, 1048576) - 512
-        self.index_path, self._index_lock = self._open_index_file(index)
-        self._index = LocalIndex(self.index_path)
-        self._index.bind(self.topic, self.info.topic_id)
-        self._topic_index = TopicIndex(
-            self._index, self.topic, self.partitions, self._new_consumer, read_timeout
-        )
+        limit = min(self.info.max_message_bytes, 1048576) - 512
+        self._max_record = min(max_event_bytes, limit) if max_event_bytes else limit
+        # The local index is opened on first use: a process that only sends commands and reads
+        # read models never needs one, so it starts in the same time whatever the history.
+        self._index_option = index
+        self._topic_index_instance: TopicIndex | None = None
+        self.index_path: Path | None = None
+
+    @property
+    def topic_index(self) -> TopicIndex:
+        """The local index and its reader, opened (and caught up as needed) on first use."""
+        with self._lock:
+            self._check_open()
+            if self._topic_index_instance is None:
+                self.index_path, self._index_lock = self._open_index_file(self._index_option)
+                index = LocalIndex(self.index_path)
+                index.bind(self.topic, self.info.topic_id)
+                self._topic_index_instance = TopicIndex(
+                    index, self.topic, self.partitions, self._new_consumer, self._read_timeout
+                )
+            return self._topic_index_instance
+
+    @property
+    def _index(self) -> LocalIndex:
+        return self.topic_index.index
+
+    @property
+    def _topic_index(self) -> TopicIndex:
+        return self.topic_index
 
     def _open_index_file(self, index: str | Path | None) -> tuple[Path, TextIO]:
         if index is None:
@@ -309,23 +386,24 @@ class KafkaEventStore(EventStore):
         )
 
     def _new_producer(self, **settings: Any) -> KafkaProducer:
-        return KafkaProducer(
-            bootstrap_servers=self._servers,
-            client_id=f"{self._client_id}-producer",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=0,
-            transaction_timeout_ms=15000,
-            delivery_timeout_ms=int(self._settings.commit_timeout * 1000),
-            request_timeout_ms=min(int(self._settings.commit_timeout * 1000) - 1, 10000),
-            max_block_ms=int(self._settings.commit_timeout * 1000),
-            allow_auto_create_topics=False,
+        options: dict[str, Any] = {
+            "bootstrap_servers": self._servers,
+            "client_id": f"{self._client_id}-producer",
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": 0,
+            "transaction_timeout_ms": 15000,
+            "delivery_timeout_ms": int(self._settings.commit_timeout * 1000),
+            "request_timeout_ms": min(int(self._settings.commit_timeout * 1000) - 1, 10000),
+            "max_block_ms": int(self._settings.commit_timeout * 1000),
+            "allow_auto_create_topics": False,
             # init_transactions and the first AddPartitionsToTxn poll while the coordinator
             # settles the previous epoch; 100 ms steps double the cost of taking a writer over.
-            retry_backoff_ms=20,
+            "retry_backoff_ms": 20,
             **self._security,
-            **settings,
-        )
+        }
+        options.update(settings)
+        return KafkaProducer(**options)
 
     @property
     def partitions(self) -> int:
@@ -339,6 +417,47 @@ class KafkaEventStore(EventStore):
     def shard_of(self, partition: int) -> int:
         """The writer shard that owns ``partition``."""
         return partition % self.shards
+
+    def shard_for(self, aggregate_id: UUID) -> int:
+        """The writer shard of ``aggregate_id`` (the commands partition its commands go to)."""
+        return self.shard_of(self.partition_for(aggregate_id))
+
+    def shard_partitions(self, shard: int) -> list[int]:
+        """The events-topic partitions writer shard ``shard`` owns."""
+        return [p for p in range(self.partitions) if self.shard_of(p) == shard]
+
+    def check_size(self, event: NewEvent) -> None:
+        """Refuse an event larger than the store accepts (before anything is sent)."""
+        if record_size(event) > self._max_record:
+            raise EventTooLargeError(
+                f"event {event.topic} v{event.version} of {event.aggregate_id} takes about "
+                f"{record_size(event)} bytes; the store accepts {self._max_record} "
+                "(max_event_bytes). Nothing was written"
+            )
+
+    def command_router(self, app: Application) -> KafkaCommandRouter:
+        """Commands go to their shard's owner over ``<name>.commands``."""
+        self._check_open()
+        router = KafkaCommandRouter(self, app)
+        with self._lock:
+            self._routers.append(router)
+        return router
+
+    def writer_members(self) -> int | None:
+        """How many writer processes are members of ``<name>-writers`` now (None: unknown)."""
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=self._servers,
+                client_id=f"{self._client_id}-admin",
+                request_timeout_ms=5000,
+                **self._security,
+            )
+        except KafkaError:
+            return None
+        try:
+            return count_group_members(admin, self.writer_group)
+        finally:
+            admin.close()
 
     def append(self, events: Sequence[NewEvent]) -> Positions:
         """Append atomically, checking each aggregate's next version (see the module doc)."""
@@ -354,15 +473,11 @@ class KafkaEventStore(EventStore):
                 "shard, or split the work with a process manager"
             )
         for event in events:
-            if record_size(event) > self._max_record:
-                raise EventTooLargeError(
-                    f"event {event.topic} v{event.version} of {event.aggregate_id} takes about "
-                    f"{record_size(event)} bytes; the topic accepts {self._max_record}. Nothing "
-                    "was written"
-                )
+            self.check_size(event)
         return self._writer(shards.pop()).append(events, placed)
 
     def _writer(self, shard: int) -> ShardWriter:
+        topic_index = self.topic_index
         with self._lock:
             self._check_open()
             writer = self._writers.get(shard)
@@ -370,10 +485,10 @@ class KafkaEventStore(EventStore):
                 writer = ShardWriter(
                     topic=self.topic,
                     shard=shard,
-                    partitions=[p for p in range(self.partitions) if self.shard_of(p) == shard],
+                    partitions=self.shard_partitions(shard),
                     transactional_id=f"{self.name}-writer-{shard}",
                     producer_factory=self._new_producer,
-                    topic_index=self._topic_index,
+                    topic_index=topic_index,
                     settings=self._settings,
                 )
                 self._writers[shard] = writer
@@ -382,9 +497,9 @@ class KafkaEventStore(EventStore):
     def read(
         self, aggregate_id: UUID, *, after_version: int = 0, up_to_version: int | None = None
     ) -> list[RecordedEvent]:
-        """One aggregate's events, from the local index once it has caught up."""
+        """One aggregate's events, from the local index once its partition has caught up."""
         self._check_open()
-        self._topic_index.catch_up()
+        self._topic_index.catch_up([self.partition_for(aggregate_id)])
         return self._index.aggregate_events(aggregate_id, after_version, up_to_version)
 
     def read_for_decision(
@@ -409,7 +524,21 @@ class KafkaEventStore(EventStore):
     def head(self) -> Positions:
         """Each partition's last stable offset (the end a ``read_committed`` reader sees)."""
         self._check_open()
-        return self._topic_index.end_offsets()
+        with self._lock:
+            reader = self._head_reader
+            if reader is None:
+                reader = self._head_reader = self._new_consumer(
+                    group_id=None, enable_auto_commit=False, isolation_level="read_committed"
+                )
+        tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
+        try:
+            with self._head_lock:
+                ends = reader.end_offsets(tps, timeout_ms=int(self._read_timeout * 1000))
+        except KafkaError as error:
+            raise StoreUnavailableError(
+                f"cannot read the end offsets of {self.topic}: {error}"
+            ) from error
+        return {tp.partition: int(ends[tp]) for tp in tps}
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """Keep ``snapshot`` in the local index (a cache: it is not written to Kafka)."""
@@ -449,10 +578,18 @@ class KafkaEventStore(EventStore):
                 return
             self._closed = True
             writers = list(self._writers.values())
+            routers, self._routers = self._routers, []
+            topic_index, self._topic_index_instance = self._topic_index_instance, None
+            head_reader, self._head_reader = self._head_reader, None
+        for router in routers:
+            router.close()
         for writer in writers:
             writer.close()
-        self._topic_index.close()
-        self._index.close()
+        if head_reader is not None:
+            head_reader.close(autocommit=False)
+        if topic_index is not None:
+            topic_index.close()
+            topic_index.index.close()
         if self._index_lock is not None:
             self._index_lock.close()
 

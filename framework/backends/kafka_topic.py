@@ -39,11 +39,19 @@ from framework.errors import (
     UnsafeConfigurationError,
 )
 
-__all__ = ["Layout", "TopicInfo", "check_topic_configs", "prepare_topic"]
+__all__ = [
+    "Layout",
+    "TopicInfo",
+    "check_topic_configs",
+    "prepare_command_topics",
+    "prepare_topic",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PARTITIONS = 3
+COMMANDS_RETENTION_MS = 7 * 24 * 3600 * 1000  # a writer may be down this long
+RESULTS_RETENTION_MS = 3600 * 1000  # answers, read within seconds
 _warned: set[str] = set()  # topics already warned about in this process
 
 
@@ -193,6 +201,55 @@ def prepare_topic(
         replication_factor=actual_rf,
         max_message_bytes=int(configs.get("max.message.bytes", "1048588")),
     )
+
+
+def prepare_command_topics(
+    admin: KafkaAdminClient,
+    info: TopicInfo,
+    *,
+    commands_topic: str,
+    results_topic: str,
+    results_partitions: int,
+    timeout: float,
+) -> int:
+    """Create the commands topic (one partition per writer shard) and the results topic when
+    missing; return the results topic's partition count.
+
+    Neither is the log of record: commands are kept a week (a writer may be down that long),
+    results an hour."""
+    rf = info.replication_factor
+    base = {
+        "cleanup.policy": "delete",
+        "min.insync.replicas": str(min(2, rf)),
+        "unclean.leader.election.enable": "false",
+    }
+    try:
+        commands = _ensure(
+            admin,
+            commands_topic,
+            info.layout.shards,
+            rf,
+            {**base, "retention.ms": str(COMMANDS_RETENTION_MS)},
+            timeout,
+        )
+        results = _ensure(
+            admin,
+            results_topic,
+            results_partitions,
+            rf,
+            {**base, "retention.ms": str(RESULTS_RETENTION_MS)},
+            timeout,
+        )
+    except KafkaError as error:
+        raise StoreUnavailableError(f"cannot prepare {commands_topic!r}: {error!r}") from error
+    if len(commands["partitions"]) != info.layout.shards:
+        raise TopicLayoutChangedError(
+            f"topic {commands_topic!r} has {len(commands['partitions'])} partitions but "
+            f"{info.name!r} has {info.layout.shards} writer shards: each shard needs exactly "
+            f"one commands partition. Recreate {commands_topic!r} with "
+            f"{info.layout.shards} partitions (it holds no history)"
+        )
+    return len(results["partitions"])
 
 
 def _describe(admin: KafkaAdminClient, topic: str) -> dict[str, Any] | None:

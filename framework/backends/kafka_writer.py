@@ -47,7 +47,14 @@ from framework.errors import (
 )
 from framework.persistence import NewEvent, Positions, RecordedEvent
 
-__all__ = ["AppendRequest", "ShardWriter", "call_bounded"]
+__all__ = [
+    "AppendRequest",
+    "BoundedCallTimeout",
+    "ShardWriter",
+    "call_bounded",
+    "close_quietly",
+    "is_fenced",
+]
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +291,7 @@ class ShardWriter:
             # init_transactions fences older producers of this id and settles their transaction.
             call_bounded(producer.init_transactions, self._settings.commit_timeout, "init")
         except (KafkaError, BoundedCallTimeout) as error:
-            _close_quietly(producer)
+            close_quietly(producer)
             raise StoreUnavailableError(
                 f"cannot initialise transactions for {self.transactional_id}: {error}"
             ) from error
@@ -292,7 +299,7 @@ class ShardWriter:
         try:
             self._topic_index.catch_up(self.partitions, force=True)
         except StoreUnavailableError:
-            _close_quietly(producer)
+            close_quietly(producer)
             raise
         self._producer = producer
         return producer
@@ -300,7 +307,7 @@ class ShardWriter:
     def _drop_producer(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            _close_quietly(producer)
+            close_quietly(producer)
 
     def _check(self, pending: list[AppendRequest]) -> list[AppendRequest]:
         """Fail the appends whose versions are taken; return the others, checked in order."""
@@ -361,7 +368,7 @@ class ShardWriter:
                 )
         except Exception as error:
             self._abort(producer)
-            if _is_fenced(producer, error):
+            if is_fenced(producer, error):
                 raise _Fenced(str(error)) from error
             raise _Failed(repr(error)) from error
         try:
@@ -463,7 +470,7 @@ class ShardWriter:
             delay = min(delay * 2, 0.05)
 
 
-def _is_fenced(producer: KafkaProducer, error: BaseException) -> bool:
+def is_fenced(producer: KafkaProducer, error: BaseException) -> bool:
     fencing = (ProducerFencedError, InvalidProducerEpochError)
     if isinstance(error, fencing) or any(isinstance(a, fencing) for a in error.args):
         return True
@@ -471,7 +478,7 @@ def _is_fenced(producer: KafkaProducer, error: BaseException) -> bool:
     return isinstance(getattr(manager, "last_error", None), fencing)
 
 
-def _close_quietly(producer: KafkaProducer) -> None:
+def close_quietly(producer: KafkaProducer) -> None:
     def close() -> None:
         try:
             producer.close(timeout=0)

@@ -1,0 +1,466 @@
+"""Commands as Kafka messages: the commands and results topics, and a sending process's router.
+
+On Kafka every command is decided by the one process that owns its writer shard (see
+:mod:`framework.backends.kafka_owner`). Any other process *sends* it:
+
+- ``<name>.commands`` has one partition per writer shard. A command goes to the partition of
+  the shard that holds its routing aggregate (``Command.routing_id()``), keyed by its command id,
+  as JSON: the command's fields, the metadata the framework set, the results partition to answer
+  on, and when it expires.
+- ``<name>.results`` carries the outcome of each command that asked for one: the
+  :class:`~framework.application.CommandResult`, or the error the handler raised, by type and
+  message. The owner writes it in the same Kafka transaction as the events and the consumed
+  command offset, so a caller reading it with ``read_committed`` never sees an outcome that
+  did not happen. Results are kept for an hour: they are answers, not the log of record.
+
+Each sending process reads one results partition (chosen at random when it starts), from the
+end it found before sending anything, so no answer to its own commands can be missed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import pydantic_core
+
+from framework.application import CommandResult
+from framework.backends.kafka_client import (
+    KafkaAdminClient,
+    KafkaConsumer,
+    KafkaError,
+    KafkaProducer,
+    KafkaTimeoutError,
+    TopicPartition,
+)
+from framework.commands import Command, Metadata
+from framework.errors import (
+    CommandValidationError,
+    FrameworkError,
+    OutcomeUnknownError,
+    RemoteCommandError,
+    StoreError,
+    StoreUnavailableError,
+    UnknownCommandError,
+)
+
+if TYPE_CHECKING:
+    from framework.application import Application
+    from framework.backends.kafka import KafkaEventStore
+
+__all__ = [
+    "CommandEnvelope",
+    "KafkaCommandRouter",
+    "ShardMoved",
+    "decode_command",
+    "decode_result",
+    "encode_command",
+    "encode_result",
+    "error_from_wire",
+    "error_to_wire",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+
+
+class ShardMoved(Exception):
+    """A local owner gave its shard up before deciding the command: send it instead."""
+
+
+# -- the wire format -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CommandEnvelope:
+    """A command as read from the commands topic."""
+
+    command: Command
+    metadata: Metadata
+    reply_partition: int | None
+    expires_at: float
+
+    def expired(self, now: float | None = None) -> bool:
+        return (time.time() if now is None else now) > self.expires_at
+
+
+def encode_command(
+    command: Command, metadata: Metadata, *, reply_partition: int | None, expires_at: float
+) -> bytes:
+    """The commands-topic value of ``command``."""
+    return pydantic_core.to_json(
+        {
+            "format": FORMAT,
+            "type": command.command_type,
+            "command": command.model_dump(mode="json"),
+            "meta": metadata.model_dump(mode="json"),
+            "reply": reply_partition,
+            "expires": expires_at,
+        }
+    )
+
+
+def decode_command(value: bytes | None, app: Application) -> CommandEnvelope:
+    """Parse a commands-topic value; CommandValidationError or UnknownCommandError when it
+    cannot be executed here (a sender with other command classes, or a foreign record)."""
+    try:
+        data = json.loads(value or b"")
+        kind = data["type"]
+        fields = data["command"]
+        metadata = Metadata.model_validate(data["meta"])
+        reply = data.get("reply")
+        expires = float(data["expires"])
+    except (ValueError, TypeError, KeyError) as error:
+        raise CommandValidationError("(unreadable)", [{"loc": [], "msg": str(error)}]) from None
+    cls = app.command_types.get(kind)
+    if cls is None:
+        raise UnknownCommandError(f"this writer has no handler for command {kind!r}")
+    return CommandEnvelope(
+        cls.parse(fields), metadata, int(reply) if isinstance(reply, int) else None, expires
+    )
+
+
+def command_id_of(value: bytes | None) -> UUID | None:
+    """The command id inside a commands-topic value, if one can be read at all."""
+    try:
+        return UUID(str(json.loads(value or b"")["meta"]["command_id"]))
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def error_to_wire(error: BaseException) -> dict[str, Any]:
+    """An error as JSON: its class, message and plain attributes (e.g. field errors)."""
+    attributes = {}
+    for key, item in vars(error).items():
+        with contextlib.suppress(ValueError, TypeError):
+            attributes[key] = json.loads(json.dumps(item, default=_plain))
+    cls = type(error)
+    return {
+        "type": f"{cls.__module__}.{cls.__qualname__}",
+        "message": str(error),
+        "attributes": attributes,
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, UUID | Decimal):
+        return str(value)
+    raise TypeError(type(value).__name__)
+
+
+def _framework_errors() -> dict[str, type[FrameworkError]]:
+    found: dict[str, type[FrameworkError]] = {}
+    stack: list[type[FrameworkError]] = [FrameworkError]
+    while stack:
+        cls = stack.pop()
+        found[f"{cls.__module__}.{cls.__qualname__}"] = cls
+        stack.extend(cls.__subclasses__())
+    return found
+
+
+def error_from_wire(data: dict[str, Any]) -> FrameworkError:
+    """The error a writer reported, as its own class when this process has that class (only
+    subclasses of FrameworkError are rebuilt); otherwise a RemoteCommandError naming it."""
+    name = str(data.get("type", "?"))
+    message = str(data.get("message", ""))
+    cls = _framework_errors().get(name)
+    if cls is None:
+        return RemoteCommandError(f"the writer failed with {name}: {message}", remote_type=name)
+    error = cls.__new__(cls)
+    error.args = (message,)
+    attributes = data.get("attributes")
+    if isinstance(attributes, dict):
+        for key, item in attributes.items():
+            with contextlib.suppress(AttributeError, TypeError):
+                setattr(error, key, item)
+    return error
+
+
+def encode_result(command_id: UUID, outcome: CommandResult | BaseException) -> bytes:
+    """The results-topic value for one command's outcome."""
+    body: dict[str, Any] = {"format": FORMAT, "command_id": str(command_id)}
+    if isinstance(outcome, CommandResult):
+        body["result"] = {
+            "aggregate_id": str(outcome.aggregate_id) if outcome.aggregate_id else None,
+            "versions": {str(k): v for k, v in outcome.versions.items()},
+            "positions": {str(p): o for p, o in outcome.positions.items()},
+            "replayed": outcome.replayed,
+        }
+    else:
+        body["error"] = error_to_wire(outcome)
+    return pydantic_core.to_json(body)
+
+
+def decode_result(value: bytes | None) -> tuple[UUID, CommandResult | FrameworkError] | None:
+    """Parse a results-topic value (None for a record that is not one)."""
+    try:
+        data = json.loads(value or b"")
+        command_id = UUID(data["command_id"])
+        if "error" in data:
+            return command_id, error_from_wire(data["error"])
+        result = data["result"]
+        primary = result.get("aggregate_id")
+        return command_id, CommandResult(
+            command_id=command_id,
+            aggregate_id=UUID(primary) if primary else None,
+            versions={UUID(k): int(v) for k, v in result["versions"].items()},
+            positions={int(p): int(o) for p, o in result["positions"].items()},
+            replayed=bool(result.get("replayed")),
+        )
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+# -- the sending side -------------------------------------------------------------------------
+
+
+class _Waiter:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.outcome: CommandResult | FrameworkError | None = None
+
+
+class ResultsReader:
+    """Reads one results partition from its end and hands each outcome to its waiter."""
+
+    def __init__(self, new_consumer: Callable[..., KafkaConsumer], topic: str, partition: int):
+        self.topic = topic
+        self.partition = partition
+        self._new_consumer = new_consumer
+        self._waiters: dict[UUID, list[_Waiter]] = {}
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"keel-results-{topic}-{partition}", daemon=True
+        )
+        self._thread.start()
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until the reader is positioned (answers from then on are seen)."""
+        if not self._ready.wait(timeout):
+            raise StoreUnavailableError(
+                f"cannot read the results topic {self.topic!r} within {timeout:.0f} s"
+            )
+        if self._error is not None:
+            raise StoreUnavailableError(f"cannot read {self.topic!r}: {self._error}")
+
+    @contextlib.contextmanager
+    def expect(self, command_id: UUID) -> Iterator[_Waiter]:
+        waiter = _Waiter()
+        with self._lock:
+            self._waiters.setdefault(command_id, []).append(waiter)
+        try:
+            yield waiter
+        finally:
+            with self._lock:
+                left = [w for w in self._waiters.get(command_id, []) if w is not waiter]
+                if left:
+                    self._waiters[command_id] = left
+                else:
+                    self._waiters.pop(command_id, None)
+
+    def _run(self) -> None:
+        consumer: KafkaConsumer | None = None
+        try:
+            consumer = self._new_consumer(
+                group_id=None,
+                enable_auto_commit=False,
+                isolation_level="read_committed",
+                auto_offset_reset="latest",
+                fetch_max_wait_ms=20,
+            )
+            tp = TopicPartition(self.topic, self.partition)
+            consumer.assign([tp])
+            # The last stable offset: every answer to a command sent from now on lies past it.
+            consumer.seek(tp, consumer.end_offsets([tp])[tp])
+        except (KafkaError, KeyError) as error:
+            self._error = error
+            self._ready.set()
+            if consumer is not None:
+                consumer.close(autocommit=False)
+            return
+        self._ready.set()
+        try:
+            while not self._stop.is_set():
+                try:
+                    batch = consumer.poll(timeout_ms=200, max_records=1000)
+                except KafkaError as error:
+                    log.warning("reading %s failed (%s); retrying", self.topic, error)
+                    time.sleep(0.2)
+                    continue
+                for records in batch.values():
+                    for record in records:
+                        self._deliver(record.value)
+        finally:
+            consumer.close(autocommit=False)
+
+    def _deliver(self, value: bytes | None) -> None:
+        decoded = decode_result(value)
+        if decoded is None:
+            return
+        command_id, outcome = decoded
+        with self._lock:
+            waiters = self._waiters.get(command_id, [])
+            for waiter in waiters:
+                if waiter.outcome is None:
+                    waiter.outcome = outcome
+                    waiter.done.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+class KafkaCommandRouter:
+    """Sends ``app``'s commands to their shard owners and waits for the results; decides them
+    in place when this process owns the shard (a writer member registered with
+    :meth:`attach`)."""
+
+    def __init__(self, store: KafkaEventStore, app: Application) -> None:
+        self.store = store
+        self.app = app
+        self._lock = threading.Lock()
+        self._producer: KafkaProducer | None = None
+        self._reader: ResultsReader | None = None
+        self._owner: Any = None  # a kafka_owner.WriterMember, when this process runs one
+        self._closed = False
+
+    def attach(self, member: Any) -> None:
+        """Decide commands of the shards ``member`` owns in this process, without a round trip."""
+        self._owner = member
+
+    def detach(self, member: Any) -> None:
+        if self._owner is member:
+            self._owner = None
+
+    def execute(self, command: Command, metadata: Metadata, timeout: float | None) -> CommandResult:
+        """Decide in place when this process owns the shard, else send and wait."""
+        timeout = self.store.command_timeout if timeout is None else timeout
+        shard = self.store.shard_for(command.routing_id())
+        owner = self._owner
+        if owner is not None and owner.owns(shard):
+            with contextlib.suppress(ShardMoved):
+                result: CommandResult = owner.execute_local(shard, command, metadata, timeout)
+                return result
+        reader = self._ready_reader()
+        with reader.expect(command.command_id) as waiter:
+            self._produce(command, metadata, shard, reader.partition, timeout)
+            if not waiter.done.wait(timeout):
+                raise OutcomeUnknownError(self._no_answer(command, timeout))
+        outcome = waiter.outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert outcome is not None
+        return outcome
+
+    def send(self, command: Command, metadata: Metadata) -> None:
+        """Put ``command`` in the commands topic; its owner executes it exactly once."""
+        shard = self.store.shard_for(command.routing_id())
+        self._produce(command, metadata, shard, None, self.store.command_timeout)
+
+    def _produce(
+        self,
+        command: Command,
+        metadata: Metadata,
+        shard: int,
+        reply: int | None,
+        timeout: float,
+    ) -> None:
+        expires = time.time() + max(self.store.command_ttl, timeout)
+        value = encode_command(command, metadata, reply_partition=reply, expires_at=expires)
+        producer = self._ready_producer()
+        try:
+            future = producer.send(
+                self.store.commands_topic,
+                key=str(command.command_id).encode("ascii"),
+                value=value,
+                partition=shard,
+            )
+            future.get(timeout=timeout)
+        except KafkaTimeoutError as error:
+            raise OutcomeUnknownError(
+                f"sending {command.command_type} {command.command_id} timed out ({error}); it "
+                "may or may not run: re-send the same command (same command id) to find out"
+            ) from error
+        except KafkaError as error:
+            raise StoreUnavailableError(
+                f"cannot send {command.command_type} to {self.store.commands_topic!r}: {error}; "
+                "nothing was sent"
+            ) from error
+
+    def _no_answer(self, command: Command, timeout: float) -> str:
+        what = f"no result for {command.command_type} {command.command_id} within {timeout:g} s"
+        members = self.store.writer_members()
+        if members == 0:
+            return (
+                f"{what}: no writer is running for {self.store.name!r} (consumer group "
+                f"{self.store.writer_group!r} has no members). Start one with "
+                f"`python -m framework.writer run <module:app>` or `manage.py run_writers`; the "
+                "command waits in the commands topic and may still run. Re-sending the same "
+                "command (same command id) is safe"
+            )
+        return (
+            f"{what}; the shard's writer is busy or taking over, and the command may still run. "
+            "Re-sending the same command (same command id) is safe"
+        )
+
+    def _ready_producer(self) -> KafkaProducer:
+        with self._lock:
+            if self._closed:
+                raise StoreError("the command router is closed")
+            if self._producer is None:
+                try:
+                    self._producer = self.store._new_producer(retry_backoff_ms=5)
+                except KafkaError as error:
+                    raise StoreUnavailableError(
+                        f"cannot create a Kafka producer: {error}"
+                    ) from error
+            return self._producer
+
+    def _ready_reader(self) -> ResultsReader:
+        with self._lock:
+            if self._closed:
+                raise StoreError("the command router is closed")
+            if self._reader is None:
+                partition = uuid.uuid4().int % self.store.results_partitions
+                self._reader = ResultsReader(
+                    self.store._new_consumer, self.store.results_topic, partition
+                )
+            reader = self._reader
+        reader.wait_ready(self.store.read_timeout)
+        return reader
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            producer, self._producer = self._producer, None
+            reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+        if producer is not None:
+            with contextlib.suppress(KafkaError):
+                producer.close(timeout=5)
+
+
+def count_group_members(admin: KafkaAdminClient, group: str) -> int | None:
+    """How many members consumer group ``group`` has (None when the cluster cannot say)."""
+    try:
+        described = admin.describe_groups([group])
+    except KafkaError:
+        return None
+    info = described.get(group)
+    if not isinstance(info, dict) or info.get("error"):
+        return None
+    return len(info.get("members") or ())
