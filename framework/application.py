@@ -169,15 +169,18 @@ class Decision:
     """Each aggregate with new events, and its version when loaded (0 when created)."""
     touched: list[Aggregate]
     """Every aggregate the handler loaded or created: the changed ones first, in order."""
+    versions: dict[UUID, int] = field(default_factory=dict)
+    """The new version of each changed aggregate, as this decision left it (a later command
+    of the same batch may change the same aggregate object again)."""
+
+    def __post_init__(self) -> None:
+        if not self.versions:
+            self.versions = {aggregate.id: aggregate.version for aggregate, _ in self.changed}
 
     @property
     def primary(self) -> UUID | None:
         """The first aggregate changed (for a creation command: the new one)."""
         return self.changed[0][0].id if self.changed else None
-
-    @property
-    def versions(self) -> dict[UUID, int]:
-        return {aggregate.id: aggregate.version for aggregate, _ in self.changed}
 
     def record(self, positions: Positions | None = None) -> NewEvent:
         """The command record: the idempotency key, appended in the same write as the events.

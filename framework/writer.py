@@ -78,11 +78,13 @@ def run_writer(
     *,
     stop: threading.Event | None = None,
 ) -> None:
-    """Decide ``app``'s commands until ``stop`` is set (or SIGTERM/SIGINT in the main thread)."""
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
+    """Decide ``app``'s commands until ``stop`` is set; without ``stop``, until SIGTERM or
+    SIGINT (when called from the main thread)."""
+    if stop is None:
+        stop = threading.Event()
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: stop.set())
     member = WriterMember(app, settings)
     log.info("writer for %r joining %s", app.name, app.store.writer_group)  # type: ignore[attr-defined]
     member.run(stop)
@@ -113,6 +115,12 @@ def writer_status(app: Application) -> dict[str, Any]:
             "member_id": m.get("member_id"),
             "instance_id": m.get("group_instance_id"),
             "client_host": m.get("client_host"),
+            "shards": sorted(
+                p
+                for assigned in (m.get("member_assignment") or {}).get("assigned_partitions", ())
+                if assigned.get("topic") == store.commands_topic
+                for p in assigned.get("partitions", ())
+            ),
         }
         for m in group.get("members") or ()
     ]
@@ -212,7 +220,8 @@ def _print_status(report: dict[str, Any]) -> None:
     if not report["members"]:
         print("  no writer is running: commands wait until one starts")
     for member in report["members"]:
-        print(f"  member {member['instance_id'] or member['member_id']} at {member['client_host']}")
+        who = member["instance_id"] or member["member_id"]
+        print(f"  member {who} at {member['client_host']} owns shards {member['shards']}")
     for shard in report["shards"]:
         print(
             f"  shard {shard['shard']}: {shard['waiting']} command(s) waiting "

@@ -339,6 +339,8 @@ class KafkaEventStore(EventStore):
         self._index_option = index
         self._topic_index_instance: TopicIndex | None = None
         self.index_path: Path | None = None
+        if index is not None:
+            _ = self.topic_index  # a file named in the URL is claimed at once
 
     @property
     def topic_index(self) -> TopicIndex:

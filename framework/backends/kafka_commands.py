@@ -411,8 +411,9 @@ class KafkaCommandRouter:
                 "command waits in the commands topic and may still run. Re-sending the same "
                 "command (same command id) is safe"
             )
+        busy = "busy or taking over" if members else "busy, taking over or not running"
         return (
-            f"{what}; the shard's writer is busy or taking over, and the command may still run. "
+            f"{what}; the shard's writer is {busy}, and the command may still run. "
             "Re-sending the same command (same command id) is safe"
         )
 
@@ -461,6 +462,8 @@ def count_group_members(admin: KafkaAdminClient, group: str) -> int | None:
     except KafkaError:
         return None
     info = described.get(group)
-    if not isinstance(info, dict) or info.get("error"):
+    if not isinstance(info, dict):
+        return None
+    if info.get("error") and "GroupIdNotFound" not in str(info["error"]):
         return None
     return len(info.get("members") or ())

@@ -70,12 +70,17 @@ def default_index_dir() -> Path:
     return base
 
 
+STALE_SLOT_DAYS = 7.0
+"""A free index slot unused this long is deleted (``$KEEL_KAFKA_INDEX_MAX_AGE_DAYS``)."""
+
+
 def default_index_path(topic: str) -> tuple[Path, TextIO]:
     """The first free slot ``<topic>.<n>.sqlite`` of the index dir, locked for this instance.
 
     A slot is held by an exclusive ``flock`` for the store's life, so concurrent processes (and
     several stores in one process) never share a file, while a restarted process reuses a free
-    one and only reads what it lacks; the OS drops the lock when a process dies.
+    one and only reads what it lacks; the OS drops the lock when a process dies. Free slots of
+    any topic left unused for a week are deleted on the way (:func:`prune_index_slots`).
     """
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", topic)
     base = default_index_dir()
@@ -83,8 +88,41 @@ def default_index_path(topic: str) -> tuple[Path, TextIO]:
         path = base / f"{safe}.{slot}.sqlite"
         lock = lock_index_file(path)
         if lock is not None:
+            prune_index_slots(base, keep=path)
             return path, lock
     raise ConfigurationError(f"no free index slot for {topic!r} in {base}")
+
+
+def prune_index_slots(base: Path, *, keep: Path, max_age_days: float | None = None) -> list[Path]:
+    """Delete index files in ``base`` that no store holds and nothing touched for
+    ``max_age_days``; return the deleted ones. An index is a cache: deleting it only costs
+    the next process that uses the slot a read of the topic."""
+    if max_age_days is None:
+        max_age_days = float(os.environ.get("KEEL_KAFKA_INDEX_MAX_AGE_DAYS", STALE_SLOT_DAYS))
+    cutoff = time.time() - max_age_days * 86400
+    deleted = []
+    for path in sorted(base.glob("*.sqlite")):
+        if path == keep:
+            continue
+        try:
+            newest = max(p.stat().st_mtime for p in (path, Path(f"{path}-wal")) if p.exists())
+        except (OSError, ValueError):
+            continue
+        if newest > cutoff:
+            continue
+        lock = lock_index_file(path)
+        if lock is None:
+            continue  # in use
+        try:
+            for part in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                with contextlib.suppress(FileNotFoundError):
+                    part.unlink()
+            deleted.append(path)
+        finally:
+            lock.close()
+    if deleted:
+        log.info("deleted %d stale Kafka index file(s) from %s", len(deleted), base)
+    return deleted
 
 
 def lock_index_file(path: Path) -> TextIO | None:

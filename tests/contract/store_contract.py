@@ -7,6 +7,7 @@ The class does not start with ``Test``, so pytest collects only the backend subc
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import threading
 import time
@@ -14,6 +15,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from decimal import Decimal
 from typing import Any
 
@@ -72,9 +74,15 @@ class EventStoreContract:
         with open_store(store_url, name=store_name) as store:
             yield store
 
+    def serving(self, app: Application) -> AbstractContextManager[Any]:
+        """What must run while ``app`` executes commands (nothing on an embedded store)."""
+        return contextlib.nullcontext()
+
     @pytest.fixture
-    def app(self, store: EventStore, store_name: str) -> Application:
-        return build(store, name=store_name, snapshot_every=5)
+    def app(self, store: EventStore, store_name: str) -> Iterator[Application]:
+        app = build(store, name=store_name, snapshot_every=5)
+        with self.serving(app):
+            yield app
 
     # -- appending and reading ---------------------------------------------------------------
 
@@ -225,6 +233,10 @@ class EventStoreContract:
         self, store_url: str, store_name: str, store: EventStore
     ) -> None:
         app = build(store, name=store_name, max_conflict_retries=1)
+        with self.serving(app):
+            self._race(app, store_url, store_name, store)
+
+    def _race(self, app: Application, store_url: str, store_name: str, store: EventStore) -> None:
         account = uuid.uuid4()
         app.execute(OpenAccount(account_id=account, owner=OWNER))
         initial = len(store.read(account))

@@ -6,14 +6,25 @@ URL (in this process or a child) is its own store instance with its own local in
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+from typing import Any
+
 import pytest
 
+from framework.application import Application
+from framework.writer import writer
 from tests.contract.store_contract import EventStoreContract
 
 
 @pytest.mark.kafka
 class TestKafkaStore(EventStoreContract):
+    """``store.append`` is the fenced append; ``app.execute`` goes through a writer, here one
+    running in the test process, which the child processes' commands reach over Kafka."""
+
     attempts = 15
+
+    def serving(self, app: Application) -> AbstractContextManager[Any]:
+        return writer(app)
 
     @pytest.fixture
     def store_url(self, kafka_bootstrap: str) -> str:

@@ -103,6 +103,16 @@ def test_the_shop_on_kafka_end_to_end(
         text=True,
         stdin=subprocess.DEVNULL,
     )
+    # The shop's commands are decided by a writer process; this test process only sends them.
+    writer = subprocess.Popen(
+        [sys.executable, str(REPO / "manage.py"), "run_writers", "--instance-id", "e2e-1"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         started = time.monotonic()
         written: dict[int, int] = {}  # the furthest position each partition got an event at
@@ -180,8 +190,9 @@ def test_the_shop_on_kafka_end_to_end(
         assert rebuilt == live
         assert '"lag": 0' in status
     finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.communicate()
+        for process in (worker, writer):
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
         app.close()
         engine.dispose()

@@ -217,7 +217,8 @@ def test_snapshots_live_in_the_local_index(store: KafkaEventStore) -> None:
 def test_each_instance_has_its_own_index_file(url: str, name: str, tmp_path: Path) -> None:
     with open_store(url, name=name) as one, open_store(url, name=name) as two:
         assert isinstance(one, KafkaEventStore) and isinstance(two, KafkaEventStore)
-        assert one.index_path != two.index_path
+        assert one.index_path is None  # opened on first use: a sender never needs one
+        assert one.topic_index.index.path != two.topic_index.index.path
         a = uuid.uuid4()
         one.append([ev(a, 1)])
         assert [e.version for e in two.read(a)] == [1]  # the other instance catches up

@@ -39,6 +39,7 @@ from framework.errors import (
     UnsafeConfigurationError,
 )
 from framework.persistence import NewEvent
+from framework.writer import writer
 from tests.integration.kafka_workers import check_streams, race, zombie
 from tests.support.bank import OpenAccount, Owner, build
 
@@ -401,6 +402,9 @@ def test_t1_concurrent_writers_write_every_version_exactly_once(
     url = f"kafka://{kafka_bootstrap}?partitions=3"
     name = unique_name("t1")
     app = build(open_store(url, name=name), name=name)
+    # Every command, from any thread or process, is decided by this process's shard owner.
+    serving = writer(app)
+    serving.__enter__()
     accounts = [uuid.uuid4() for _ in range(aggregates)]
     for account in accounts:
         app.execute(OpenAccount(account_id=account, owner=Owner(name="A", email="a@example.com")))
@@ -425,6 +429,7 @@ def test_t1_concurrent_writers_write_every_version_exactly_once(
             for r in remote:
                 outcomes.extend(r.get(timeout=200))
     elapsed = time.monotonic() - started
+    serving.__exit__(None, None, None)
     f = check_streams(app, outcomes, initial)
     app.close()
     print(

@@ -14,6 +14,7 @@ import pytest
 from framework.persistence import open_store
 from framework.projection_testing import digest, table_rows
 from framework.worker import ProjectionWorker, status, wait_until
+from framework.writer import writer as serve_commands
 from tests.projection_domain import CartSummary, OpenCart, cart_app
 from tests.support.projection_support import Traffic, check_counts, clean_digest, ready_engine
 
@@ -34,7 +35,10 @@ def test_two_workers_in_one_group_survive_a_rebalance(
     name = unique_name("carts").replace("-", "_")
     url = f"kafka://{kafka_bootstrap}?partitions=3"
     writer_store = open_store(url, name=name)
-    traffic = Traffic(cart_app(writer_store, name=name), seed=12)
+    traffic_app = cart_app(writer_store, name=name)
+    serving = serve_commands(traffic_app)
+    serving.__enter__()
+    traffic = Traffic(traffic_app, seed=12)
     traffic.run(150)
     engine = ready_engine(f"sqlite:///{tmp_path}/read.db")
     group = unique_name("cart-summary")
@@ -65,6 +69,7 @@ def test_two_workers_in_one_group_survive_a_rebalance(
         stop_a.set()
         stop_b.set()
         stop_writer.set()
+        serving.__exit__(None, None, None)
     thread_b.join(30)
     events, dup, missing = check_counts(engine, writer_store)
     equal = digest(engine, CartSummary().tables) == clean_digest(
@@ -100,6 +105,8 @@ def test_read_your_writes_end_to_end_on_kafka(
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()
     waits = []
+    serving = serve_commands(app)
+    serving.__enter__()
     try:
         for i in range(10):
             cart = uuid.uuid4()
@@ -116,6 +123,7 @@ def test_read_your_writes_end_to_end_on_kafka(
         wait_until(projection, engine, head, timeout=60, store=store)
         assert len(table_rows(engine, CartSummary.carts)) == 10
     finally:
+        serving.__exit__(None, None, None)
         stop.set()
         thread.join(30)
     lag = status(projection, store, engine)

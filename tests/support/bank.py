@@ -127,3 +127,11 @@ def build(store: str | EventStore = "memory://", name: str = "bank", **options: 
         uow.get(Account, command.account_id).close()
 
     return app
+
+
+def from_env() -> Application:
+    """The bank on ``$BANK_STORE`` named ``$BANK_NAME`` (for writer processes started with
+    ``python -m framework.writer run tests.support.bank:from_env``)."""
+    import os
+
+    return build(os.environ["BANK_STORE"], name=os.environ["BANK_NAME"])

@@ -1,0 +1,77 @@
+"""``manage.py run_writers [--instance-id ID] [--status]``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from framework.backends.kafka_owner import WriterSettings
+from framework.contrib.django import checks
+from framework.contrib.django.conf import get_application
+from framework.errors import FrameworkError
+from framework.writer import run_writer, writer_status
+
+
+class Command(BaseCommand):
+    help = (
+        "Decide the application's commands on the Kafka store. Kafka gives each writer shard "
+        "to one running writer at a time; run two or more for fail-over. Web processes send "
+        "their commands here and wait for the result. Stops cleanly on SIGTERM or Ctrl-C. "
+        "The embedded stores (SQLite, PostgreSQL) need no writer."
+    )
+    requires_system_checks: list[str] = []  # run below, after marking this a worker
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        defaults = WriterSettings()
+        parser.add_argument(
+            "--instance-id",
+            help="a stable id for this writer process (static membership: a restart within "
+            "the session timeout gets its shards back without a rebalance)",
+        )
+        parser.add_argument(
+            "--session-timeout",
+            type=float,
+            default=defaults.session_timeout,
+            help="seconds before a dead writer's shards move to another writer "
+            f"(default {defaults.session_timeout:g})",
+        )
+        parser.add_argument(
+            "--status",
+            action="store_true",
+            help="print the writer group and the commands waiting per shard (JSON), then exit",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        checks.running_worker = True
+        self.check(display_num_errors=False)
+        try:
+            app = get_application()
+            if options["status"]:
+                self.stdout.write(json.dumps(writer_status(app), indent=2))
+                return
+            settings = WriterSettings(
+                instance_id=options["instance_id"], session_timeout=options["session_timeout"]
+            )
+        except FrameworkError as error:
+            raise CommandError(str(error)) from error
+        stop = threading.Event()
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            self.stdout.write(f"{signal.Signals(signum).name}: stopping after this transaction")
+            stop.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.stdout.write(self.style.SUCCESS(f"writer for {app.name!r} running (Ctrl-C to stop)"))
+        try:
+            run_writer(app, settings, stop=stop)
+        except FrameworkError as error:
+            raise CommandError(str(error)) from error
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        self.stdout.write("writer stopped")
