@@ -101,7 +101,7 @@ def writer_status(app: Application) -> dict[str, Any]:
     admin = KafkaAdminClient(bootstrap_servers=store._servers, **store._security)
     try:
         group = admin.describe_groups([store.writer_group]).get(store.writer_group, {})
-        committed = admin.list_group_offsets(store.writer_group)
+        committed = admin.list_group_offsets(store.writer_group).get(store.writer_group, {})
     finally:
         admin.close()
     tps = [TopicPartition(store.commands_topic, s) for s in range(store.shards)]
