@@ -28,6 +28,7 @@ __all__ = [
     "Section",
     "ServiceMissing",
     "Services",
+    "deciding",
     "percentile",
 ]
 
@@ -343,3 +344,17 @@ class Stopwatch:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self._start
+
+
+@contextlib.contextmanager
+def deciding(app: Any) -> Iterator[None]:
+    """While the block runs, ``app``'s commands are decided in this process: on Kafka a writer
+    member here owns every shard (``execute`` decides in place); the embedded stores always do."""
+    from framework.backends.kafka import KafkaEventStore
+    from framework.writer import writer
+
+    if not isinstance(app.store, KafkaEventStore):
+        yield
+        return
+    with writer(app):
+        yield

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from bench.domain import Deposit, OpenAccount, build_app
-from bench.harness import Context, Row, Section, ServiceMissing, Stopwatch, percentile
+from bench.harness import Context, Row, Section, ServiceMissing, Stopwatch, deciding, percentile
 
 TITLE = "Read-your-writes latency (ms, command -> row visible in the read model)"
 
@@ -37,6 +37,8 @@ def measure(ctx: Context, backend: str, samples: int) -> dict[str, Any]:
     thread.start()
     execute_ms: list[float] = []
     visible_ms: list[float] = []
+    serving = deciding(app)  # on Kafka: this process owns the shard (in-place decisions)
+    serving.__enter__()
     try:
         account = uuid.uuid4()
         opened = app.execute(OpenAccount(account_id=account, owner="Ada", email="a@example.org"))
@@ -55,6 +57,7 @@ def measure(ctx: Context, backend: str, samples: int) -> dict[str, Any]:
             execute_ms.append(sw.seconds * 1000)
             visible_ms.append(total.seconds * 1000)
     finally:
+        serving.__exit__(None, None, None)
         stop.set()
         thread.join(30)
         app.close()

@@ -34,12 +34,14 @@ MIB = 1024 * 1024
 
 def _writer(url: str, name: str, commands: int, callers: int) -> dict[str, Any]:
     from bench.domain import build_app
+    from bench.harness import deciding
     from bench.throughput import measure_keel
 
     app = build_app(url, name)
     ready = _rss()
     try:
-        result = measure_keel(app, commands, callers)
+        with deciding(app):  # the writer process: it owns the shard
+            result = measure_keel(app, commands, callers)
     finally:
         app.close()
     return {"records": result["commands"] * 2, "rss_ready_mib": ready, **result}

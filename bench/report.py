@@ -19,6 +19,7 @@ __all__ = ["SECTIONS", "evaluate_goals", "machine", "markdown", "render", "run_a
 
 SECTIONS: dict[str, str] = {
     "throughput": "bench.throughput",
+    "writers": "bench.writers",
     "ceiling": "bench.ceiling",
     "projection": "bench.projection",
     "rebuild": "bench.rebuild",
@@ -45,7 +46,7 @@ class Goal:
     """For an absolute bar: the unit of ``target`` (the ratio is then value / target)."""
 
 
-def _goals(smoke: bool) -> list[Goal]:
+def _goals(smoke: bool, quick: bool = False) -> list[Goal]:
     largest = 1000 if smoke else 100_000
     latency_row = "sqlite_visible_p99" if smoke else "kafka_visible_p99"
     return [
@@ -56,6 +57,36 @@ def _goals(smoke: bool) -> list[Goal]:
             "keel_kafka_8",
             1.0,
             expects_peer="es_postgres_8_",
+        ),
+        Goal(
+            "senders_do_not_slow_each_other",
+            "Kafka, 1 shard: total commands/s at the most sender processes >= 0.9x of 1 process",
+            "writers",
+            "keel_senders_2_vs_1" if quick else "keel_senders_8_vs_1",
+            0.9,
+        ),
+        Goal(
+            "two_shards_vs_one",
+            "Kafka: 2 shards with 2 writer processes >= 1.5x of 1 shard",
+            "writers",
+            "keel_shards_2",
+            1.5,
+        ),
+        Goal(
+            "routed_vs_eventsourcing_postgres",
+            "Kafka, routed from the most sender processes >= eventsourcing on PostgreSQL with "
+            "the same processes",
+            "writers",
+            "keel_senders_2" if quick else "keel_senders_8",
+            1.0,
+        ),
+        Goal(
+            "first_command_independent_of_history",
+            "a new sender's first command with the larger history within 1.25x of the smaller",
+            "writers",
+            "first_command_large",
+            1.25,
+            at_most=True,
         ),
         Goal(
             "store_vs_raw_transactional",
@@ -102,10 +133,12 @@ def _goals(smoke: bool) -> list[Goal]:
     ]
 
 
-def evaluate_goals(sections: dict[str, Section], smoke: bool = False) -> list[dict[str, Any]]:
+def evaluate_goals(
+    sections: dict[str, Section], smoke: bool = False, quick: bool = False
+) -> list[dict[str, Any]]:
     """Each goal's ratio and whether it is met (None: not measured in this run)."""
     out = []
-    for goal in _goals(smoke):
+    for goal in _goals(smoke, quick):
         entry: dict[str, Any] = {
             "name": goal.name,
             "goal": goal.text,
@@ -240,7 +273,7 @@ def run_all(
             },
         },
         "sections": {name: section.as_json() for name, section in results.items()},
-        "goals": evaluate_goals(results, smoke),
+        "goals": evaluate_goals(results, smoke, quick),
         "errors": errors,
     }
 

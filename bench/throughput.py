@@ -18,7 +18,7 @@ from typing import Any
 from uuid import UUID
 
 from bench.domain import Deposit, OpenAccount, PeerBank, build_app, build_peer
-from bench.harness import Context, Row, Section, ServiceMissing, Stopwatch, rate
+from bench.harness import Context, Row, Section, ServiceMissing, Stopwatch, deciding, rate
 from framework.application import Application
 
 TITLE = "Command throughput (commands/s through execute, end to end)"
@@ -151,16 +151,10 @@ def keel_throughput(ctx: Context, backend: str, commands: int, callers: int) -> 
     name = ctx.name(f"tp{backend[:2]}{callers}")
     app = build_app(_keel_store_url(ctx, backend, name), name, snapshot_every=100)
     try:
-        result = measure_keel(app, commands, callers)
-        if backend == "kafka":
-            from framework.backends.kafka import writer_stats
-
-            stats = writer_stats(app.store)  # type: ignore[arg-type]
-            transactions = sum(s.get("transactions", 0) for s in stats.values())
-            batched = sum(s.get("batched", 0) for s in stats.values())
-            result["transactions"] = transactions
-            result["appends_per_transaction"] = round(batched / max(transactions, 1), 2)
-        return result
+        # On Kafka this process owns the shard, so execute() decides in place (the routed path
+        # across processes is section "writers").
+        with deciding(app):
+            return measure_keel(app, commands, callers)
     finally:
         app.close()
 
