@@ -6,13 +6,14 @@ VENV ?= .venv
 PYTEST_ARGS ?=
 export VENV PYTEST_ARGS
 
-.PHONY: help venv demo lint test kafka-start kafka-stop pg-start pg-stop
+.PHONY: help venv demo demo-kafka lint test kafka-start kafka-stop pg-start pg-stop
 
 help:
 	@echo "make venv         create $(VENV) with $(PYTHON) and pip install -e '.[dev]' (again when pyproject.toml changes)"
 	@echo "make test         venv + Kafka broker (scripts/kafka) + lint + pytest \$$PYTEST_ARGS + bench --quick (scripts/test)"
 	@echo "make lint         ruff check . and mypy"
 	@echo "make demo         the demo app on http://127.0.0.1:8000 (scripts/demo)"
+	@echo "make demo-kafka   the same on a local Kafka broker: broker + writer + worker + web server"
 	@echo "make kafka-start | kafka-stop | pg-start | pg-stop"
 
 venv: $(VENV)/.installed
@@ -25,6 +26,9 @@ $(VENV)/.installed: pyproject.toml
 
 demo: venv
 	bash scripts/demo
+
+demo-kafka: venv
+	bash scripts/demo --kafka
 
 lint: venv
 	$(VENV)/bin/ruff check .
