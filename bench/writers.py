@@ -44,6 +44,7 @@ def _writer_main(url: str, name: str, ready: Any, stop: Any) -> None:
     from framework.backends.kafka_owner import WriterMember
 
     logging.getLogger("kafka").setLevel(logging.ERROR)
+    logging.getLogger("framework.backends.kafka_topic").setLevel(logging.ERROR)
     app = build_app(url, name, snapshot_every=100)
     member = WriterMember(app).start()
     ready.set()
@@ -60,6 +61,7 @@ def _sender_main(
     import logging
 
     logging.getLogger("kafka").setLevel(logging.ERROR)
+    logging.getLogger("framework.backends.kafka_topic").setLevel(logging.ERROR)
     app: Any = build_app(url, name) if kind == "keel" else build_peer(name, env)
     accounts = [uuid.uuid4() for _ in range(THREADS)]
     for account in accounts:
@@ -93,6 +95,9 @@ def _sender_main(
 
 
 def _first_command_main(url: str, name: str, spawned_at: float, out: Any) -> None:
+    import logging
+
+    logging.getLogger("framework.backends.kafka_topic").setLevel(logging.ERROR)
     app = build_app(url, name)
     app.execute(OpenAccount(account_id=uuid.uuid4(), owner="Ada", email="a@example.org"))
     out.put(time.time() - spawned_at)

@@ -30,6 +30,7 @@ from framework.writer import writer, writer_status
 from tests.integration.writer_processes import (
     WriterProcess,
     deposit_until,
+    hammer,
     owner_of,
     sender_loop,
     withdraw_many,
@@ -402,3 +403,36 @@ def test_t14_commands_are_executed_exactly_once_across_writer_bounces(
     assert dup == 0 and sets_equal and order_ok
     assert len(records) == total
     assert balances == [Decimal(total // 3)] * 3
+
+
+@pytest.mark.timeout(300)
+def test_a_hot_aggregate_never_gives_up(bank: tuple[str, str]) -> None:
+    """Issue 13, item 7: 8 threads x 30 commands on one aggregate, in the owner's process and
+    from 4 other processes: the owner decides them one after another, so none exhausts its
+    conflict retries."""
+    url, name = bank
+    app = build(url, name=name)
+    account = uuid.uuid4()
+    try:
+        with writer(app):
+            app.execute(OpenAccount(account_id=account, owner=OWNER))
+            in_place = hammer(url, name, str(account), 8, 30)  # a second app: routed here
+            with SPAWN.Pool(4) as pool:
+                remote = pool.starmap(hammer, [(url, name, str(account), 8, 30)] * 4)
+        balance = app.load(Account, account).balance
+        versions = [e.version for e in app.store.read(account)]
+    finally:
+        app.close()
+    totals = Counter(in_place)
+    for counts in remote:
+        totals.update(counts)
+    exhausted = totals["ConflictRetriesExhaustedError"]
+    print(
+        f"HOT-AGGREGATE[kafka]: commands={sum(totals.values())} ok={totals['ok']} "
+        f"exhausted={exhausted} other={sum(totals.values()) - totals['ok'] - exhausted} "
+        f"processes=5 threads_per_process=8 balance={balance} "
+        f"dup_versions={len(versions) - len(set(versions))}"
+    )
+    assert totals["ok"] == 8 * 30 * 5 and exhausted == 0
+    assert balance == Decimal(8 * 30 * 5)
+    assert versions == list(range(1, 8 * 30 * 5 + 2))

@@ -158,3 +158,28 @@ def deposit_until(
         return outcomes
     finally:
         app.close()
+
+
+def hammer(url: str, name: str, account: str, threads: int, count: int) -> dict[str, int]:
+    """``threads`` callers x ``count`` deposits of 1.00 into one account; outcome counts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = build(url, name=name)
+    target = uuid.UUID(account)
+
+    def one(_: int) -> str:
+        try:
+            app.execute(Deposit(account_id=target, amount=Decimal("1.00")), timeout=60)
+            return "ok"
+        except FrameworkError as error:
+            return type(error).__name__
+
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            outcomes = list(pool.map(one, range(threads * count)))
+    finally:
+        app.close()
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
