@@ -71,6 +71,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -295,6 +296,8 @@ class KafkaEventStore(EventStore):
         )
         self._index_lock: TextIO | None = None
         self._routers: list[KafkaCommandRouter] = []
+        self._seen: Positions = {}  # positions of results this process received
+        self._visible: Positions = {}  # end offsets last seen at or past them
         self._head_reader: KafkaConsumer | None = None
         self._head_lock = threading.Lock()
         self._admin_timeout = read_timeout
@@ -499,10 +502,36 @@ class KafkaEventStore(EventStore):
     def read(
         self, aggregate_id: UUID, *, after_version: int = 0, up_to_version: int | None = None
     ) -> list[RecordedEvent]:
-        """One aggregate's events, from the local index once its partition has caught up."""
+        """One aggregate's events, from the local index once its partition has caught up (to
+        past every write this process was told about: read your own writes)."""
         self._check_open()
-        self._topic_index.catch_up([self.partition_for(aggregate_id)])
+        partition = self.partition_for(aggregate_id)
+        self._await_visible(partition)
+        self._topic_index.catch_up([partition])
         return self._index.aggregate_events(aggregate_id, after_version, up_to_version)
+
+    def saw(self, positions: Positions) -> None:
+        """Record positions of writes this process was told about (a command's result): a read
+        here waits, bounded, until their commit markers are visible."""
+        with self._lock:
+            for partition, offset in positions.items():
+                if offset > self._seen.get(partition, 0):
+                    self._seen[partition] = offset
+
+    def _await_visible(self, partition: int) -> None:
+        # A result can arrive before the commit marker reaches the events partition.
+        wanted = self._seen.get(partition, 0)
+        if wanted <= self._visible.get(partition, 0):
+            return
+        deadline = time.monotonic() + self._read_timeout
+        delay = 0.002
+        while True:
+            end = self.head()[partition]
+            self._visible[partition] = end
+            if end >= wanted or time.monotonic() > deadline:
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     def read_for_decision(
         self, aggregate_id: UUID, *, after_version: int = 0

@@ -363,6 +363,7 @@ class KafkaCommandRouter:
         if isinstance(outcome, BaseException):
             raise outcome
         assert outcome is not None
+        self.store.saw(outcome.positions)
         return outcome
 
     def send(self, command: Command, metadata: Metadata) -> None:
