@@ -415,15 +415,15 @@ class ShardOwner:
                         value=encode_result(entry.command.command_id, entry.outcome),
                         partition=entry.reply % store.results_partitions,
                     )
-            for entry, record, future in second:
-                entry.recorded.append(_recorded(record, future.get(timeout=timeout)))
+            # The offsets go in while the records above are still on their way.
             consumed = [e.item.offset for e in entries if isinstance(e.item, _Consumed)]
             if consumed:
                 tp = TopicPartition(store.commands_topic, self.shard)
                 producer.send_offsets_to_transaction(
                     {tp: _offset_and_metadata(max(consumed) + 1)}, store.writer_group
                 )
-            producer.flush(timeout=timeout)
+            for entry, record, future in second:
+                entry.recorded.append(_recorded(record, future.get(timeout=timeout)))
         except Exception as error:
             fenced = is_fenced(producer, error)
             self.stats["fenced"] += int(fenced)
