@@ -212,28 +212,7 @@ class Applier:
         held_here = [0]
 
         def work(conn: Connection) -> None:
-            held_here[0] = 0
-            write_positions(
-                conn, self.projection.key, {partition: new}, {partition: self.positions[partition]}
-            )
-            if park is not None:
-                self._park(conn, events[0], "failed", park[0], park[1])
-                return
-            handled = [e for e in events if e.topic in self._topics]
-            held = self._held(conn, handled)
-            for index, event in enumerate(events):
-                if event.topic not in self._topics:
-                    continue
-                if event.aggregate_id in held:
-                    self._park(conn, event, "held", None, 0)
-                    held_here[0] += 1
-                    continue
-                try:
-                    self.projection.apply(codec.decode(event), conn)
-                except Exception as error:
-                    if is_connectivity_error(error):
-                        raise
-                    raise _HandlerFailed(index, error) from error
+            held_here[0] = self._apply(conn, partition, events, new, park)
 
         try:
             self._with_db(work)
@@ -247,6 +226,59 @@ class Applier:
             self.stats.held += held_here[0]
             self.stats.events_skipped += len(events) - handled
         return None
+
+    def _apply(
+        self,
+        conn: Connection,
+        partition: int,
+        events: Sequence[RecordedEvent],
+        new: int,
+        park: tuple[BaseException, int] | None = None,
+    ) -> int:
+        """Inside ``conn``'s transaction: guard and move the position to ``new``, then apply
+        (or park) ``events``. Returns how many were held behind a dead letter."""
+        write_positions(
+            conn, self.projection.key, {partition: new}, {partition: self.positions[partition]}
+        )
+        if park is not None:
+            self._park(conn, events[0], "failed", park[0], park[1])
+            return 0
+        handled = [e for e in events if e.topic in self._topics]
+        held = self._held(conn, handled)
+        held_count = 0
+        for index, event in enumerate(events):
+            if event.topic not in self._topics:
+                continue
+            if event.aggregate_id in held:
+                self._park(conn, event, "held", None, 0)
+                held_count += 1
+                continue
+            try:
+                self.projection.apply(codec.decode(event), conn)
+            except Exception as error:
+                if is_connectivity_error(error):
+                    raise
+                raise _HandlerFailed(index, error) from error
+        return held_count
+
+    def apply_within(
+        self, conn: Connection, partition: int, events: Sequence[RecordedEvent], new: int
+    ) -> None:
+        """Apply ``events`` (offsets from this applier's position on) and move the position to
+        ``new`` inside the caller's transaction, with no retry and no parking: a failing
+        handler raises :class:`ProjectionError`, and the caller rolls back. Call
+        :meth:`committed` once the caller has committed. (The rebuild's swap uses this.)"""
+        try:
+            self._apply(conn, partition, events, new)
+        except _HandlerFailed as failed:
+            raise ProjectionError(
+                f"{self.projection.key}: {events[failed.index].topic} at offset "
+                f"{events[failed.index].offset} failed: {failed.error}"
+            ) from failed.error
+
+    def committed(self, positions: dict[int, int]) -> None:
+        """The caller's transaction that :meth:`apply_within` ran in has committed."""
+        self.positions.update(positions)
 
     def _held(self, conn: Connection, events: Sequence[RecordedEvent]) -> set[object]:
         """The aggregates among ``events`` with parked events (whose later events wait)."""
