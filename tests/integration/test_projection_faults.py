@@ -20,8 +20,8 @@ import sqlalchemy as sa
 
 from framework import dead_letters
 from framework.codec import codec
-from framework.database import read_only
 from framework.commands import Metadata
+from framework.database import read_only
 from framework.persistence import FeedReader, NewEvent, RecordedEvent, open_store
 from framework.positions import read_positions
 from framework.projection_testing import digest
