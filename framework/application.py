@@ -251,7 +251,7 @@ class Application:
         )
         positions = self.store.append(events)
         if self.on_commit is not None:
-            self.on_commit([aggregate for aggregate, _ in changed])
+            self.on_commit([aggregate for aggregate, _ in uow.touched()])
         for aggregate, loaded_version in changed:
             self._maybe_snapshot(aggregate, loaded_version)
         return CommandResult(command.command_id, primary, versions, positions)
