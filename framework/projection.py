@@ -44,6 +44,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any, ClassVar, TypeVar
 
 import sqlalchemy as sa
@@ -54,7 +55,7 @@ from framework.codec import EventEnvelope
 from framework.domain import DomainEvent, event_types
 from framework.errors import ConfigurationError
 
-__all__ = ["SHADOW_SUFFIX", "Projection", "handles", "upsert"]
+__all__ = ["SHADOW_SUFFIX", "ExactNumeric", "Projection", "handles", "upsert"]
 
 F = TypeVar("F", bound=Callable[..., None])
 
@@ -192,6 +193,62 @@ class Projection:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.key!r} v{self.version}>"
+
+
+class ExactNumeric(sa.types.TypeDecorator[Decimal]):
+    """A decimal column (money) whose values round-trip exactly on every supported database.
+
+    ``sa.Numeric`` is exact on PostgreSQL, but SQLite has no decimal type: it keeps such values
+    as 8-byte floats, so ``9999999999999999.99`` comes back as ``10000000000000000.00`` and sums
+    drift. ``ExactNumeric(12, 2)`` is ``NUMERIC(12, 2)`` on PostgreSQL and, on SQLite, a 64-bit
+    integer counting units of ``10**-scale`` (cents), so comparisons, ``+``, ``-`` and ``SUM``
+    in SQL stay exact there too. Values come back as ``Decimal`` with ``scale`` places; a value
+    with more places, or more than ``precision`` digits, is refused (a clear handler error, not
+    a silent rounding). Multiply or divide in Python, not in SQL (on SQLite the column holds
+    the scaled integer). ``precision`` is at most 18 (what a 64-bit integer holds).
+    """
+
+    impl = sa.Numeric
+    cache_ok = True
+
+    def __init__(self, precision: int = 18, scale: int = 2) -> None:
+        if not 0 <= scale <= precision <= 18:
+            raise ConfigurationError(
+                f"ExactNumeric({precision}, {scale}): need 0 <= scale <= precision <= 18"
+            )
+        super().__init__(precision=precision, scale=scale, asdecimal=True)
+        self.precision = precision
+        self.scale = scale
+        self._quantum = Decimal(1).scaleb(-scale)
+        self._limit = Decimal(10) ** (precision - scale)
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.BigInteger())
+        return dialect.type_descriptor(sa.Numeric(self.precision, self.scale, asdecimal=True))
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, float):
+            raise TypeError(f"ExactNumeric takes Decimal, int or str, not the float {value!r}")
+        exact = Decimal(value)
+        fitted = exact.quantize(self._quantum)
+        if fitted != exact or abs(fitted) >= self._limit:
+            raise ValueError(
+                f"{value!r} does not fit ExactNumeric({self.precision}, {self.scale}) "
+                "without rounding; round it in the handler, or widen the column"
+            )
+        if dialect.name == "sqlite":
+            return int(fitted.scaleb(self.scale))
+        return fitted
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return Decimal(int(value)).scaleb(-self.scale).quantize(self._quantum)
+        return Decimal(value).quantize(self._quantum)
 
 
 def projections_in(objects: Iterable[Any]) -> list[type[Projection]]:
