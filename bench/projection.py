@@ -1,39 +1,57 @@
 """Section 3: projection throughput, events/s applied into a read model.
 
 A topic holds the records deposit commands leave (each event and its command record), written by
-the store in bulk. ``ProjectionWorker.run(until_caught_up=True)`` applies them into a SQLite and
-into a PostgreSQL read model (``Balances``: one upsert per event, skipping command records
-without decoding them), each batch in one SQL transaction with its guarded positions: the
-exactly-once path. The worker runs in a thread as a live worker does; timed from its start
-(joining the consumer group included) until ``wait_until`` sees its stored positions reach the
-end of what was written (polling every 10 ms); every record counts, applied or skipped. (Not
-``run(until_caught_up=True)``: on Kafka its end-of-log check re-reads the topic into the local
-index, which is not part of applying events; see bench/README.md.)
+the store in bulk. A ``ProjectionWorker`` applies them into a SQLite and into a PostgreSQL read
+model, each batch in one SQL transaction with its guarded positions: the exactly-once path, with
+the worker's default settings (batch_size 1000). ``Balances`` is a batch handler (each run of
+events folded per account, one ``upsert_many``), the path the sample projections use;
+``PerEventBalances`` is the same read model with one statement per event, measured on SQLite
+beside it. The worker runs in a thread as a live worker does; timed from its start (joining the
+consumer group included) until ``wait_until`` sees its stored positions reach the end of what was
+written (polling every 10 ms); every record counts, applied or skipped.
 
 The peer is a bare kafka-python consumer reading the same topic with ``read_committed`` in a
 group of its own (joining included), decoding nothing and writing nothing. In the smoke
 configuration the feed is the SQLite store and the peer reads it through ``iter_partition``.
+
+Scaling: one worker process, then two worker processes of one projection (a consumer group over
+the 3 partitions) into PostgreSQL, each timed from the moment every partition's stored position
+has moved (the group has settled) to the end, counting the offsets applied in that window; the
+machine's CPU use over the window is reported (on 2 cores shared with the broker and the database,
+CPU saturation bounds the gain; and 3 partitions split 2 + 1 between two workers bound it at
+1.5x when one worker is CPU-bound).
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from typing import Any
 
-from bench.harness import Context, Row, Section, ServiceMissing, Stopwatch, rate
+from bench.harness import REPO, Context, Row, Section, ServiceMissing, Stopwatch, rate
 
 TITLE = "Projection throughput (events/s into a read model, exactly-once positions)"
 
 
 def project(
-    ctx: Context, store: Any, db: str, records: int, reached: dict[int, int]
+    ctx: Context,
+    store: Any,
+    db: str,
+    records: int,
+    reached: dict[int, int],
+    *,
+    per_event: bool = False,
 ) -> dict[str, Any]:
     """Run a fresh Balances projection over ``store`` into database ``db`` (sqlite|postgres)
     in a thread, as a live worker runs, until its stored positions reach ``reached``."""
     from bench.readmodel import balances_projection, drop_schema, open_engine
     from framework.worker import ProjectionWorker, setup_tables, wait_until
 
-    projection = balances_projection(ctx.name("bal"))
+    projection = balances_projection(ctx.name("bal"), per_event=per_event)
     if db == "sqlite":
         engine = open_engine(f"sqlite:///{ctx.path(projection.name + '.db')}")
     else:
@@ -61,8 +79,73 @@ def project(
         "skipped": stats.events_skipped,
         "transactions": stats.transactions,
         "batch_size": worker.settings.batch_size,
+        "handlers": "per event" if per_event else "batch",
         "seconds": round(sw.seconds, 6),
         "expected": records,
+    }
+
+
+def _cpu_times() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        fields = [float(x) for x in stat.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+    return sum(fields) - idle, sum(fields)
+
+
+def scale(
+    ctx: Context, app: str, url: str, records: int, reached: dict[int, int], workers: int
+) -> dict[str, Any]:
+    """``workers`` worker processes of one fresh Balances projection into PostgreSQL, timed from
+    the first stored position to ``reached``; with the machine's CPU use meanwhile."""
+    from bench.readmodel import balances_projection, drop_schema, open_engine
+    from framework.database import read_only
+    from framework.positions import read_positions
+    from framework.worker import setup_tables, wait_until
+
+    projection = balances_projection(ctx.name("scale"))
+    db_url = ctx.services.sqlalchemy_postgres()
+    engine = open_engine(db_url, schema=projection.name)
+    ctx.on_exit(lambda: drop_schema(db_url, projection.name))
+    setup_tables(engine, projection)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = []
+    try:
+        for n in range(workers):
+            own = url.replace(".index.sqlite", f".{projection.name}.{n}.sqlite")
+            command = [sys.executable, "-m", "bench.readmodel", projection.name, app, own]
+            procs.append(subprocess.Popen([*command, db_url, projection.name], env=env))
+        # The window opens once every partition has moved (the group has settled: a second
+        # member's join rebalances it) and counts the offsets applied from there on.
+        deadline = time.monotonic() + 300
+        start: dict[int, int] = {}
+        while time.monotonic() < deadline:
+            with engine.connect() as conn, read_only(conn).begin():
+                start = read_positions(conn, projection.name)
+            if len(start) == len(reached) or start == reached:
+                break
+            time.sleep(0.005)
+        busy0, total0 = _cpu_times()
+        with Stopwatch() as sw:
+            wait_until(projection, engine, reached, timeout=900, interval=0.01)
+        busy1, total1 = _cpu_times()
+        offsets = sum(reached.values()) - sum(start.values())
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        engine.dispose()
+    return {
+        "events": offsets,
+        "records": records,
+        "workers": workers,
+        "seconds": round(sw.seconds, 6),
+        "cpu_busy_percent": round(100 * (busy1 - busy0) / max(total1 - total0, 1e-9), 1),
+        "cores": os.cpu_count(),
     }
 
 
@@ -72,7 +155,7 @@ def run(ctx: Context) -> Section:
     from framework.persistence import open_store
 
     section = Section("projection", TITLE)
-    records = ctx.pick(400, 6000, 50_000)
+    records = ctx.pick(400, 50_000, 50_000)
     kafka = not ctx.smoke
     if ctx.kafka_missing(section):
         return section
@@ -87,7 +170,7 @@ def run(ctx: Context) -> Section:
         section.notes.append(
             f"{written:,} records from a {source}: half events (account opened or deposit), "
             "half command records, which the projection skips undecoded; worker settings are "
-            "the defaults (batch_size 100)"
+            "the defaults (batch_size 1000)"
         )
         ctx.log("  bare reader")
         if kafka:
@@ -101,26 +184,52 @@ def run(ctx: Context) -> Section:
         section.add(
             Row("bare_reader", label, rate(bare["events"], bare["seconds"]), "events/s", raw=bare)
         )
-        databases = ["sqlite"] if ctx.smoke else ["sqlite", "postgres"]
-        for db in databases:
+        runs = [("sqlite", False), ("sqlite", True), ("postgres", False)]
+        if ctx.smoke:
+            runs = [("sqlite", False), ("sqlite", True)]
+        for db, per_event in runs:
             try:
                 if db == "postgres":
                     ctx.services.need_postgres()
-                ctx.log(f"  projection worker into {db}")
-                data = project(ctx, store, db, written, reached)
+                ctx.log(f"  projection worker into {db}{' (per event)' if per_event else ''}")
+                data = project(ctx, store, db, written, reached, per_event=per_event)
             except ServiceMissing as missing:
                 section.skipped.append(f"read model on {db}: {missing}")
                 continue
+            how = "one statement per event" if per_event else "batch handler"
             section.add(
                 Row(
-                    f"keel_{db}",
-                    f"ProjectionWorker into a {db} read model",
+                    f"keel_{db}_per_event" if per_event else f"keel_{db}",
+                    f"ProjectionWorker into a {db} read model ({how})",
                     rate(data["events"], data["seconds"]),
                     "events/s",
                     peer="bare_reader",
                     raw=data,
                 )
             )
+        if kafka:
+            try:
+                ctx.services.need_postgres()
+            except ServiceMissing as missing:
+                section.skipped.append(f"scaling: {missing}")
+                return section
+            results = {}
+            for workers in (1, 2):
+                ctx.log(f"  {workers} worker process(es) into postgres")
+                results[workers] = scale(ctx, name, url, written, reached, workers)
+            for workers, data in results.items():
+                section.add(
+                    Row(
+                        f"workers_{workers}",
+                        f"{workers} worker process{'es' if workers > 1 else ''}, 3 partitions, "
+                        f"PostgreSQL (CPU {data['cpu_busy_percent']:.0f}% of "
+                        f"{data['cores']} cores)",
+                        rate(data["events"], data["seconds"]),
+                        "events/s",
+                        peer="workers_1" if workers > 1 else None,
+                        raw=data,
+                    )
+                )
     finally:
         store.close()
     return section

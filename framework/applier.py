@@ -336,6 +336,10 @@ class Applier:
         if not events:
             return set()
         t = dead_letters_table
+        # Usually there is none: one indexed probe instead of a long IN list per batch.
+        probe = sa.select(sa.literal(1)).where(t.c.projection == self.projection.key).limit(1)
+        if conn.execute(probe).first() is None:
+            return set()
         ids = sorted({str(e.aggregate_id) for e in events})
         rows = conn.execute(
             sa.select(t.c.aggregate_id)
@@ -343,6 +347,8 @@ class Applier:
             .distinct()
         )
         held = {row[0] for row in rows}
+        if not held:
+            return set()
         return {e.aggregate_id for e in events if str(e.aggregate_id) in held}
 
     def _park(

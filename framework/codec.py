@@ -162,9 +162,9 @@ class EventCodec:
         if version != target:
             state = self._upcast(cls, state, version, recorded)
         try:
-            # __dict__, not dict(model): dict() probes the model for `keys` through pydantic's slow
-            # __getattr__, which cost a third of every decode.
-            values = model.model_validate(state).__dict__.copy()
+            # The validator itself, and the fresh instance's __dict__ (not dict(model), which
+            # probes the model for `keys` through pydantic's slow __getattr__).
+            values = model.__pydantic_validator__.validate_python(state).__dict__
         except ValidationError as error:
             raise EventDecodingError(
                 f"{self._where(recorded)} does not match {cls.__qualname__}: {error}. "

@@ -335,7 +335,6 @@ def upsert(
         conn.execute(table.insert().values(**values))
 
 
-
 def _distinct_keys(rows: Sequence[Mapping[str, Any]], key: Sequence[str], what: str) -> None:
     seen = {tuple(row[k] for k in key) for row in rows}
     if len(seen) != len(rows):
