@@ -15,8 +15,7 @@ group of its own (joining included), decoding nothing and writing nothing. In th
 configuration the feed is the SQLite store and the peer reads it through ``iter_partition``.
 
 Scaling: one worker process, then two worker processes of one projection (a consumer group over
-the 3 partitions) into PostgreSQL, each timed from the moment every partition's stored position
-has moved (the group has settled) to the end, counting the offsets applied in that window; the
+the 3 partitions) into PostgreSQL, timed once the group has settled (see :func:`scale`); the
 machine's CPU use over the window is reported (on 2 cores shared with the broker and the database,
 CPU saturation bounds the gain; and 3 partitions split 2 + 1 between two workers bound it at
 1.5x when one worker is CPU-bound).
@@ -93,21 +92,70 @@ def _cpu_times() -> tuple[float, float]:
     return sum(fields) - idle, sum(fields)
 
 
+def _settled(bootstrap: str, group: str, members: int, timeout: float = 120.0) -> None:
+    """Wait until consumer group ``group`` is Stable with ``members`` members."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = admin.describe_groups([group]).get(group) or {}
+            if found.get("group_state") == "Stable" and len(found.get("members", ())) == members:
+                return
+            time.sleep(0.1)
+    finally:
+        admin.close()
+    raise TimeoutError(f"consumer group {group} did not settle with {members} members")
+
+
+def _nudges(store: Any) -> list[Any]:
+    """One new event per partition (accounts opened), so every worker sees its partitions move."""
+    from bench.readmodel import feed_events
+
+    wanted = set(range(store.partitions))
+    nudges = []
+    for _ in range(1000 * store.partitions):
+        opened = next(iter(feed_events(2)))  # the event and its command record
+        partition = store.partition_for(opened[0].aggregate_id)
+        if partition in wanted:
+            wanted.discard(partition)
+            nudges.extend(opened)
+        if not wanted:
+            return nudges
+    raise RuntimeError(f"no account id landed in partitions {sorted(wanted)}")
+
+
 def scale(
-    ctx: Context, app: str, url: str, records: int, reached: dict[int, int], workers: int
+    ctx: Context, store: Any, app: str, url: str, reached: dict[int, int], workers: int
 ) -> dict[str, Any]:
-    """``workers`` worker processes of one fresh Balances projection into PostgreSQL, timed from
-    the first stored position to ``reached``; with the machine's CPU use meanwhile."""
+    """``workers`` worker processes of one fresh Balances projection into PostgreSQL.
+
+    So that joining and rebalancing stay out of the window, the workers first start with their
+    positions at the head (idle) until the group has settled; then the stored positions are
+    reset to 0 and one event appended per partition: each worker's next batch finds its
+    positions moved (the guarded update fails, as after a rebuild's swap), re-seeks to 0 and
+    applies the whole log. Timed from the reset until every position reaches the new head; the
+    machine's CPU use over that window is reported."""
     from bench.readmodel import balances_projection, drop_schema, open_engine
-    from framework.database import read_only
-    from framework.positions import read_positions
-    from framework.worker import setup_tables, wait_until
+    from framework.positions import now, positions_table
+    from framework.worker import consumer_group, setup_tables, wait_until
 
     projection = balances_projection(ctx.name("scale"))
     db_url = ctx.services.sqlalchemy_postgres()
     engine = open_engine(db_url, schema=projection.name)
     ctx.on_exit(lambda: drop_schema(db_url, projection.name))
     setup_tables(engine, projection)
+    t = positions_table
+    with engine.begin() as conn:
+        conn.execute(
+            t.insert(),
+            [
+                {"projection": projection.name, "partition": p, "next_offset": o,
+                 "updated_at": now()}
+                for p, o in reached.items()
+            ],
+        )  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = []
     try:
@@ -115,21 +163,18 @@ def scale(
             own = url.replace(".index.sqlite", f".{projection.name}.{n}.sqlite")
             command = [sys.executable, "-m", "bench.readmodel", projection.name, app, own]
             procs.append(subprocess.Popen([*command, db_url, projection.name], env=env))
-        # The window opens once every partition has moved (the group has settled: a second
-        # member's join rebalances it) and counts the offsets applied from there on.
-        deadline = time.monotonic() + 300
-        start: dict[int, int] = {}
-        while time.monotonic() < deadline:
-            with engine.connect() as conn, read_only(conn).begin():
-                start = read_positions(conn, projection.name)
-            if len(start) == len(reached) or start == reached:
-                break
-            time.sleep(0.005)
+        _settled(ctx.services.need_kafka(), consumer_group(app, projection.name), workers)
+        time.sleep(1.0)  # the members have run on_assign and poll at the head
         busy0, total0 = _cpu_times()
         with Stopwatch() as sw:
-            wait_until(projection, engine, reached, timeout=900, interval=0.01)
+            with engine.begin() as conn:
+                conn.execute(
+                    t.update().where(t.c.projection == projection.name).values(next_offset=0)
+                )
+            end = store.append(_nudges(store))
+            target = {p: max(o, end.get(p, 0)) for p, o in reached.items()}
+            wait_until(projection, engine, target, timeout=900, interval=0.01)
         busy1, total1 = _cpu_times()
-        offsets = sum(reached.values()) - sum(start.values())
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -140,8 +185,7 @@ def scale(
                 proc.kill()
         engine.dispose()
     return {
-        "events": offsets,
-        "records": records,
+        "events": sum(target.values()),
         "workers": workers,
         "seconds": round(sw.seconds, 6),
         "cpu_busy_percent": round(100 * (busy1 - busy0) / max(total1 - total0, 1e-9), 1),
@@ -216,7 +260,7 @@ def run(ctx: Context) -> Section:
             results = {}
             for workers in (1, 2):
                 ctx.log(f"  {workers} worker process(es) into postgres")
-                results[workers] = scale(ctx, name, url, written, reached, workers)
+                results[workers] = scale(ctx, store, name, url, reached, workers)
             for workers, data in results.items():
                 section.add(
                     Row(
