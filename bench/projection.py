@@ -1,39 +1,56 @@
 """Section 3: projection throughput, events/s applied into a read model.
 
 A topic holds the records deposit commands leave (each event and its command record), written by
-the store in bulk. ``ProjectionWorker.run(until_caught_up=True)`` applies them into a SQLite and
-into a PostgreSQL read model (``Balances``: one upsert per event, skipping command records
-without decoding them), each batch in one SQL transaction with its guarded positions: the
-exactly-once path. The worker runs in a thread as a live worker does; timed from its start
-(joining the consumer group included) until ``wait_until`` sees its stored positions reach the
-end of what was written (polling every 10 ms); every record counts, applied or skipped. (Not
-``run(until_caught_up=True)``: on Kafka its end-of-log check re-reads the topic into the local
-index, which is not part of applying events; see bench/README.md.)
+the store in bulk. A ``ProjectionWorker`` applies them into a SQLite and into a PostgreSQL read
+model, each batch in one SQL transaction with its guarded positions: the exactly-once path, with
+the worker's default settings (batch_size 1000). ``Balances`` is a batch handler (each run of
+events folded per account, one ``upsert_many``), the path the sample projections use;
+``PerEventBalances`` is the same read model with one statement per event, measured on SQLite
+beside it. The worker runs in a thread as a live worker does; timed from its start (joining the
+consumer group included) until ``wait_until`` sees its stored positions reach the end of what was
+written (polling every 10 ms); every record counts, applied or skipped.
 
 The peer is a bare kafka-python consumer reading the same topic with ``read_committed`` in a
 group of its own (joining included), decoding nothing and writing nothing. In the smoke
 configuration the feed is the SQLite store and the peer reads it through ``iter_partition``.
+
+Scaling: one worker process, then two worker processes of one projection (a consumer group over
+the 3 partitions) into PostgreSQL, timed once the group has settled (see :func:`scale`); the
+machine's CPU use over the window is reported (on 2 cores shared with the broker and the database,
+CPU saturation bounds the gain; and 3 partitions split 2 + 1 between two workers bound it at
+1.5x when one worker is CPU-bound).
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from typing import Any
 
-from bench.harness import Context, Row, Section, ServiceMissing, Stopwatch, rate
+from bench.harness import REPO, Context, Row, Section, ServiceMissing, Stopwatch, rate
 
 TITLE = "Projection throughput (events/s into a read model, exactly-once positions)"
 
 
 def project(
-    ctx: Context, store: Any, db: str, records: int, reached: dict[int, int]
+    ctx: Context,
+    store: Any,
+    db: str,
+    records: int,
+    reached: dict[int, int],
+    *,
+    per_event: bool = False,
 ) -> dict[str, Any]:
     """Run a fresh Balances projection over ``store`` into database ``db`` (sqlite|postgres)
     in a thread, as a live worker runs, until its stored positions reach ``reached``."""
     from bench.readmodel import balances_projection, drop_schema, open_engine
     from framework.worker import ProjectionWorker, setup_tables, wait_until
 
-    projection = balances_projection(ctx.name("bal"))
+    projection = balances_projection(ctx.name("bal"), per_event=per_event)
     if db == "sqlite":
         engine = open_engine(f"sqlite:///{ctx.path(projection.name + '.db')}")
     else:
@@ -61,8 +78,118 @@ def project(
         "skipped": stats.events_skipped,
         "transactions": stats.transactions,
         "batch_size": worker.settings.batch_size,
+        "handlers": "per event" if per_event else "batch",
         "seconds": round(sw.seconds, 6),
         "expected": records,
+    }
+
+
+def _cpu_times() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        fields = [float(x) for x in stat.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+    return sum(fields) - idle, sum(fields)
+
+
+def _settled(bootstrap: str, group: str, members: int, timeout: float = 120.0) -> None:
+    """Wait until consumer group ``group`` is Stable with ``members`` members."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = admin.describe_groups([group]).get(group) or {}
+            if found.get("group_state") == "Stable" and len(found.get("members", ())) == members:
+                return
+            time.sleep(0.1)
+    finally:
+        admin.close()
+    raise TimeoutError(f"consumer group {group} did not settle with {members} members")
+
+
+def _nudges(store: Any) -> list[Any]:
+    """One new event per partition (accounts opened), so every worker sees its partitions move."""
+    from bench.readmodel import feed_events
+
+    wanted = set(range(store.partitions))
+    nudges = []
+    for _ in range(1000 * store.partitions):
+        opened = next(iter(feed_events(2)))  # the event and its command record
+        partition = store.partition_for(opened[0].aggregate_id)
+        if partition in wanted:
+            wanted.discard(partition)
+            nudges.extend(opened)
+        if not wanted:
+            return nudges
+    raise RuntimeError(f"no account id landed in partitions {sorted(wanted)}")
+
+
+def scale(
+    ctx: Context, store: Any, app: str, url: str, reached: dict[int, int], workers: int
+) -> dict[str, Any]:
+    """``workers`` worker processes of one fresh Balances projection into PostgreSQL.
+
+    So that joining and rebalancing stay out of the window, the workers first start with their
+    positions at the head (idle) until the group has settled; then the stored positions are
+    reset to 0 and one event appended per partition: each worker's next batch finds its
+    positions moved (the guarded update fails, as after a rebuild's swap), re-seeks to 0 and
+    applies the whole log. Timed from the reset until every position reaches the new head; the
+    machine's CPU use over that window is reported."""
+    from bench.readmodel import balances_projection, drop_schema, open_engine
+    from framework.positions import now, positions_table
+    from framework.worker import consumer_group, setup_tables, wait_until
+
+    projection = balances_projection(ctx.name("scale"))
+    db_url = ctx.services.sqlalchemy_postgres()
+    engine = open_engine(db_url, schema=projection.name)
+    ctx.on_exit(lambda: drop_schema(db_url, projection.name))
+    setup_tables(engine, projection)
+    t = positions_table
+    with engine.begin() as conn:
+        conn.execute(
+            t.insert(),
+            [
+                {"projection": projection.name, "partition": p, "next_offset": o,
+                 "updated_at": now()}
+                for p, o in reached.items()
+            ],
+        )  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = []
+    try:
+        for n in range(workers):
+            own = url.replace(".index.sqlite", f".{projection.name}.{n}.sqlite")
+            command = [sys.executable, "-m", "bench.readmodel", projection.name, app, own]
+            procs.append(subprocess.Popen([*command, db_url, projection.name], env=env))
+        _settled(ctx.services.need_kafka(), consumer_group(app, projection.name), workers)
+        time.sleep(1.0)  # the members have run on_assign and poll at the head
+        busy0, total0 = _cpu_times()
+        with Stopwatch() as sw:
+            with engine.begin() as conn:
+                conn.execute(
+                    t.update().where(t.c.projection == projection.name).values(next_offset=0)
+                )
+            end = store.append(_nudges(store))
+            target = {p: max(o, end.get(p, 0)) for p, o in reached.items()}
+            wait_until(projection, engine, target, timeout=900, interval=0.01)
+        busy1, total1 = _cpu_times()
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        engine.dispose()
+    return {
+        "events": sum(target.values()),
+        "workers": workers,
+        "seconds": round(sw.seconds, 6),
+        "cpu_busy_percent": round(100 * (busy1 - busy0) / max(total1 - total0, 1e-9), 1),
+        "cores": os.cpu_count(),
     }
 
 
@@ -72,7 +199,7 @@ def run(ctx: Context) -> Section:
     from framework.persistence import open_store
 
     section = Section("projection", TITLE)
-    records = ctx.pick(400, 6000, 50_000)
+    records = ctx.pick(400, 50_000, 50_000)
     kafka = not ctx.smoke
     if ctx.kafka_missing(section):
         return section
@@ -87,7 +214,7 @@ def run(ctx: Context) -> Section:
         section.notes.append(
             f"{written:,} records from a {source}: half events (account opened or deposit), "
             "half command records, which the projection skips undecoded; worker settings are "
-            "the defaults (batch_size 100)"
+            "the defaults (batch_size 1000)"
         )
         ctx.log("  bare reader")
         if kafka:
@@ -101,26 +228,52 @@ def run(ctx: Context) -> Section:
         section.add(
             Row("bare_reader", label, rate(bare["events"], bare["seconds"]), "events/s", raw=bare)
         )
-        databases = ["sqlite"] if ctx.smoke else ["sqlite", "postgres"]
-        for db in databases:
+        runs = [("sqlite", False), ("sqlite", True), ("postgres", False)]
+        if ctx.smoke:
+            runs = [("sqlite", False), ("sqlite", True)]
+        for db, per_event in runs:
             try:
                 if db == "postgres":
                     ctx.services.need_postgres()
-                ctx.log(f"  projection worker into {db}")
-                data = project(ctx, store, db, written, reached)
+                ctx.log(f"  projection worker into {db}{' (per event)' if per_event else ''}")
+                data = project(ctx, store, db, written, reached, per_event=per_event)
             except ServiceMissing as missing:
                 section.skipped.append(f"read model on {db}: {missing}")
                 continue
+            how = "one statement per event" if per_event else "batch handler"
             section.add(
                 Row(
-                    f"keel_{db}",
-                    f"ProjectionWorker into a {db} read model",
+                    f"keel_{db}_per_event" if per_event else f"keel_{db}",
+                    f"ProjectionWorker into a {db} read model ({how})",
                     rate(data["events"], data["seconds"]),
                     "events/s",
                     peer="bare_reader",
                     raw=data,
                 )
             )
+        if kafka:
+            try:
+                ctx.services.need_postgres()
+            except ServiceMissing as missing:
+                section.skipped.append(f"scaling: {missing}")
+                return section
+            results = {}
+            for workers in (1, 2):
+                ctx.log(f"  {workers} worker process(es) into postgres")
+                results[workers] = scale(ctx, store, name, url, reached, workers)
+            for workers, data in results.items():
+                section.add(
+                    Row(
+                        f"workers_{workers}",
+                        f"{workers} worker process{'es' if workers > 1 else ''}, 3 partitions, "
+                        f"PostgreSQL (CPU {data['cpu_busy_percent']:.0f}% of "
+                        f"{data['cores']} cores)",
+                        rate(data["events"], data["seconds"]),
+                        "events/s",
+                        peer="workers_1" if workers > 1 else None,
+                        raw=data,
+                    )
+                )
     finally:
         store.close()
     return section

@@ -1,7 +1,9 @@
 """The read model the projection benchmarks build, and the feeds they build it from.
 
-``Balances`` keeps one row per account (balance in cents, event count), upserted on every
-``Opened`` and ``Deposited`` event: the shape of a typical read model. The feed holds what the
+``Balances`` keeps one row per account (balance in cents, event count) from ``Opened`` and
+``Deposited`` events: the shape of a typical read model. It is a batch handler (each run of
+events folded per account, one ``upsert_many``); ``PerEventBalances`` is the same read model
+with one statement per event. The feed holds what the
 application appends for such commands: every event followed by its command record (which the
 projection skips without decoding). Bulk feeds are stamped from one encoded event of each kind,
 so writing a million of them costs the broker's time, not the codec's.
@@ -10,7 +12,7 @@ so writing a million of them costs the broker's time, not the codec's.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -24,22 +26,61 @@ from framework.application import COMMAND_RECORD_TOPIC, command_record_id
 from framework.codec import codec
 from framework.commands import Metadata
 from framework.persistence import EventStore, NewEvent
-from framework.projection import Projection, handles
+from framework.projection import Projection, handles, upsert_many
 
-__all__ = ["Balances", "balances_projection", "feed_events", "fill_store", "open_engine"]
+__all__ = [
+    "Balances",
+    "PerEventBalances",
+    "balances_projection",
+    "feed_events",
+    "fill_store",
+    "open_engine",
+]
 
 
-class Balances(Projection):
-    name = "bench_balances"
-    version = 1
-    metadata = sa.MetaData()
-    balances = sa.Table(
+def _balances_table(metadata: sa.MetaData) -> sa.Table:
+    return sa.Table(
         "bench_balances",
         metadata,
         sa.Column("account_id", sa.Uuid, primary_key=True),
         sa.Column("cents", sa.BigInteger, nullable=False),
         sa.Column("events", sa.Integer, nullable=False),
     )
+
+
+class Balances(Projection):
+    """The fast path the sample projections use: one batch handler folds each run of events
+    into one row per account, then one ``upsert_many`` (an ``executemany``) adds them up."""
+
+    name = "bench_balances"
+    version = 1
+    metadata = sa.MetaData()
+    balances = _balances_table(metadata)
+
+    @handles(Account.Opened, Account.Deposited, batch=True)
+    def changed(self, events: Sequence[Any], conn: Connection) -> None:
+        rows: dict[UUID, dict[str, Any]] = {}
+        for event in events:
+            row = rows.get(event.originator_id)
+            if row is None:
+                row = rows[event.originator_id] = {
+                    "account_id": event.originator_id,
+                    "cents": 0,
+                    "events": 0,
+                }
+            row["events"] += 1
+            if type(event) is Account.Deposited:
+                row["cents"] += int(event.amount * 100)
+        upsert_many(conn, self.balances, list(rows.values()), add=["cents", "events"])
+
+
+class PerEventBalances(Projection):
+    """The same read model with one statement per event (the per-event API)."""
+
+    name = "bench_balances_per_event"
+    version = 1
+    metadata = sa.MetaData()
+    balances = _balances_table(metadata)
 
     @handles(Account.Opened)
     def opened(self, event: Any, conn: Connection) -> None:
@@ -68,10 +109,11 @@ class Balances(Projection):
         return cached[1], cached[2]
 
 
-def balances_projection(name: str) -> Balances:
+def balances_projection(name: str, *, per_event: bool = False) -> Projection:
     """A Balances projection with its own name (its positions and consumer group)."""
-    cls = type(f"Balances_{name}", (Balances,), {"name": name})
-    projection: Balances = cls()
+    base: type[Projection] = PerEventBalances if per_event else Balances
+    cls = type(f"{base.__name__}_{name}", (base,), {"name": name})
+    projection: Projection = cls()
     return projection
 
 
@@ -95,7 +137,7 @@ def drop_schema(url: str, schema: str) -> None:
     admin.dispose()
 
 
-def balance_of(engine: Engine, projection: Balances, account_id: UUID) -> int | None:
+def balance_of(engine: Engine, projection: Any, account_id: UUID) -> int | None:
     t = projection.balances
     with engine.connect() as conn:
         row = conn.execute(sa.select(t.c.cents).where(t.c.account_id == account_id)).first()
@@ -185,3 +227,33 @@ def bare_read_store(store: EventStore) -> dict[str, Any]:
     started = time.perf_counter()
     read = sum(1 for _ in store.iter_partition(0))
     return {"events": read, "seconds": round(time.perf_counter() - started, 6)}
+
+
+# -- a worker process, for the scaling measurement ------------------------------------------------
+
+
+def _worker_main(argv: list[str]) -> int:
+    """``python -m bench.readmodel NAME APP STORE_URL DB_URL [SCHEMA]``: run a Balances worker
+    until SIGTERM."""
+    import logging
+
+    from framework.persistence import open_store
+    from framework.worker import ProjectionWorker, run_forever
+
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    name, app, store_url, db_url, *schema = argv
+    engine = open_engine(db_url, schema=schema[0] if schema else None)
+    store = open_store(store_url, name=app)
+    try:
+        run_forever(ProjectionWorker(balances_projection(name), store, engine))
+    finally:
+        store.close()
+        engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(_worker_main(sys.argv[1:]))

@@ -49,6 +49,7 @@ class Goal:
 def _goals(smoke: bool, quick: bool = False) -> list[Goal]:
     largest = 1000 if smoke else 100_000
     latency_row = "sqlite_visible_p99" if smoke else "kafka_visible_p99"
+    rebuild_n = 400 if smoke else 1_000_000
     return [
         Goal(
             "kafka_vs_eventsourcing_postgres",
@@ -101,6 +102,36 @@ def _goals(smoke: bool, quick: bool = False) -> list[Goal]:
             "projection",
             "keel_sqlite",
             0.5,
+        ),
+        Goal(
+            "projection_postgres_vs_bare_consumer",
+            "projection into PostgreSQL >= 30% of a bare consumer's events/s",
+            "projection",
+            "keel_postgres",
+            0.3,
+        ),
+        Goal(
+            "two_workers_vs_one",
+            "two worker processes of one projection (3 partitions) >= 1.6x one worker",
+            "projection",
+            "workers_2",
+            1.6,
+        ),
+        Goal(
+            "rebuild_vs_bare_consumer",
+            f"rebuild over {rebuild_n:,} records >= 50% of a bare consumer's events/s",
+            "rebuild",
+            f"keel_rebuild_{rebuild_n}",
+            0.5,
+        ),
+        Goal(
+            "rebuild_1m_seconds",
+            f"rebuild over {rebuild_n:,} records in under 60 s",
+            "rebuild",
+            f"keel_rebuild_{rebuild_n}_seconds",
+            60.0,
+            at_most=True,
+            absolute="s",
         ),
         Goal(
             "load_100k_vs_10",

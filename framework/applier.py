@@ -74,12 +74,15 @@ class ApplierStats:
 class _Failure:
     index: int
     error: BaseException
+    batch: bool = False
+    """A batch handler failed on a run of several events starting at ``index``."""
 
 
 class _HandlerFailed(Exception):
-    def __init__(self, index: int, error: BaseException) -> None:
+    def __init__(self, index: int, error: BaseException, batch: bool = False) -> None:
         self.index = index
         self.error = error
+        self.batch = batch
 
 
 class Applier:
@@ -141,19 +144,24 @@ class Applier:
             else:
                 self.stats.duplicates_skipped += 1
         start = 0
+        single = False  # after a batch handler failed: one event per handler call, to find it
         try:
             while start < len(fresh):
                 end = len(fresh)
                 while True:
-                    failure = self._transact(partition, fresh[start:end])
+                    failure = self._transact(partition, fresh[start:end], single=single)
                     if failure is None:
                         start = end
                         break
-                    if failure.index == 0:
+                    if failure.index > 0:
+                        end = start + failure.index  # commit the events before the failing one
+                    elif failure.batch and not single:
+                        single = True
+                    else:
                         self._retry_or_park(partition, fresh[start], failure.error)
                         start += 1
+                        single = False
                         break
-                    end = start + failure.index  # commit the events before the failing one
         except PositionConflictError as error:
             self.stats.conflicts += 1
             log.warning("%s: %s", self.projection.key, error)
@@ -206,39 +214,20 @@ class Applier:
         partition: int,
         events: Sequence[RecordedEvent],
         park: tuple[BaseException, int] | None = None,
+        *,
+        single: bool = False,
     ) -> _Failure | None:
         """One transaction: guard and move the position, then apply (or park) ``events``."""
         new = events[-1].offset + 1
         held_here = [0]
 
         def work(conn: Connection) -> None:
-            held_here[0] = 0
-            write_positions(
-                conn, self.projection.key, {partition: new}, {partition: self.positions[partition]}
-            )
-            if park is not None:
-                self._park(conn, events[0], "failed", park[0], park[1])
-                return
-            handled = [e for e in events if e.topic in self._topics]
-            held = self._held(conn, handled)
-            for index, event in enumerate(events):
-                if event.topic not in self._topics:
-                    continue
-                if event.aggregate_id in held:
-                    self._park(conn, event, "held", None, 0)
-                    held_here[0] += 1
-                    continue
-                try:
-                    self.projection.apply(codec.decode(event), conn)
-                except Exception as error:
-                    if is_connectivity_error(error):
-                        raise
-                    raise _HandlerFailed(index, error) from error
+            held_here[0] = self._apply(conn, partition, events, new, park, single=single)
 
         try:
             self._with_db(work)
         except _HandlerFailed as failed:
-            return _Failure(failed.index, failed.error)
+            return _Failure(failed.index, failed.error, failed.batch)
         self.positions[partition] = new
         self.stats.transactions += 1
         if park is None:
@@ -248,11 +237,109 @@ class Applier:
             self.stats.events_skipped += len(events) - handled
         return None
 
+    def _apply(
+        self,
+        conn: Connection,
+        partition: int,
+        events: Sequence[RecordedEvent],
+        new: int,
+        park: tuple[BaseException, int] | None = None,
+        *,
+        single: bool = False,
+    ) -> int:
+        """Inside ``conn``'s transaction: guard and move the position to ``new``, then apply
+        (or park) ``events``. Returns how many were held behind a dead letter.
+
+        Consecutive events of one batch handler go to it as one list (events the projection
+        does not handle, or parks, do not break the run: they touch none of its rows)."""
+        write_positions(
+            conn, self.projection.key, {partition: new}, {partition: self.positions[partition]}
+        )
+        if park is not None:
+            self._park(conn, events[0], "failed", park[0], park[1])
+            return 0
+        topics = self._topics
+        handled = [e for e in events if e.topic in topics]
+        if not handled:
+            return 0
+        held = self._held(conn, handled)
+        batch_topics = self.projection.batch_topics()
+        projection = self.projection
+        held_count = 0
+        run: list[tuple[int, RecordedEvent]] = []
+        run_handler: object = None
+        for index, event in enumerate(events):
+            topic = event.topic
+            if topic not in topics:
+                continue
+            if held and event.aggregate_id in held:
+                self._park(conn, event, "held", None, 0)
+                held_count += 1
+                continue
+            if topic in batch_topics:
+                handler = topics[topic]
+                if run and (single or handler != run_handler):
+                    self._run(conn, run)
+                    run = []
+                run.append((index, event))
+                run_handler = handler
+                continue
+            if run:
+                self._run(conn, run)
+                run = []
+            try:
+                projection.apply(codec.decode(event), conn)
+            except Exception as error:
+                if is_connectivity_error(error):
+                    raise
+                raise _HandlerFailed(index, error) from error
+        if run:
+            self._run(conn, run)
+        return held_count
+
+    def _run(self, conn: Connection, run: list[tuple[int, RecordedEvent]]) -> None:
+        """Decode a run of one batch handler's events and hand it over."""
+        envelopes = []
+        for index, event in run:
+            try:
+                envelopes.append(codec.decode(event))
+            except Exception as error:
+                raise _HandlerFailed(index, error) from error
+        try:
+            self.projection.apply_batch(envelopes, conn)
+        except Exception as error:
+            if is_connectivity_error(error):
+                raise
+            raise _HandlerFailed(run[0][0], error, batch=len(run) > 1) from error
+
+    def apply_within(
+        self, conn: Connection, partition: int, events: Sequence[RecordedEvent], new: int
+    ) -> None:
+        """Apply ``events`` (offsets from this applier's position on) and move the position to
+        ``new`` inside the caller's transaction, with no retry and no parking: a failing
+        handler raises :class:`ProjectionError`, and the caller rolls back. Call
+        :meth:`committed` once the caller has committed. (The rebuild's swap uses this.)"""
+        try:
+            self._apply(conn, partition, events, new)
+        except _HandlerFailed as failed:
+            raise ProjectionError(
+                f"{self.projection.key}: {events[failed.index].topic} at offset "
+                f"{events[failed.index].offset} failed: {failed.error}"
+            ) from failed.error
+
+    def committed(self, positions: dict[int, int]) -> None:
+        """The caller's transaction that :meth:`apply_within` ran in has committed."""
+        self.positions.update(positions)
+
     def _held(self, conn: Connection, events: Sequence[RecordedEvent]) -> set[object]:
         """The aggregates among ``events`` with parked events (whose later events wait)."""
         if not events:
             return set()
         t = dead_letters_table
+        # Usually there is none: one indexed probe instead of a long IN list per batch.
+        probe = sa.select(sa.literal(1)).where(t.c.projection == self.projection.key).limit(1)
+        if conn.execute(probe).first() is None:
+            return set()
         ids = sorted({str(e.aggregate_id) for e in events})
         rows = conn.execute(
             sa.select(t.c.aggregate_id)
@@ -260,6 +347,8 @@ class Applier:
             .distinct()
         )
         held = {row[0] for row in rows}
+        if not held:
+            return set()
         return {e.aggregate_id for e in events if str(e.aggregate_id) in held}
 
     def _park(

@@ -8,7 +8,6 @@ annotations through pydantic, so values come back with their types.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import typing
@@ -37,17 +36,45 @@ A = TypeVar("A", bound=Aggregate)
 _ENVELOPE_FIELDS = frozenset({"originator_id", "originator_version", "originator_topic"})
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class EventEnvelope:
-    """A decoded event with its metadata and where the store recorded it."""
+    """A decoded event with its metadata and where the store recorded it.
 
-    event: DomainEvent
-    metadata: Metadata
-    recorded: RecordedEvent
+    The metadata (user, command and correlation ids) is validated on first use: most handlers
+    never look at it, and validating it was a third of the cost of decoding an event."""
+
+    __slots__ = ("_meta", "_metadata", "event", "recorded")
+
+    def __init__(
+        self,
+        event: DomainEvent,
+        metadata: Metadata | Mapping[str, Any] | None,
+        recorded: RecordedEvent,
+    ) -> None:
+        self.event = event
+        self.recorded = recorded
+        self._metadata = metadata if isinstance(metadata, Metadata) else None
+        self._meta = None if isinstance(metadata, Metadata) else metadata
+
+    @property
+    def metadata(self) -> Metadata:
+        """The metadata of the command that caused the event. Raises
+        :class:`~framework.errors.EventDecodingError` when it is malformed."""
+        if self._metadata is None:
+            try:
+                self._metadata = Metadata.model_validate(self._meta or {})
+            except ValidationError as error:
+                raise EventDecodingError(
+                    f"{EventCodec._where(self.recorded)} has malformed metadata: {error}"
+                ) from error
+        return self._metadata
 
     @property
     def type_name(self) -> str:
         return self.recorded.topic
+
+    def __repr__(self) -> str:
+        r = self.recorded
+        return f"<EventEnvelope {r.topic} v{r.version} p{r.partition}@{r.offset}>"
 
 
 class _StateModel(BaseModel):
@@ -75,6 +102,21 @@ def _state_model(cls: type[Any], skip: frozenset[str]) -> type[BaseModel]:
 def _has_originator_topic(cls: type[Any]) -> bool:
     # Cached: typing.get_type_hints walks the MRO and evaluates every annotation on each call.
     return "originator_topic" in typing.get_type_hints(cls)
+
+
+_Plan = tuple[type[BaseModel], int, str | None]
+_plans: dict[type[DomainEvent], _Plan] = {}
+
+
+def _plan(cls: type[DomainEvent]) -> _Plan:
+    """What decoding an event of ``cls`` needs: its state model, its class version and its
+    owner's topic (when the event records one), worked out once per class."""
+    plan = _plans.get(cls)
+    if plan is None:
+        topic = get_topic(event_types.owner_of(cls)) if _has_originator_topic(cls) else None
+        plan = (_state_model(cls, _ENVELOPE_FIELDS), getattr(cls, "class_version", 1), topic)
+        _plans[cls] = plan
+    return plan
 
 
 def _to_json(value: Any, what: str) -> bytes:
@@ -115,25 +157,29 @@ class EventCodec:
         state = payload.get("data")
         if not isinstance(state, dict):
             raise EventDecodingError(f"{self._where(recorded)} has no 'data' object")
-        state = self._upcast(cls, state, payload.get("v", 1), recorded)
-        model = _state_model(cls, _ENVELOPE_FIELDS)
+        model, target, originator_topic = _plan(cls)
+        version = payload.get("v", 1)
+        if version != target:
+            state = self._upcast(cls, state, version, recorded)
         try:
-            # __dict__, not dict(model): dict() probes the model for `keys` through pydantic's slow
-            # __getattr__, which cost a third of every decode.
-            values = model.model_validate(state).__dict__.copy()
-            metadata = Metadata.model_validate(payload.get("meta") or {})
+            # The validator itself, and the fresh instance's __dict__ (not dict(model), which
+            # probes the model for `keys` through pydantic's slow __getattr__).
+            values = model.__pydantic_validator__.validate_python(state).__dict__
         except ValidationError as error:
             raise EventDecodingError(
                 f"{self._where(recorded)} does not match {cls.__qualname__}: {error}. "
                 "If the event class changed, raise its class_version and add an upcaster."
             ) from error
+        meta = payload.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise EventDecodingError(f"{self._where(recorded)} has a 'meta' that is no object")
         values["originator_id"] = recorded.aggregate_id
         values["originator_version"] = recorded.version
-        if _has_originator_topic(cls):
-            values["originator_topic"] = get_topic(event_types.owner_of(cls))
+        if originator_topic is not None:
+            values["originator_topic"] = originator_topic
         event = object.__new__(cls)
         object.__setattr__(event, "__dict__", values)
-        return EventEnvelope(event, metadata, recorded)
+        return EventEnvelope(event, meta, recorded)
 
     def encode_snapshot(self, aggregate: Aggregate) -> Snapshot:
         """Encode an aggregate's whole state. Raises EventEncodingError when it has no JSON

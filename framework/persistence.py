@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKENDS",
+    "ConsumerSettings",
     "EventStore",
     "FeedReader",
     "NewEvent",
@@ -45,6 +46,21 @@ OnAssign = Callable[[set[int]], Mapping[int, int]]
 
 OnRevoke = Callable[[set[int]], None]
 """Called when partitions are taken away from a feed reader (a consumer-group rebalance)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSettings:
+    """How a feed reader takes part in its consumer group (Kafka; the embedded stores, which
+    have no group, ignore it). Times are in seconds."""
+
+    session_timeout: float = 10.0
+    """Without a heartbeat for this long, a member's partitions go to the others."""
+    heartbeat_interval: float = 2.0
+    max_poll_interval: float = 300.0
+    """A member that does not poll for this long is taken out of the group."""
+    instance_id: str | None = None
+    """A stable identity (static membership): a restarted member gets its partitions back at
+    once instead of after a rebalance."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +156,15 @@ class EventStore(ABC):
 
     @abstractmethod
     def feed(
-        self, group: str, *, on_assign: OnAssign, on_revoke: OnRevoke | None = None
+        self,
+        group: str,
+        *,
+        on_assign: OnAssign,
+        on_revoke: OnRevoke | None = None,
+        consumer: ConsumerSettings | None = None,
     ) -> FeedReader:
-        """Subscribe to every event, as member ``group`` of a consumer group.
+        """Subscribe to every event, as member ``group`` of a consumer group (``consumer``:
+        session timeout, heartbeat, static membership).
 
         Several readers with one ``group`` share the partitions (Kafka); ``on_assign`` tells the
         reader where to start in each partition it is given, so the caller keeps its positions

@@ -149,4 +149,15 @@ def write_version(conn: Connection, projection: str, version: int) -> None:
         t.update().where(t.c.projection == projection).values(version=version, updated_at=now())
     )
     if result.rowcount == 0:
-        conn.execute(t.insert().values(projection=projection, version=version, updated_at=now()))
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    t.insert().values(projection=projection, version=version, updated_at=now())
+                )
+        except sa.exc.IntegrityError:
+            # Another worker of a new projection, starting at the same moment, inserted it.
+            conn.execute(
+                t.update()
+                .where(t.c.projection == projection)
+                .values(version=version, updated_at=now())
+            )

@@ -44,6 +44,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any, ClassVar, TypeVar
 
 import sqlalchemy as sa
@@ -54,7 +55,15 @@ from framework.codec import EventEnvelope
 from framework.domain import DomainEvent, event_types
 from framework.errors import ConfigurationError
 
-__all__ = ["SHADOW_SUFFIX", "Projection", "handles", "upsert"]
+__all__ = [
+    "SHADOW_SUFFIX",
+    "ExactNumeric",
+    "Projection",
+    "handles",
+    "update_many",
+    "upsert",
+    "upsert_many",
+]
 
 F = TypeVar("F", bound=Callable[..., None])
 
@@ -63,15 +72,23 @@ SHADOW_SUFFIX = "__rebuild"
 rebuild fills shadow copies."""
 
 _HANDLES = "__keel_handles__"
+_BATCH = "__keel_batch__"
 
 
-def handles(*event_classes: type[DomainEvent]) -> Callable[[F], F]:
-    """Mark a projection method as the handler of ``event_classes``."""
+def handles(*event_classes: type[DomainEvent], batch: bool = False) -> Callable[[F], F]:
+    """Mark a projection method as the handler of ``event_classes``.
+
+    With ``batch=True`` the method takes a list of events instead of one: every run of
+    consecutive events it handles within one transaction (up to ``batch_size``, in log order,
+    of any of its types, several per aggregate), so it can turn N events into a few
+    set-based statements (:func:`upsert_many`, ``conn.execute(stmt, [rows...])``)."""
     if not event_classes:
         raise ConfigurationError("@handles needs at least one event class")
 
     def mark(method: F) -> F:
         setattr(method, _HANDLES, (*getattr(method, _HANDLES, ()), *event_classes))
+        if batch:
+            setattr(method, _BATCH, True)
         return method
 
     return mark
@@ -121,6 +138,7 @@ class Projection:
         self.is_shadow = False
         self._topics: dict[str, Callable[..., None]] | None = None
         self._wants_envelope: dict[str, bool] = {}
+        self._batch_topics: set[str] = set()
 
     # -- what the worker needs ------------------------------------------------------------------
 
@@ -145,20 +163,41 @@ class Projection:
                 names = [event_types.name_of(event_class)]
                 names += [f"{owner.type_name}.{a}" for a in getattr(event_class, "aliases", ())]
                 params = inspect.signature(method).parameters
+                batch = getattr(method, _BATCH, False)
                 for topic in names:
                     topics[topic] = method
-                    self._wants_envelope[topic] = "envelope" in params
+                    self._wants_envelope[topic] = ("envelopes" if batch else "envelope") in params
+                    if batch:
+                        self._batch_topics.add(topic)
             self._topics = topics
         return self._topics
+
+    def batch_topics(self) -> set[str]:
+        """The recorded type names whose handler takes a batch (``@handles(..., batch=True)``)."""
+        self.handled_topics()
+        return self._batch_topics
 
     def apply(self, envelope: EventEnvelope, conn: Connection) -> None:
         """Run the handler of ``envelope``'s event (the worker calls this)."""
         topic = envelope.recorded.topic
+        if topic in self.batch_topics():
+            self.apply_batch([envelope], conn)
+            return
         handler = self.handled_topics()[topic]
         if self._wants_envelope[topic]:
             handler(envelope.event, conn, envelope=envelope)
         else:
             handler(envelope.event, conn)
+
+    def apply_batch(self, envelopes: Sequence[EventEnvelope], conn: Connection) -> None:
+        """Run one batch handler over ``envelopes`` (events it handles, in log order)."""
+        topic = envelopes[0].recorded.topic
+        handler = self.handled_topics()[topic]
+        events = [e.event for e in envelopes]
+        if self._wants_envelope[topic]:
+            handler(events, conn, envelopes=list(envelopes))
+        else:
+            handler(events, conn)
 
     def shadow(self, *, rename_constraints: bool = False) -> Projection:
         """A copy whose table attributes point at shadow tables (``<table>__rebuild``) in a
@@ -169,6 +208,7 @@ class Projection:
         twin.is_shadow = True
         twin._topics = None
         twin._wants_envelope = {}
+        twin._batch_topics = set()
         tables = self.tables
         convention = tables[0].metadata.naming_convention if tables else None
         shadow_metadata = sa.MetaData(naming_convention=convention)
@@ -192,6 +232,62 @@ class Projection:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.key!r} v{self.version}>"
+
+
+class ExactNumeric(sa.types.TypeDecorator[Decimal]):
+    """A decimal column (money) whose values round-trip exactly on every supported database.
+
+    ``sa.Numeric`` is exact on PostgreSQL, but SQLite has no decimal type: it keeps such values
+    as 8-byte floats, so ``9999999999999999.99`` comes back as ``10000000000000000.00`` and sums
+    drift. ``ExactNumeric(12, 2)`` is ``NUMERIC(12, 2)`` on PostgreSQL and, on SQLite, a 64-bit
+    integer counting units of ``10**-scale`` (cents), so comparisons, ``+``, ``-`` and ``SUM``
+    in SQL stay exact there too. Values come back as ``Decimal`` with ``scale`` places; a value
+    with more places, or more than ``precision`` digits, is refused (a clear handler error, not
+    a silent rounding). Multiply or divide in Python, not in SQL (on SQLite the column holds
+    the scaled integer). ``precision`` is at most 18 (what a 64-bit integer holds).
+    """
+
+    impl = sa.Numeric
+    cache_ok = True
+
+    def __init__(self, precision: int = 18, scale: int = 2) -> None:
+        if not 0 <= scale <= precision <= 18:
+            raise ConfigurationError(
+                f"ExactNumeric({precision}, {scale}): need 0 <= scale <= precision <= 18"
+            )
+        super().__init__(precision=precision, scale=scale, asdecimal=True)
+        self.precision = precision
+        self.scale = scale
+        self._quantum = Decimal(1).scaleb(-scale)
+        self._limit = Decimal(10) ** (precision - scale)
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.BigInteger())
+        return dialect.type_descriptor(sa.Numeric(self.precision, self.scale, asdecimal=True))
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, float):
+            raise TypeError(f"ExactNumeric takes Decimal, int or str, not the float {value!r}")
+        exact = Decimal(value)
+        fitted = exact.quantize(self._quantum)
+        if fitted != exact or abs(fitted) >= self._limit:
+            raise ValueError(
+                f"{value!r} does not fit ExactNumeric({self.precision}, {self.scale}) "
+                "without rounding; round it in the handler, or widen the column"
+            )
+        if dialect.name == "sqlite":
+            return int(fitted.scaleb(self.scale))
+        return fitted
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return Decimal(int(value)).scaleb(-self.scale).quantize(self._quantum)
+        return Decimal(value).quantize(self._quantum)
 
 
 def projections_in(objects: Iterable[Any]) -> list[type[Projection]]:
@@ -237,6 +333,91 @@ def upsert(
     where = [table.c[k] == values[k] for k in key]
     if not changes or conn.execute(table.update().where(*where).values(**changes)).rowcount == 0:
         conn.execute(table.insert().values(**values))
+
+
+def _distinct_keys(rows: Sequence[Mapping[str, Any]], key: Sequence[str], what: str) -> None:
+    seen = {tuple(row[k] for k in key) for row in rows}
+    if len(seen) != len(rows):
+        raise ValueError(
+            f"{what} got the same {'/'.join(key)} twice in one call: fold the batch's events "
+            "into one row per key first"
+        )
+
+
+def upsert_many(
+    conn: Connection,
+    table: sa.Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    key: Sequence[str] | None = None,
+    add: Sequence[str] = (),
+    update: Sequence[str] | None = None,
+) -> None:
+    """:func:`upsert` for many rows in one statement (an ``executemany``): the set-based form
+    batch handlers use. The rows have the same columns and distinct keys (fold a batch's
+    events into one row per key first).
+
+    On conflict, each column in ``add`` gets the row's value added to the stored one (counters,
+    sums: ``add=["orders", "revenue"]``) and the columns in ``update`` (default: every other
+    non-key column) are replaced; a new key is inserted as given. Works on SQLite and
+    PostgreSQL (elsewhere, one :func:`upsert` per row)."""
+    if not rows:
+        return
+    key = list(key or [c.name for c in table.primary_key.columns])
+    _distinct_keys(rows, key, "upsert_many")
+    columns = list(rows[0])
+    replace = [c for c in columns if c not in key and c not in add] if update is None else update
+    dialect = conn.dialect.name
+    if dialect not in ("postgresql", "sqlite"):
+        for row in rows:
+            changes: dict[str, Any] = {c: row[c] for c in replace}
+            changes.update({c: table.c[c] + row[c] for c in add})
+            upsert(conn, table, row, key=key, update=changes)
+        return
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    statement: postgresql.Insert | sqlite.Insert = (
+        postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    )
+    excluded = statement.excluded
+    set_: dict[str, Any] = {c: excluded[c] for c in replace}
+    set_.update({c: table.c[c] + excluded[c] for c in add})
+    conn.execute(
+        statement.on_conflict_do_update(index_elements=key, set_=set_)
+        if set_
+        else statement.on_conflict_do_nothing(index_elements=key),
+        list(rows),
+    )
+
+
+def update_many(
+    conn: Connection,
+    table: sa.Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    key: Sequence[str] | None = None,
+) -> None:
+    """Update many rows, each given as its key columns plus the columns to set, in one
+    ``executemany`` per set of columns (rows that set the same columns share a statement).
+    Keys must be distinct; a key with no row is left alone, as a plain ``UPDATE`` would."""
+    if not rows:
+        return
+    key = list(key or [c.name for c in table.primary_key.columns])
+    _distinct_keys(rows, key, "update_many")
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        columns = tuple(sorted(c for c in row if c not in key))
+        # Bind names must differ from column names in an UPDATE's SET and WHERE.
+        groups.setdefault(columns, []).append({f"p_{c}": v for c, v in row.items()})
+    for columns, params in groups.items():
+        if not columns:
+            continue
+        statement = (
+            table.update()
+            .where(*[table.c[k] == sa.bindparam(f"p_{k}", type_=table.c[k].type) for k in key])
+            .values({c: sa.bindparam(f"p_{c}", type_=table.c[c].type) for c in columns})
+        )
+        conn.execute(statement, params)
 
 
 if __name__ == "__main__":  # python -m framework.projection run module:Projection ...

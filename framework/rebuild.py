@@ -5,10 +5,12 @@ tables (``<table>__rebuild``: same columns and indexes) while queries keep readi
 tables, and the live worker keeps them current. It reads the store directly, partition by
 partition, with the same exactly-once machinery as the worker (its positions and dead letters
 are kept under ``<projection>__rebuild``). Once it reaches the head it swaps, in ONE
-transaction: the live tables are dropped, the shadow tables renamed in their place, and the live
-positions and dead letters replaced by the shadow's. The live worker's next batch then finds the
-positions moved (its guarded update fails), re-reads them and continues from the rebuilt
-positions: events written during the rebuild, even during the swap, are applied once.
+transaction that first locks the live positions and applies to the shadow whatever the live
+tables already reflect (so the tables swapped in are never behind the ones readers saw): the
+live tables are dropped, the shadow tables renamed in their place, and the live positions and
+dead letters replaced by the shadow's. The live worker's next batch then finds the positions
+moved (its guarded update fails), re-reads them and continues from the rebuilt positions:
+events written during the rebuild, even during the swap, are applied once.
 
 Progress (events done, rate, ETA) goes to a callback; :func:`console_progress` shows a ``rich``
 bar on a terminal and log lines otherwise.
@@ -102,13 +104,16 @@ def rebuild(
     progress: ProgressCallback | None = None,
     stop: threading.Event | None = None,
     swap: bool = True,
-    max_rounds: int = 5,
+    max_rounds: int = 20,
 ) -> RebuildResult:
     """Rebuild ``projection``'s read model into shadow tables, then swap them in atomically.
 
     ``progress`` defaults to :func:`console_progress`. ``swap=False`` leaves the filled shadow
-    tables in place (to inspect them). Raises :class:`ProjectionError` if another rebuild of
-    the same projection moves the shadow positions meanwhile.
+    tables in place (to inspect them). The swap happens only once the shadow is at or past
+    the live positions (checked in the swap's transaction), so a reader never sees rows or
+    positions go back. Raises :class:`ProjectionError` if another rebuild of the same
+    projection moves the shadow positions meanwhile, or if the log keeps outrunning the
+    rebuild for ``max_rounds`` rounds.
     """
     settings = settings or projection_settings(projection.name)
     stop = stop or threading.Event()
@@ -121,52 +126,49 @@ def rebuild(
     applier = Applier(shadow, engine, settings, stop)
     partitions = list(range(store.partitions))
     applier.load(partitions)
+    progress_state = _Progress(projection.name, report, started)
     target = store.head()
-    total = sum(max(0, target.get(p, 0) - applier.next_offset(p)) for p in partitions)
-    done_events = 0
-    done_offsets = 0
+    progress_state.total = sum(
+        max(0, target.get(p, 0) - applier.next_offset(p)) for p in partitions
+    )
     rounds = 0
-    while rounds < max_rounds:
+    swapped = False
+    while True:
         rounds += 1
-        this_round = 0
-        for partition in partitions:
-            end = target.get(partition, 0)
-            while applier.next_offset(partition) < end:
-                if stop.is_set():
-                    raise ProjectionStoppedError(f"{projection.name}: rebuild stopped")
-                start = applier.next_offset(partition)
-                batch = store.read_partition(partition, start=start, limit=settings.batch_size)
-                batch = [e for e in batch if e.offset < end]
-                if not batch:
-                    break
-                if not applier.apply_partition(partition, batch):
-                    raise ProjectionError(
-                        f"{projection.name}: the rebuild's positions moved under it; is another "
-                        "rebuild of the same projection running?"
-                    )
-                this_round += len(batch)
-                done_events += len(batch)
-                done_offsets += applier.next_offset(partition) - start
-                report(
-                    RebuildProgress(
-                        projection.name,
-                        done_events,
-                        done_offsets,
-                        total,
-                        time.monotonic() - started,
-                    )
-                )
-        # Catch up with what was written meanwhile; the live worker applies what comes later.
+        if rounds > max_rounds:
+            raise ProjectionError(
+                f"{projection.name}: the rebuild did not catch up with the log in {max_rounds} "
+                "rounds (events arrive faster than it applies them); raise max_rounds or "
+                "batch_size, or rebuild at a quieter time"
+            )
+        _catch_up(applier, store, partitions, target, progress_state, stop)
+        # Catch up with what was written meanwhile, until a round is short.
         new_target = store.head()
-        if this_round < settings.batch_size or new_target == target:
-            break
-        total += sum(max(0, new_target.get(p, 0) - target.get(p, 0)) for p in partitions)
+        behind = sum(max(0, new_target.get(p, 0) - target.get(p, 0)) for p in partitions)
+        progress_state.total += behind
         target = new_target
+        if behind >= settings.batch_size:
+            continue
+        if not swap:
+            break
+        # The shadow swaps in only at or past the live positions, checked (and the last few
+        # events applied) in the swap's own transaction, so readers never go back in time.
+        if swap_tables(projection, shadow, engine, applier=applier, store=store):
+            swapped = True
+            break
     positions = {p: applier.next_offset(p) for p in partitions}
-    if swap:
-        swap_tables(projection, shadow, engine)
     elapsed = time.monotonic() - started
-    report(RebuildProgress(projection.name, done_events, total, total, elapsed, finished=True))
+    done_events = progress_state.events
+    report(
+        RebuildProgress(
+            projection.name,
+            done_events,
+            progress_state.total,
+            progress_state.total,
+            elapsed,
+            finished=True,
+        )
+    )
     log.info(
         "%s: rebuilt from %d events in %.1fs (%.0f events/s), %d dead letters%s",
         projection.name,
@@ -174,9 +176,61 @@ def rebuild(
         elapsed,
         done_events / elapsed if elapsed else 0.0,
         applier.stats.dead_lettered + applier.stats.held,
-        ", swapped in" if swap else "",
+        ", swapped in" if swapped else "",
     )
-    return RebuildResult(done_events, elapsed, positions, rounds, applier.stats, swap)
+    return RebuildResult(done_events, elapsed, positions, rounds, applier.stats, swapped)
+
+
+@dataclass
+class _Progress:
+    name: str
+    report: ProgressCallback
+    started: float
+    total: int = 0
+    events: int = 0
+    offsets: int = 0
+
+    def add(self, events: int, offsets: int) -> None:
+        self.events += events
+        self.offsets += offsets
+        self.report(
+            RebuildProgress(
+                self.name,
+                self.events,
+                min(self.offsets, self.total),
+                self.total,
+                time.monotonic() - self.started,
+            )
+        )
+
+
+def _catch_up(
+    applier: Applier,
+    store: EventStore,
+    partitions: list[int],
+    target: Mapping[int, int],
+    progress: _Progress,
+    stop: threading.Event,
+) -> None:
+    """Apply every partition's events from the applier's position up to ``target``."""
+    name = applier.projection.name
+    batch_size = applier.settings.batch_size
+    for partition in partitions:
+        end = target.get(partition, 0)
+        while applier.next_offset(partition) < end:
+            if stop.is_set():
+                raise ProjectionStoppedError(f"{name}: rebuild stopped")
+            start = applier.next_offset(partition)
+            batch = store.read_partition(partition, start=start, limit=batch_size)
+            batch = [e for e in batch if e.offset < end]
+            if not batch:
+                break
+            if not applier.apply_partition(partition, batch):
+                raise ProjectionError(
+                    f"{name}: the rebuild's positions moved under it; is another rebuild of "
+                    "the same projection running?"
+                )
+            progress.add(len(batch), applier.next_offset(partition) - start)
 
 
 def _prepare(engine: Engine, shadow: Projection, from_positions: Mapping[int, int]) -> None:
@@ -205,22 +259,88 @@ def _forget(conn: Connection, key: str) -> None:
     conn.execute(dead_letters_table.delete().where(dead_letters_table.c.projection == key))
 
 
-def swap_tables(projection: Projection, shadow: Projection, engine: Engine) -> None:
+class _Behind(Exception):
+    """The live tables are further ahead than the swap transaction catches up."""
+
+
+def swap_tables(
+    projection: Projection,
+    shadow: Projection,
+    engine: Engine,
+    *,
+    applier: Applier | None = None,
+    store: EventStore | None = None,
+) -> bool:
     """In one transaction: drop the live tables, rename the shadow ones in their place, and
-    replace the live positions and dead letters with the shadow's."""
-    with engine.begin() as conn:
-        # Positions first: a live worker mid-batch holds these rows, so the swap waits for its
-        # commit, and its next guarded update fails and re-reads the rebuilt positions.
-        _forget(conn, projection.name)
-        for table in (positions_table, dead_letters_table):
-            conn.execute(
-                table.update()
-                .where(table.c.projection == shadow.key)
-                .values(projection=projection.name)
+    replace the live positions and dead letters with the shadow's.
+
+    With ``applier`` (the shadow's) and ``store``, the swap first locks the live positions and
+    applies to the shadow whatever the live tables have that it lacks (up to one batch), so
+    the tables swapped in are never behind the live ones. Returns ``False`` (nothing changed)
+    when the live tables are further ahead, or a handler failed: catch up again and retry."""
+    done: dict[int, int] = {}
+    try:
+        with engine.begin() as conn:
+            # Positions first: a live worker mid-batch holds these rows, so the swap waits for
+            # its commit, and its next guarded update fails and re-reads the rebuilt positions.
+            live = _lock_positions(conn, projection.name)
+            if applier is not None and store is not None:
+                done = _reach(conn, applier, store, live)
+            _forget(conn, projection.name)
+            for table in (positions_table, dead_letters_table):
+                conn.execute(
+                    table.update()
+                    .where(table.c.projection == shadow.key)
+                    .values(projection=projection.name)
+                )
+            for live_table, twin in zip(projection.tables, shadow.tables, strict=True):
+                _swap_table(conn, live_table, twin)
+            write_version(conn, projection.name, projection.version)
+    except (_Behind, ProjectionError) as error:
+        log.info("%s: not swapping yet: %s", projection.name, error)
+        return False
+    except sa.exc.IntegrityError as error:  # a live worker stored its first position meanwhile
+        log.info("%s: not swapping yet: %s", projection.name, str(error).splitlines()[0])
+        return False
+    if applier is not None:
+        applier.committed(done)
+    return True
+
+
+def _lock_positions(conn: Connection, key: str) -> dict[int, int]:
+    """The live positions, locked until the swap commits (SQLite's ``BEGIN IMMEDIATE``
+    already holds the database's write lock)."""
+    t = positions_table
+    query = sa.select(t.c.partition, t.c.next_offset).where(t.c.projection == key)
+    if conn.dialect.name != "sqlite":
+        query = query.with_for_update()
+    return {int(p): int(o) for p, o in conn.execute(query)}
+
+
+def _reach(
+    conn: Connection, applier: Applier, store: EventStore, live: Mapping[int, int]
+) -> dict[int, int]:
+    """Bring the shadow (inside the swap's transaction) at least to the ``live`` positions;
+    returns the shadow positions it moved."""
+    moved: dict[int, int] = {}
+    for partition, wanted in sorted(live.items()):
+        at = applier.next_offset(partition)
+        if at >= wanted:
+            continue
+        events = [
+            e
+            for e in store.read_partition(
+                partition, start=at, limit=applier.settings.batch_size + 1
             )
-        for live, twin in zip(projection.tables, shadow.tables, strict=True):
-            _swap_table(conn, live, twin)
-        write_version(conn, projection.name, projection.version)
+            if e.offset < wanted
+        ]
+        if len(events) > applier.settings.batch_size:
+            raise _Behind(f"partition {partition}: the live tables are more than a batch ahead")
+        # Past the last event below the live position lie only offsets without events
+        # (transaction markers): the shadow may take the live position itself.
+        applier.apply_within(conn, partition, events, wanted)
+        moved[partition] = wanted
+    return moved
 
 
 def _swap_table(conn: Connection, live: sa.Table, twin: sa.Table) -> None:

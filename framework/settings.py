@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
@@ -36,7 +36,9 @@ class ProjectionSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="KEEL_PROJECTION_", extra="ignore")
 
-    batch_size: int = Field(100, ge=1, description="most events applied in one SQL transaction")
+    batch_size: int = Field(
+        1000, ge=1, description="most events read in one poll and applied in one SQL transaction"
+    )
     poll_timeout: float = Field(0.5, gt=0, description="how long one poll of the feed may wait")
     max_attempts: int = Field(
         5, ge=1, description="tries of a failing event before it becomes a dead letter"
@@ -45,6 +47,38 @@ class ProjectionSettings(BaseSettings):
     retry_max: float = Field(5.0, ge=0, description="cap of the handler-error backoff")
     outage_initial: float = Field(0.25, ge=0, description="first backoff after a DB outage")
     outage_max: float = Field(30.0, ge=0, description="cap of the DB-outage backoff")
+    # Consumer-group membership (Kafka; the embedded stores have no group).
+    session_timeout: float = Field(
+        10.0,
+        ge=1,
+        description="a worker that stops heartbeating (killed, host gone) loses its partitions "
+        "after this long (the broker allows 6-1800 s by default; kafka-python's own default is 45)",
+    )
+    heartbeat_interval: float = Field(
+        2.0, gt=0, description="how often a worker heartbeats (well under session_timeout)"
+    )
+    max_poll_interval: float = Field(
+        300.0,
+        ge=1,
+        description="a worker that does not poll for this long (a batch stuck retrying) is "
+        "taken out of the group; its partitions move to the others",
+    )
+    instance_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="a stable identity per worker process (pod name, host-N) for Kafka static "
+        "membership: a restarted worker gets its partitions back at once, without a rebalance",
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_under_session(self) -> ProjectionSettings:
+        if self.heartbeat_interval >= self.session_timeout:
+            raise ValueError(
+                f"heartbeat_interval ({self.heartbeat_interval}) must be below session_timeout "
+                f"({self.session_timeout}); a third of it is usual"
+            )
+        return self
 
 
 def _env_key(name: str) -> str:

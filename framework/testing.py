@@ -161,7 +161,11 @@ class Given:
             for r in _events_after(self._store, before)
             if r.topic != COMMAND_RECORD_TOPIC
         ]
-        return Outcome(new, error, left, self._store)
+        # Every aggregate the handler loaded or added is checked against its replay (one that
+        # recorded no event may still have been changed); then_state looks at changed ones.
+        changed = [a for a in left if a.version != self._versions.get(a.id, 0)]
+        unchanged = [a for a in left if all(a is not c for c in changed)]
+        return Outcome(new, error, changed + unchanged, self._store)
 
 
 class Outcome:
@@ -215,8 +219,8 @@ class Outcome:
     def then_state(
         self, predicate: Callable[[Any], bool] | None = None, /, **attributes: Any
     ) -> Self:
-        """The aggregate (the one the command changed first) satisfies ``predicate`` and has
-        these attribute values."""
+        """The aggregate (the one the command changed first, else the first it loaded)
+        satisfies ``predicate`` and has these attribute values."""
         self._no_error()
         if not self._left:
             raise AssertionError("the command changed no aggregate")
@@ -241,6 +245,11 @@ class Outcome:
 
     def _check_replay(self) -> None:
         for aggregate in self._left:
+            if not self._store.read(aggregate.id, up_to_version=1):
+                raise AssertionError(
+                    f"{type(aggregate).__name__} {aggregate.id} was added but recorded no "
+                    "event, so it does not exist once reloaded"
+                )
             replayed = _load(self._store, aggregate.id)
             if _state(replayed) != _state(aggregate):
                 raise AssertionError(

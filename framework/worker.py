@@ -9,7 +9,8 @@
     wait_until(OrderSummary(), engine, result.positions, timeout=5)   # read your writes
 
 Several workers of one projection (in several processes) share its partitions as members of a
-Kafka consumer group named after the projection. Each keeps its positions in the read-model
+Kafka consumer group named after the application and the projection (``<app>.<projection>``,
+see :func:`consumer_group`). Each keeps its positions in the read-model
 database (see :mod:`framework.positions`): on assignment it reads them and seeks there, and it
 commits every batch together with the new positions, guarded, so a rebalance, a crash or a
 redelivery never applies an event twice nor skips one (see :mod:`framework.applier`).
@@ -18,27 +19,38 @@ redelivery never applies an event twice nor skips one (see :mod:`framework.appli
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 
 from framework import dead_letters
 from framework.applier import Applier, ApplierStats
 from framework.database import Backoff, engine_for, read_only
 from framework.errors import (
+    ConfigurationError,
     ProjectionError,
     ProjectionStoppedError,
     ProjectionTimeoutError,
     StoreUnavailableError,
 )
-from framework.persistence import EventStore, FeedReader, RecordedEvent, group_by_partition
+from framework.persistence import (
+    ConsumerSettings,
+    EventStore,
+    FeedReader,
+    RecordedEvent,
+    group_by_partition,
+)
 from framework.positions import (
     framework_metadata,
     read_positions,
@@ -52,6 +64,7 @@ __all__ = [
     "PartitionStatus",
     "ProjectionStatus",
     "ProjectionWorker",
+    "consumer_group",
     "run_forever",
     "setup_tables",
     "status",
@@ -62,6 +75,15 @@ if TYPE_CHECKING:
     from framework.rebuild import RebuildResult
 
 log = logging.getLogger(__name__)
+
+
+def consumer_group(app: str, projection: str) -> str:
+    """The Kafka consumer group of ``projection``'s workers over application ``app``'s events:
+    ``<app>.<projection>``, so two applications on one cluster never share a group.
+
+    (Until 0.x it was the projection's name alone. Positions live in the read-model database,
+    not in Kafka, so workers in the renamed group start exactly where the old ones stopped.)"""
+    return f"{app}.{projection}"
 
 
 def setup_tables(engine: Engine, *projections: Projection) -> None:
@@ -78,8 +100,9 @@ class ProjectionWorker:
 
     ``engine`` defaults to the projection's configured database (:mod:`framework.settings`);
     settings (batch size, retries, backoff) default to the environment, and keyword arguments
-    override them (``batch_size=10``). ``group`` is the consumer group (default: the
-    projection's name). With ``rebuild_on_version_change=True`` a worker that
+    override them (``batch_size=10``, ``session_timeout=6``, ``instance_id="worker-1"``).
+    ``group`` is the consumer group (default: :func:`consumer_group` of the store's
+    application and the projection). With ``rebuild_on_version_change=True`` a worker that
     finds its tables built by an older ``version`` rebuilds them before going live (run one
     worker so, not several); otherwise it refuses to start and says to rebuild.
     """
@@ -96,7 +119,7 @@ class ProjectionWorker:
         **overrides: Any,
     ) -> None:
         self.projection = projection() if isinstance(projection, type) else projection
-        self.group = group or self.projection.name
+        self.group = group or consumer_group(store.name, self.projection.name)
         self.store = store
         self.engine = engine if engine is not None else engine_for(self.projection.name)
         self.settings = settings or projection_settings(self.projection.name, **overrides)
@@ -136,7 +159,18 @@ class ProjectionWorker:
 
     def open_feed(self) -> FeedReader:
         """Join the projection's consumer group (tests override this to inject faults)."""
-        return self.store.feed(self.group, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        s = self.settings
+        return self.store.feed(
+            self.group,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            consumer=ConsumerSettings(
+                session_timeout=s.session_timeout,
+                heartbeat_interval=s.heartbeat_interval,
+                max_poll_interval=s.max_poll_interval,
+                instance_id=s.instance_id,
+            ),
+        )
 
     # -- running --------------------------------------------------------------------------------
 
@@ -408,35 +442,150 @@ def load_projection(target: str) -> Projection:
     return projection
 
 
+_DESCRIPTION = """\
+Run, rebuild or inspect one projection.
+
+  run           apply events until SIGTERM/SIGINT (or, with --until-caught-up, until the
+                head the store had at start), then exit 0
+  rebuild       fill shadow tables from position 0 and swap them in (no downtime; a live
+                worker may keep running)
+  status        per partition: position, head, lag; dead letters; whether a rebuild is stored
+  dead-letters  list the parked events (with --redrive: apply them again first)
+
+Every command needs the application (--app: it names the event store and the consumer group),
+an event store and a read-model database. Each option falls back to the environment; the
+worker refuses to start when no event store is configured rather than open an empty one.
+"""
+
+_EPILOG = """\
+environment:
+  KEEL_<APP>_EVENT_STORE, KEEL_EVENT_STORE   event store URL when --store is not given
+  KEEL_PROJECTION_<NAME>_DATABASE_URL, KEEL_DATABASE_URL, DATABASE_URL
+                                             read-model database when --database is not given
+                                             (else sqlite:///var/read_models.db)
+  KEEL_PROJECTION_[<NAME>_]<SETTING>         any worker setting: BATCH_SIZE, SESSION_TIMEOUT,
+                                             INSTANCE_ID, MAX_ATTEMPTS, ... (see the README)
+
+examples:
+  python -m framework.worker run projections.customers:CustomersProjection --app shop \\
+      --store kafka://127.0.0.1:9092 --database postgresql://app@db/shop --instance-id w1
+  python -m framework.worker status projections.customers:CustomersProjection --app shop
+  python -m framework.worker rebuild projections.customers:CustomersProjection --app shop
+"""
+
+
+def _store_url(app: str, given: str | None) -> str:
+    """The event store to open: ``--store`` or the environment, never a silent default."""
+    from framework.persistence import store_url_from_env
+
+    keys = f"KEEL_{app.upper()}_EVENT_STORE or KEEL_EVENT_STORE"
+    url = given or next(
+        (os.environ[k] for k in (f"KEEL_{app.upper()}_EVENT_STORE", "KEEL_EVENT_STORE")
+         if os.environ.get(k)),
+        None,
+    )  # fmt: skip
+    if url is None:
+        raise ConfigurationError(
+            f"no event store is configured for application {app!r}: pass --store URL or set "
+            f"{keys} (the application itself defaults to {store_url_from_env(app, {})}; a "
+            "worker does not, since it would silently read an empty store)"
+        )
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        path = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+        if not path.exists():
+            raise ConfigurationError(
+                f"the event store file {path} does not exist: check --store / {keys} (a worker "
+                "reads the file the application writes; it never creates one)"
+            )
+    return url
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m framework.worker {run,rebuild,status,dead-letters} module:Projection``."""
     import argparse
-    import sys
 
     from framework.database import create_engine
-    from framework.persistence import open_store, store_url_from_env
+    from framework.persistence import open_store
 
-    parser = argparse.ArgumentParser(prog="python -m framework.worker")
+    parser = argparse.ArgumentParser(
+        prog="python -m framework.worker",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("command", choices=["run", "rebuild", "status", "dead-letters"])
-    parser.add_argument("projection", help="package.module:ProjectionClass")
-    parser.add_argument("--app", required=True, help="the application (names its event store)")
-    parser.add_argument("--store", help="event store URL (default: from the environment)")
-    parser.add_argument("--database", help="read-model database URL (default: environment)")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--until-caught-up", action="store_true")
-    parser.add_argument("--create-tables", action="store_true", help="create missing tables")
-    parser.add_argument("--redrive", action="store_true", help="dead-letters: re-drive them")
+    parser.add_argument(
+        "projection", help="the projection, as package.module:ProjectionClass (or an instance)"
+    )
+    parser.add_argument(
+        "--app",
+        required=True,
+        help="the application whose events to read (names its store and the consumer group)",
+    )
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="event store URL: kafka://host:9092, sqlite:///var/shop-events.db, "
+        "postgresql://... (default: KEEL_<APP>_EVENT_STORE, then KEEL_EVENT_STORE)",
+    )
+    parser.add_argument(
+        "--database",
+        metavar="URL",
+        help="read-model database URL (default: KEEL_PROJECTION_<NAME>_DATABASE_URL, "
+        "KEEL_DATABASE_URL, DATABASE_URL, else sqlite:///var/read_models.db)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, metavar="N", help="events per poll and SQL transaction"
+    )
+    parser.add_argument(
+        "--instance-id",
+        metavar="ID",
+        help="run: a stable identity for this worker (Kafka static membership; a restart with "
+        "the same id takes its partitions back at once). Give each worker its own",
+    )
+    parser.add_argument(
+        "--session-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="run: how long a killed worker's partitions wait before moving (default 10)",
+    )
+    parser.add_argument(
+        "--until-caught-up",
+        action="store_true",
+        help="run: exit once every partition reaches the head it had at start",
+    )
+    parser.add_argument(
+        "--create-tables",
+        action="store_true",
+        help="create missing framework and projection tables first (tests, the embedded "
+        "default; migrate production databases with `alembic upgrade head`)",
+    )
+    parser.add_argument(
+        "--redrive", action="store_true", help="dead-letters: apply the parked events again"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    projection = load_projection(args.projection)
+    try:
+        projection = load_projection(args.projection)
+        store_url = _store_url(args.app, args.store)
+    except (ProjectionError, ConfigurationError, ImportError, AttributeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     engine = create_engine(args.database) if args.database else engine_for(projection.name)
-    store = open_store(args.store or store_url_from_env(args.app), name=args.app)
+    store = open_store(store_url, name=args.app)
     try:
         if args.create_tables:
             setup_tables(engine, projection)
-        worker = ProjectionWorker(projection, store, engine, batch_size=args.batch_size)
+        worker = ProjectionWorker(
+            projection,
+            store,
+            engine,
+            batch_size=args.batch_size,
+            instance_id=args.instance_id,
+            session_timeout=args.session_timeout,
+        )
         if args.command == "run":
             stats = run_forever(worker, until_caught_up=args.until_caught_up)
             log.info("%s: stopped; %s", projection.name, stats)
@@ -466,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"#{d.id} p{d.partition}@{d.offset} {d.event_type} v{d.version} of "
                     f"{d.aggregate_id} [{d.reason}] {d.error_type}: {d.error_message}"
                 )
-    except ProjectionError as error:
+    except (ProjectionError, ConfigurationError, ValidationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:

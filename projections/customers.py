@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from framework.projection import Projection, handles
+from framework.projection import Projection, handles, update_many
 from sample_app.shop.domain import Customer, CustomerStatus
 
 metadata = sa.MetaData()
@@ -30,50 +34,50 @@ customers = sa.Table(
 
 
 class CustomersProjection(Projection):
+    """One row per customer. A batch handler: each run of customer events becomes one
+    ``executemany`` insert for the new customers and one update per set of changed columns,
+    instead of one statement per event."""
+
     name = "customers"
     version = 1
     metadata = metadata
     customers = customers
 
-    @handles(Customer.Registered)
-    def registered(self, event: Customer.Registered, conn: Connection) -> None:
-        address = event.address
-        conn.execute(
-            self.customers.insert().values(
-                customer_id=event.originator_id,
-                name=event.name,
-                email=event.email,
-                street=address.street,
-                city=address.city,
-                postcode=address.postcode,
-                country=address.country,
-                status=CustomerStatus.ACTIVE.value,
-                registered_at=event.timestamp,
-                updated_at=event.timestamp,
-                version=event.originator_version,
-            )
-        )
+    @handles(Customer.Registered, Customer.AddressChanged, Customer.Deactivated, batch=True)
+    def changed(self, events: Sequence[Customer.Event], conn: Connection) -> None:
+        new: dict[UUID, dict[str, Any]] = {}
+        changes: dict[UUID, dict[str, Any]] = {}
+        for event in events:
+            cid = event.originator_id
+            if isinstance(event, Customer.Registered):
+                new[cid] = {
+                    "customer_id": cid,
+                    "name": event.name,
+                    "email": event.email,
+                    **_address(event.address),
+                    "status": CustomerStatus.ACTIVE.value,
+                    "registered_at": event.timestamp,
+                    "updated_at": event.timestamp,
+                    "version": event.originator_version,
+                }
+                continue
+            if isinstance(event, Customer.AddressChanged):
+                values = _address(event.address)
+            else:
+                values = {"status": CustomerStatus.DEACTIVATED.value}
+            values.update(updated_at=event.timestamp, version=event.originator_version)
+            # A customer registered in this batch is inserted with its later changes.
+            target = new.get(cid) or changes.setdefault(cid, {"customer_id": cid})
+            target.update(values)
+        if new:
+            conn.execute(self.customers.insert(), list(new.values()))
+        update_many(conn, self.customers, list(changes.values()))
 
-    @handles(Customer.AddressChanged)
-    def address_changed(self, event: Customer.AddressChanged, conn: Connection) -> None:
-        address = event.address
-        self._update(
-            conn,
-            event,
-            street=address.street,
-            city=address.city,
-            postcode=address.postcode,
-            country=address.country,
-        )
 
-    @handles(Customer.Deactivated)
-    def deactivated(self, event: Customer.Deactivated, conn: Connection) -> None:
-        self._update(conn, event, status=CustomerStatus.DEACTIVATED.value)
-
-    def _update(self, conn: Connection, event: Customer.Event, **values: object) -> None:
-        table = self.customers
-        conn.execute(
-            table.update()
-            .where(table.c.customer_id == event.originator_id)
-            .values(updated_at=event.timestamp, version=event.originator_version, **values)
-        )
+def _address(address: Any) -> dict[str, Any]:
+    return {
+        "street": address.street,
+        "city": address.city,
+        "postcode": address.postcode,
+        "country": address.country,
+    }

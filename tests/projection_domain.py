@@ -21,7 +21,7 @@ from framework.codec import EventEnvelope
 from framework.commands import Command
 from framework.domain import Aggregate, event
 from framework.persistence import EventStore
-from framework.projection import Projection, handles, upsert
+from framework.projection import ExactNumeric, Projection, handles, upsert
 
 
 class Cart(Aggregate):
@@ -87,7 +87,7 @@ class CartSummary(Projection):
         sa.Column("customer", sa.String(100), nullable=False, index=True),
         sa.Column("status", sa.String(20), nullable=False),
         sa.Column("item_count", sa.Integer, nullable=False),
-        sa.Column("total", sa.Numeric(12, 2), nullable=False),
+        sa.Column("total", ExactNumeric(12, 2), nullable=False),
         sa.Column("version", sa.Integer, nullable=False),
     )
     lines = sa.Table(

@@ -105,6 +105,7 @@ from framework.errors import (
     UnsafeConfigurationError,
 )
 from framework.persistence import (
+    ConsumerSettings,
     EventStore,
     FeedReader,
     NewEvent,
@@ -582,7 +583,12 @@ class KafkaEventStore(EventStore):
         return self._index.latest_snapshot(aggregate_id)
 
     def feed(
-        self, group: str, *, on_assign: OnAssign, on_revoke: OnRevoke | None = None
+        self,
+        group: str,
+        *,
+        on_assign: OnAssign,
+        on_revoke: OnRevoke | None = None,
+        consumer: ConsumerSettings | None = None,
     ) -> FeedReader:
         """A member of consumer group ``group`` (used as the Kafka group id, unchanged)."""
         self._check_open()
@@ -592,6 +598,7 @@ class KafkaEventStore(EventStore):
             group=group,
             on_assign=on_assign,
             on_revoke=on_revoke,
+            settings=consumer,
         )
 
     def catch_up(self) -> None:

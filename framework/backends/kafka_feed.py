@@ -25,7 +25,13 @@ from framework.backends.kafka_client import (
 )
 from framework.backends.kafka_records import decode_record
 from framework.errors import StoreUnavailableError
-from framework.persistence import FeedReader, OnAssign, OnRevoke, RecordedEvent
+from framework.persistence import (
+    ConsumerSettings,
+    FeedReader,
+    OnAssign,
+    OnRevoke,
+    RecordedEvent,
+)
 
 __all__ = ["KafkaFeedReader"]
 
@@ -78,8 +84,9 @@ class KafkaFeedReader(FeedReader):
         group: str,
         on_assign: OnAssign,
         on_revoke: OnRevoke | None,
-        max_poll_interval: float = 300.0,
+        settings: ConsumerSettings | None = None,
     ) -> None:
+        settings = settings or ConsumerSettings()
         self.topic = topic
         self.on_assign = on_assign
         self.on_revoke = on_revoke
@@ -91,7 +98,15 @@ class KafkaFeedReader(FeedReader):
                 enable_auto_commit=False,
                 isolation_level="read_committed",
                 auto_offset_reset="earliest",
-                max_poll_interval_ms=int(max_poll_interval * 1000),
+                # kafka-python's 45 s session timeout made a killed worker's partitions wait
+                # 45 s for a new owner; the framework's default is 10 s.
+                session_timeout_ms=int(settings.session_timeout * 1000),
+                heartbeat_interval_ms=int(settings.heartbeat_interval * 1000),
+                max_poll_interval_ms=int(settings.max_poll_interval * 1000),
+                # Static membership: a restarted member with the same id takes its partitions
+                # back at once (no rebalance); it never sends LeaveGroup, so its partitions wait
+                # session_timeout for it when it stops for good.
+                group_instance_id=settings.instance_id,
             )
             self.consumer.subscribe([topic], listener=_Listener(self))
         except KafkaError as error:

@@ -27,6 +27,7 @@ from eventsourcing.persistence import (
 
 from framework.errors import ConcurrencyError, StoreError, StoreUnavailableError
 from framework.persistence import (
+    ConsumerSettings,
     EventStore,
     FeedReader,
     NewEvent,
@@ -166,7 +167,12 @@ class RecorderEventStore(EventStore):
         return Snapshot(_as_uuid(s.originator_id), s.originator_version, s.topic, s.state)
 
     def feed(
-        self, group: str, *, on_assign: OnAssign, on_revoke: OnRevoke | None = None
+        self,
+        group: str,
+        *,
+        on_assign: OnAssign,
+        on_revoke: OnRevoke | None = None,
+        consumer: ConsumerSettings | None = None,
     ) -> FeedReader:
         reader = PollingFeedReader(self, on_assign)
         with self._readers_lock:

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from framework import dead_letters
 from framework.codec import codec
 from framework.commands import Metadata
+from framework.database import read_only
 from framework.persistence import FeedReader, NewEvent, RecordedEvent, open_store
 from framework.positions import read_positions
 from framework.projection_testing import digest
@@ -192,6 +193,38 @@ def test_t5_every_event_delivered_one_to_three_times(tmp_path: Path) -> None:
     assert (dup, missing, equal) == (0, 0, True)
 
 
+class ReaderWatch:
+    """A reader polling the live positions and rows while a rebuild runs: carts are never
+    deleted and items only added, so any count going down is a reader going back in time."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.polls = 0
+        self.positions_regressed = 0
+        self.rows_regressed = 0
+
+    def run(self, stop: threading.Event) -> None:
+        best: dict[int, int] = {}
+        best_rows = (0, 0)
+        carts = CartSummary.carts
+        query = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(carts.c.item_count), 0))
+        while not stop.is_set() and self.polls < 100_000:
+            try:
+                with self.engine.connect() as conn, read_only(conn).begin():
+                    positions = read_positions(conn, "cart_summary")
+                    count, items = conn.execute(query).one()
+            except sa.exc.DBAPIError:  # the swap dropped the table between two statements
+                continue
+            self.polls += 1
+            for p, o in positions.items():
+                self.positions_regressed += o < best.get(p, 0)
+                best[p] = max(o, best.get(p, 0))
+            rows = (int(count), int(items))
+            self.rows_regressed += rows[0] < best_rows[0] or rows[1] < best_rows[1]
+            best_rows = max(best_rows, rows)
+            stop.wait(0.002)
+
+
 @pytest.mark.timeout(180)
 def test_t6_rebuild_while_commands_keep_arriving(db_urls: tuple[str, str], tmp_path: Path) -> None:
     db_url, clean_url = db_urls
@@ -209,8 +242,15 @@ def test_t6_rebuild_while_commands_keep_arriving(db_urls: tuple[str, str], tmp_p
     writer = traffic.in_thread(writer_stop, pause=0.01)
     during_start = traffic.commands
     reports: list[RebuildProgress] = []
+    watch_stop = threading.Event()
+    watch = ReaderWatch(engine)
+    watcher = threading.Thread(target=watch.run, args=(watch_stop,), daemon=True)
+    watcher.start()
     result = rebuild(projection, store, engine, progress=reports.append)
     during = traffic.commands - during_start
+    time.sleep(0.2)
+    watch_stop.set()
+    watcher.join(10)
     time.sleep(0.3)  # commands still arrive after the swap
     writer_stop.set()
     writer.join(10)
@@ -224,10 +264,13 @@ def test_t6_rebuild_while_commands_keep_arriving(db_urls: tuple[str, str], tmp_p
         f"\nT6[{backend}]: events={events} rebuilt_events={result.events} "
         f"rebuild_s={result.seconds:.2f} events_per_s={result.rate:.0f} rounds={result.rounds} "
         f"commands_during_rebuild={during} live_conflicts={live.stats.conflicts} "
-        f"progress_reports={len(reports)} missed={missed} dup={dup} digest_equal={equal}"
+        f"progress_reports={len(reports)} reader_polls={watch.polls} "
+        f"positions_regressed={watch.positions_regressed} rows_regressed={watch.rows_regressed} "
+        f"missed={missed} dup={dup} digest_equal={equal}"
     )
     assert reports[-1].finished and reports[-1].fraction == 1.0
-    assert during > 0 and live_thread.is_alive() is False
+    assert during > 0 and live_thread.is_alive() is False and watch.polls > 10
+    assert (watch.positions_regressed, watch.rows_regressed) == (0, 0)
     assert (missed, dup, equal) == (0, 0, True)
     engine.dispose()
 

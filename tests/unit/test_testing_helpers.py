@@ -7,6 +7,7 @@ from uuid import uuid4
 
 import pytest
 
+from framework.application import UnitOfWork
 from framework.testing import ev, given, scenario
 from tests.support.bank import (
     Account,
@@ -102,3 +103,44 @@ def test_a_change_outside_an_event_method_is_caught_by_the_replay_check() -> Non
 def test_given_events_must_be_encodable() -> None:
     with pytest.raises(TypeError):
         given(ev(Account.Opened, owner=OWNER, unexpected=1))
+
+
+class LeakyTransfer(Transfer):
+    pass
+
+
+class LookThenDeposit(Deposit):
+    pass
+
+
+def test_the_replay_check_covers_an_aggregate_that_recorded_no_event() -> None:
+    """A transfer that records the debit but edits the target's balance directly: the target
+    has no pending event, and its lost deposit is caught all the same."""
+    app = build()
+
+    @app.handles(LeakyTransfer)
+    def leaky_transfer(command: LeakyTransfer, uow: UnitOfWork) -> None:
+        uow.get(Account, command.source).withdraw(command.amount)
+        target = uow.get(Account, command.target)
+        target.balance += command.amount  # no event: the money vanishes on reload
+
+    with pytest.raises(AssertionError, match="replayed from its events differs") as caught:
+        scenario(app).given(
+            ev(Account.Opened, owner=OWNER, id=A),
+            ev(Account.Deposited, amount=Decimal(10), id=A),
+            ev(Account.Opened, owner=OWNER, id=B),
+        ).when(LeakyTransfer(source=A, target=B, amount=Decimal(4)))
+    assert str(B) in str(caught.value) and "Decimal('4')" in str(caught.value)
+
+
+def test_then_state_looks_at_the_first_aggregate_the_command_changed() -> None:
+    app = build()
+
+    @app.handles(LookThenDeposit)
+    def deposit_after_a_look(command: LookThenDeposit, uow: UnitOfWork) -> None:
+        uow.get(Account, B)  # loaded, left unchanged
+        uow.get(Account, command.account_id).deposit(command.amount)
+
+    scenario(app).given(
+        ev(Account.Opened, owner=OWNER, id=A), ev(Account.Opened, owner=OWNER, id=B)
+    ).when(LookThenDeposit(account_id=A, amount=Decimal(3))).then_state(balance=Decimal(3))

@@ -1,0 +1,100 @@
+"""The worker's command line and configuration: it refuses what would silently do nothing,
+and its --help answers how to run it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from framework.database import create_engine
+from framework.persistence import open_store
+from framework.settings import projection_settings
+from framework.worker import ProjectionWorker, consumer_group, main
+from tests.projection_domain import CartSummary
+
+PROJECTION = "tests.projection_domain:CartSummary"
+
+
+@pytest.fixture
+def no_store_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    for key in ("KEEL_CARTS_EVENT_STORE", "KEEL_EVENT_STORE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_a_worker_with_no_store_configured_refuses_to_start(
+    no_store_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["run", PROJECTION, "--app", "carts", "--database", "sqlite://"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no event store is configured" in err and "--store" in err
+    assert "KEEL_CARTS_EVENT_STORE" in err
+    assert not (no_store_env / "var").exists()  # no empty store file was created
+
+
+def test_a_worker_refuses_a_store_file_that_does_not_exist(
+    no_store_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = no_store_env / "typo-events.db"
+    code = main(["status", PROJECTION, "--app", "carts", "--store", f"sqlite:///{missing}"])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+    assert not missing.exists()
+
+
+def test_the_store_may_come_from_the_environment(
+    no_store_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store_file = no_store_env / "carts-events.db"
+    open_store(f"sqlite:///{store_file}", name="carts").close()
+    monkeypatch.setenv("KEEL_CARTS_EVENT_STORE", f"sqlite:///{store_file}")
+    db = f"sqlite:///{no_store_env}/read.db"
+    code = main(["run", PROJECTION, "--app", "carts", "--database", db,
+                 "--create-tables", "--until-caught-up"])  # fmt: skip
+    assert code == 0
+    assert main(["status", PROJECTION, "--app", "carts", "--database", db]) == 0
+    assert "cart_summary v1 (tables v1): lag 0" in capsys.readouterr().out
+
+
+def test_help_answers_how_to_run_it(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    needed = ["rebuild", "status", "dead-letters", "--create-tables", "--until-caught-up"]
+    needed += ["--app", "--store", "--database", "--instance-id", "KEEL_EVENT_STORE"]
+    assert [n for n in needed if n not in out] == []
+
+
+def test_bad_settings_are_refused_with_the_reason(
+    no_store_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store_file = no_store_env / "carts-events.db"
+    open_store(f"sqlite:///{store_file}", name="carts").close()
+    code = main(["run", PROJECTION, "--app", "carts", "--store", f"sqlite:///{store_file}",
+                 "--database", "sqlite://", "--session-timeout", "1.5"])  # fmt: skip
+    assert code == 1 and "heartbeat_interval" in capsys.readouterr().err
+
+
+def test_the_consumer_group_is_named_after_the_application_too() -> None:
+    store = open_store("memory://", name="shop")
+    worker = ProjectionWorker(CartSummary(), store, _engine())
+    assert worker.group == consumer_group("shop", "cart_summary") == "shop.cart_summary"
+    other = ProjectionWorker(CartSummary(), open_store("memory://", name="billing"), _engine())
+    assert other.group != worker.group
+
+
+def test_consumer_settings_default_to_a_fast_failover() -> None:
+    settings = projection_settings("orders", environ={})
+    assert (settings.session_timeout, settings.heartbeat_interval) == (10.0, 2.0)
+    assert settings.instance_id is None
+    env = {"KEEL_PROJECTION_ORDERS_INSTANCE_ID": "orders-0", "KEEL_PROJECTION_SESSION_TIMEOUT": "6"}
+    configured = projection_settings("orders", environ=env)
+    assert (configured.instance_id, configured.session_timeout) == ("orders-0", 6.0)
+
+
+def _engine() -> sa.Engine:
+    return create_engine("sqlite://")
