@@ -119,7 +119,6 @@ class KafkaFeedReader(FeedReader):
             self._raise_callback_error()
             raise StoreUnavailableError(f"cannot read {self.topic!r}: {error}") from error
         self._raise_callback_error()
-        partitions = self.index.partitions if self.index is not None else None
         events = [
             decode_record(
                 r.key,
@@ -127,7 +126,6 @@ class KafkaFeedReader(FeedReader):
                 r.headers,
                 partition=r.partition,
                 offset=r.offset,
-                partitions=partitions,
             )
             for tp in sorted(batch, key=lambda tp: tp.partition)
             for r in batch[tp]

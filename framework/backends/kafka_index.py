@@ -672,7 +672,6 @@ class TopicIndex:
                         r.headers,
                         partition=r.partition,
                         offset=r.offset,
-                        partitions=self.partitions,
                     )
                     for records in batch.values()
                     for r in records

@@ -77,16 +77,15 @@ def decode_record(
     *,
     partition: int,
     offset: int,
-    partitions: int | None = None,
 ) -> RecordedEvent:
     """Turn a consumed record into an event, checking every field of the layout (type and
     range). A record that breaks it comes back with the nil aggregate id, version 0 and the
-    reason in ``problem``, so it is in no aggregate's stream. ``partitions`` (the topic's
-    partition count) also checks that the record sits in its key's partition."""
+    reason in ``problem``, so it is in no aggregate's stream. (The partition is not checked:
+    command records sit in the partition of the aggregate they are routed with.)"""
     topic_raw = _header(headers, TOPIC_HEADER)
     topic = topic_raw.decode("utf-8", "replace") if isinstance(topic_raw, bytes) else ""
     state = bytes(value) if isinstance(value, bytes | bytearray) else b""
-    problem = _layout_problem(key, value, headers, partition, partitions)
+    problem = _layout_problem(key, value, headers)
     if problem:
         return RecordedEvent(NIL_UUID, 0, _printable(topic), state, partition, offset, problem)
     version = int(_header(headers, VERSION_HEADER))  # type: ignore[arg-type]
@@ -108,9 +107,7 @@ def _header(headers: Any, name: str) -> bytes | str | None:
     return bytes(data) if isinstance(data, bytes | bytearray) else ""
 
 
-def _layout_problem(
-    key: Any, value: Any, headers: Any, partition: int, partitions: int | None
-) -> str:
+def _layout_problem(key: Any, value: Any, headers: Any) -> str:
     if not isinstance(value, bytes | bytearray):
         return "it has no value"
     try:
@@ -122,9 +119,6 @@ def _layout_problem(
         return f"its key {_show(key)} is not an aggregate id (a UUID in canonical form)"
     if aggregate_id == NIL_UUID:
         return "its key is the nil UUID, which names no aggregate"
-    names = f"{aggregate_id}'s"
-    if partitions is not None and partition != partition_for(aggregate_id, partitions):
-        return f"it sits in partition {partition}, not in {names} partition"
     for name in (TOPIC_HEADER, VERSION_HEADER):
         if _header(headers, name) == "":
             return f"its {name} header is repeated (or not bytes)"
