@@ -14,6 +14,7 @@ asks ``on_assign`` again.
 from __future__ import annotations
 
 import logging
+import struct
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -73,13 +74,14 @@ class KafkaFeedReader(FeedReader):
     """A :class:`FeedReader` over a ``KafkaConsumer`` in consumer group ``group``.
 
     Records are decoded as the store's index decodes them: one that breaks the record layout,
-    or (when ``index`` is set) repeats a version another record took first, is handed out with
-    the nil aggregate id, version 0 and its ``problem``, so projections park it instead of
-    applying it, and ``stats`` counts it (``malformed``, ``duplicate``).
+    or repeats a version another record took first (as the process's topic index says), is
+    handed out with the nil aggregate id, version 0 and its ``problem``, so projections park it
+    instead of applying it, and ``stats`` counts it (``malformed``, ``duplicate``).
     """
 
     index: TopicIndex | None = None
-    """The store's topic index; with it, the feed applies the index's first-record-wins rule."""
+    """The topic index whose first-record-wins rule the feed applies; by default the store's
+    (any open index of the topic in this process)."""
 
     def __init__(
         self,
@@ -118,6 +120,12 @@ class KafkaFeedReader(FeedReader):
         except KafkaError as error:
             self._raise_callback_error()
             raise StoreUnavailableError(f"cannot read {self.topic!r}: {error}") from error
+        except (ValueError, TypeError, AssertionError, struct.error) as error:
+            # kafka-python could not parse a fetched batch (e.g. a header name that is not
+            # UTF-8): typed, and the worker polls again after its backoff.
+            raise StoreUnavailableError(
+                f"cannot decode a record batch of {self.topic!r}: {type(error).__name__}: {error}"
+            ) from error
         self._raise_callback_error()
         events = [
             decode_record(
@@ -130,9 +138,10 @@ class KafkaFeedReader(FeedReader):
             for tp in sorted(batch, key=lambda tp: tp.partition)
             for r in batch[tp]
         ]
-        if self.index is not None and events:
+        index = self.index or TopicIndex.live(self.topic)
+        if index is not None and events:
             try:
-                events = self._first_wins(self.index, events)
+                events = self._first_wins(index, events)
             except BaseException:
                 # Nothing of this batch was handed out: read it again next time.
                 for p, offset in _first_offsets(events).items():

@@ -18,9 +18,11 @@ import logging
 import os
 import re
 import sqlite3
+import struct
 import tempfile
 import threading
 import time
+import weakref
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -351,7 +353,7 @@ class LocalIndex:
             f"partition {first[0]} offset {first[1]}: a writer bypassed the store's fencing"
         )
         log.error(
-            "partition %s offset %s %s. Keeping the first, ignoring this one",
+            "partition %s offset %s: %s. Keeping the first, ignoring this one",
             second[0],
             second[1],
             problem,
@@ -574,6 +576,10 @@ def _event(row: Any) -> RecordedEvent:
     return RecordedEvent(UUID(bytes=content[2]), row[3], row[4], content[5], row[0], row[1])
 
 
+_LIVE: dict[str, weakref.WeakSet[TopicIndex]] = {}
+_LIVE_LOCK = threading.Lock()
+
+
 class TopicIndex:
     """Keeps a :class:`LocalIndex` caught up with the topic, reading with ``read_committed``.
 
@@ -608,6 +614,15 @@ class TopicIndex:
         self._fresh: dict[int, float] = {}
         self._rebuilds = index.rebuilds
         index.refill = lambda: self.catch_up(force=True)
+        with _LIVE_LOCK:
+            _LIVE.setdefault(topic, weakref.WeakSet()).add(self)
+
+    @staticmethod
+    def live(topic: str) -> TopicIndex | None:
+        """An open index of ``topic`` in this process (a feed uses it to apply the index's
+        first-record-wins rule), or None."""
+        with _LIVE_LOCK:
+            return next(iter(_LIVE.get(topic, ())), None)
 
     def end_offsets(self, partitions: Iterable[int] | None = None) -> dict[int, int]:
         """The last stable offset of each partition (what ``read_committed`` can read to)."""
@@ -687,8 +702,15 @@ class TopicIndex:
                     )
         except KafkaError as error:
             raise StoreUnavailableError(f"cannot read {self.topic}: {error}") from error
+        except (ValueError, TypeError, AssertionError, struct.error) as error:
+            # kafka-python could not parse a fetched batch (e.g. a header name that is not UTF-8).
+            raise StoreUnavailableError(
+                f"cannot decode a record batch of {self.topic}: {type(error).__name__}: {error}"
+            ) from error
 
     def close(self) -> None:
         """Close the consumer (the index file stays)."""
+        with _LIVE_LOCK:
+            _LIVE.get(self.topic, weakref.WeakSet()).discard(self)
         with self._lock:
             self._consumer.close(autocommit=False)

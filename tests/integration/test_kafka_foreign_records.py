@@ -41,20 +41,6 @@ def produce(bootstrap: str, topic: str, key: bytes, value: bytes, headers: Any, 
         producer.close()
 
 
-def wired(store: KafkaEventStore, monkeypatch: pytest.MonkeyPatch) -> KafkaEventStore:
-    """Hand the store's topic index to every feed it opens (KafkaEventStore.feed does this
-    once the lead wires ``reader.index``; until then the test does it)."""
-    original = store.feed
-
-    def feed(*args: Any, **kwargs: Any) -> Any:
-        reader = original(*args, **kwargs)
-        reader.index = store._topic_index
-        return reader
-
-    monkeypatch.setattr(store, "feed", feed)
-    return store
-
-
 def run_worker(worker: ProjectionWorker) -> tuple[bool, BaseException | None]:
     """Run until caught up in a thread; (still fine, error raised)."""
     failure: list[BaseException] = []
@@ -92,7 +78,6 @@ def test_a_foreign_record_with_an_out_of_range_version_bricks_nothing(
     stores: Callable[[], KafkaEventStore],
     kafka_bootstrap: str,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     writer = stores()
     app = cart_app(writer, name=writer.name)
@@ -110,7 +95,7 @@ def test_a_foreign_record_with_an_out_of_range_version_bricks_nothing(
         partition_for(victim, writer.partitions),
     )
     # A new process: its index reads the foreign record while catching up.
-    fresh = wired(stores(), monkeypatch)
+    fresh = stores()
     raw_errors = 0
     reads_ok = 0
     for cart in carts:
@@ -159,7 +144,6 @@ def test_a_foreign_duplicate_of_a_version_loses_everywhere(
     stores: Callable[[], KafkaEventStore],
     kafka_bootstrap: str,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     writer = stores()
     app = cart_app(writer, name=writer.name)
@@ -176,7 +160,7 @@ def test_a_foreign_duplicate_of_a_version_loses_everywhere(
         [("keel.topic", second.topic.encode()), ("keel.version", b"2")],
         second.partition,
     )
-    fresh = wired(stores(), monkeypatch)
+    fresh = stores()
     store_view = [e.state for e in fresh.read(cart)]
     engine = ready_engine(f"sqlite:///{tmp_path}/read.db")
     worker = ProjectionWorker(
