@@ -171,7 +171,19 @@ class KafkaFeedReader(FeedReader):
         if not offsets:
             return events
         known = index.index.positions()
-        behind = [p for p, offs in offsets.items() if known.get(p, 0) <= max(offs)]
+        behind = []
+        for p, offs in offsets.items():
+            start = known.get(p, 0)
+            if start > max(offs):
+                continue
+            batch = [e for e in events if e.partition == p]
+            if batch[0].offset <= start:
+                # The batch continues the index: add it, instead of reading it twice.
+                index.index.apply(
+                    [e for e in batch if e.offset >= start], {p: batch[-1].offset + 1}
+                )
+            else:
+                behind.append(p)
         if behind:
             # Every polled record is below the last stable offset, so this reaches past them.
             index.catch_up(behind)
