@@ -31,10 +31,10 @@ from uuid import UUID
 
 from framework.backends.kafka_client import KafkaConsumer, KafkaError, TopicPartition
 from framework.backends.kafka_records import NIL_UUID, decode_record
-from framework.errors import ConfigurationError, StoreError, StoreUnavailableError
+from framework.errors import ConfigurationError, IndexDamagedError, StoreUnavailableError
 from framework.persistence import RecordedEvent, Snapshot
 
-__all__ = ["IndexDamagedError", "LocalIndex", "TopicIndex", "default_index_path"]
+__all__ = ["LocalIndex", "TopicIndex", "default_index_path"]
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +109,6 @@ def lock_index_file(path: Path) -> TextIO | None:
         handle.close()
         return None
     return handle
-
-
-class IndexDamagedError(StoreError):
-    """The local index file is damaged and rebuilding it from the topic did not help. The
-    message names the file: delete it (the store rebuilds it from the topic) and check the disk."""
 
 
 class _Damaged(Exception):
