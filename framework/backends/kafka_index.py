@@ -31,7 +31,12 @@ from uuid import UUID
 
 from framework.backends.kafka_client import KafkaConsumer, KafkaError, TopicPartition
 from framework.backends.kafka_records import NIL_UUID, decode_record
-from framework.errors import ConfigurationError, IndexDamagedError, StoreUnavailableError
+from framework.errors import (
+    ConfigurationError,
+    IndexDamagedError,
+    StoreError,
+    StoreUnavailableError,
+)
 from framework.persistence import RecordedEvent, Snapshot
 
 __all__ = ["LocalIndex", "TopicIndex", "default_index_path"]
@@ -226,15 +231,20 @@ class LocalIndex:
 
     @contextlib.contextmanager
     def _transaction(self, what: str = "written") -> Iterator[sqlite3.Connection]:
-        with self._lock, self._guard(what):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        try:
+            with self._lock, self._guard(what):
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+        except _Damaged as damage:
+            raise IndexDamagedError(
+                f"the local index {self.path} is damaged ({damage})"
+            ) from damage
 
     def bind(self, topic: str, topic_id: str) -> None:
         """Check the file indexes this very topic (not a deleted namesake); else empty it."""
@@ -277,24 +287,18 @@ class LocalIndex:
 
     def apply(self, events: Sequence[RecordedEvent], positions: Mapping[int, int]) -> None:
         """Add records read from the topic and move the read positions, in one transaction."""
-        try:
-            with self._transaction() as db:
-                self._insert(db, events)
-                known = dict(db.execute("SELECT part, next_offset FROM positions").fetchall())
-                moved = [
-                    (p, offset, _crc(p, offset))
-                    for p, offset in positions.items()
-                    if offset > known.get(p, -1)
-                ]
-                db.executemany(
-                    "INSERT OR REPLACE INTO positions (part, next_offset, checksum) "
-                    "VALUES (?, ?, ?)",
-                    moved,
-                )
-        except _Damaged as damage:
-            raise IndexDamagedError(
-                f"the local index {self.path} is damaged ({damage})"
-            ) from damage
+        with self._transaction() as db:
+            self._insert(db, events)
+            known = dict(db.execute("SELECT part, next_offset FROM positions").fetchall())
+            moved = [
+                (p, offset, _crc(p, offset))
+                for p, offset in positions.items()
+                if offset > known.get(p, -1)
+            ]
+            db.executemany(
+                "INSERT OR REPLACE INTO positions (part, next_offset, checksum) VALUES (?, ?, ?)",
+                moved,
+            )
 
     def add_committed(self, events: Sequence[RecordedEvent]) -> None:
         """Add the records of a transaction this process committed (ahead of the position).
@@ -463,6 +467,15 @@ class LocalIndex:
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """Keep ``snapshot`` unless a newer one of its aggregate is kept already."""
         row = (snapshot.aggregate_id.bytes, snapshot.version, snapshot.topic, snapshot.state)
+        try:
+            self._keep_snapshot(row)
+        except IndexDamagedError as error:
+            self.reset(str(error))  # the next read rebuilds the index from the topic
+        except StoreUnavailableError as error:
+            # A snapshot is a cache: failing to keep one must not fail the command behind it.
+            log.warning("index %s: could not keep a snapshot: %s", self.path, error)
+
+    def _keep_snapshot(self, row: tuple[bytes, int, str, bytes]) -> None:
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO snapshots (aggregate_id, version, topic, state, checksum) "
@@ -494,7 +507,7 @@ class LocalIndex:
                 self.path,
                 aggregate_id,
             )
-            with self._transaction() as db:
+            with contextlib.suppress(StoreError), self._transaction() as db:
                 db.execute("DELETE FROM snapshots WHERE aggregate_id = ?", (aggregate_id.bytes,))
             return None
         return Snapshot(aggregate_id, version, topic, state)
