@@ -35,6 +35,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from framework.codec import codec
 from framework.database import Backoff, is_connectivity_error, read_only
+from framework.dead_letters import parked_fields
 from framework.errors import PositionConflictError, ProjectionError, ProjectionStoppedError
 from framework.persistence import RecordedEvent
 from framework.positions import dead_letters_table, now, read_positions, write_positions
@@ -369,12 +370,7 @@ class Applier:
         conn.execute(
             dead_letters_table.insert().values(
                 projection=self.projection.key,
-                partition=event.partition,
-                offset=event.offset,
-                aggregate_id=str(event.aggregate_id),
-                version=event.version,
-                event_type=event.topic,
-                payload=event.state,
+                **parked_fields(event),
                 reason=reason,
                 error_type=error_type,
                 error_message=message,

@@ -152,6 +152,12 @@ class EventCodec:
     def decode(self, recorded: RecordedEvent) -> EventEnvelope:
         """Decode a recorded event, upcasting old payloads. Raises
         :class:`~framework.errors.EventDecodingError` (or a subclass) when it cannot."""
+        if recorded.problem or recorded.version < 1:
+            # A record outside every aggregate's stream must never reach a handler.
+            raise EventDecodingError(
+                f"{self._where(recorded)} is not an event of this store: "
+                f"{recorded.problem or 'it does not follow the record layout'}"
+            )
         cls = event_types.resolve(recorded.topic)
         payload = self._payload(recorded)
         state = payload.get("data")

@@ -27,7 +27,15 @@ from framework.persistence import RecordedEvent
 from framework.positions import dead_letters_table
 from framework.projection import Projection
 
-__all__ = ["DeadLetter", "RedriveResult", "count", "discard", "list_dead_letters", "redrive"]
+__all__ = [
+    "DeadLetter",
+    "RedriveResult",
+    "count",
+    "discard",
+    "list_dead_letters",
+    "parked_fields",
+    "redrive",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +82,27 @@ class RedriveResult:
     """Aggregate id -> the error that still stops it (its dead letters stay)."""
     remaining: int = 0
     """Dead letters left for the projection after the re-drive."""
+
+
+def parked_fields(event: RecordedEvent) -> dict[str, object]:
+    """The dead-letter columns that identify ``event``, made to fit whatever the record held
+    (parking must work for the very records that break every rule): a version outside the
+    column's range becomes 0 and the type name is cut to printable text of the column's size.
+    The payload is kept byte for byte."""
+    version = event.version if 0 <= event.version <= _MAX_INT else 0
+    event_type = "".join(c for c in event.topic if c.isprintable())
+    return {
+        "partition": event.partition,
+        "offset": event.offset,
+        "aggregate_id": str(event.aggregate_id),
+        "version": version,
+        "event_type": event_type[:_MAX_TYPE],
+        "payload": bytes(event.state),
+    }
+
+
+_MAX_INT = 2**31 - 1  # the version column is a 32-bit integer
+_MAX_TYPE = 300  # the length of the event_type column
 
 
 def _key(projection: Projection | str) -> str:

@@ -27,7 +27,8 @@ also derive from the builtin they resemble, so ``except ValueError`` keeps worki
     │   ├── StoreUnavailableError (ConnectionError)
     │   ├── OutcomeUnknownError (TimeoutError)
     │   ├── WriterFencedError
-    │   └── TopicLayoutChangedError
+    │   ├── TopicLayoutChangedError
+    │   └── IndexDamagedError
     └── ProjectionError
         ├── PositionConflictError
         ├── ProjectionTimeoutError (TimeoutError)
@@ -55,6 +56,7 @@ __all__ = [
     "EventTooLargeError",
     "FrameworkError",
     "IdempotencyKeyReusedError",
+    "IndexDamagedError",
     "OutcomeUnknownError",
     "PositionConflictError",
     "ProjectionError",
@@ -200,6 +202,12 @@ class WriterFencedError(StoreError):
 class TopicLayoutChangedError(StoreError):
     """The events topic's partition count (or shard count) differs from when the store was
     created. Changing it would break per-aggregate ordering; restore the original layout."""
+
+
+class IndexDamagedError(StoreError):
+    """A Kafka store's local index file is damaged and rebuilding it from the topic did not
+    help. The message names the file: stop the process, delete the file (the store rebuilds it
+    from the topic) and check the disk."""
 
 
 class ProjectionError(FrameworkError):

@@ -87,6 +87,10 @@ class RecordedEvent:
     state: bytes
     partition: int
     offset: int
+    problem: str = ""
+    """Why this record is in no aggregate's stream (it does not follow the store's layout, or
+    repeats a version another record took first); empty for an event. Such records come with the
+    nil aggregate id and version 0, and decoding them raises ``EventDecodingError``."""
 
 
 @dataclass(frozen=True, slots=True)

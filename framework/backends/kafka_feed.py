@@ -14,7 +14,9 @@ asks ``on_assign`` again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import struct
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from framework.backends.kafka_client import (
@@ -23,7 +25,8 @@ from framework.backends.kafka_client import (
     KafkaError,
     TopicPartition,
 )
-from framework.backends.kafka_records import decode_record
+from framework.backends.kafka_index import TopicIndex
+from framework.backends.kafka_records import NIL_UUID, decode_record
 from framework.errors import StoreUnavailableError
 from framework.persistence import (
     ConsumerSettings,
@@ -74,7 +77,17 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class KafkaFeedReader(FeedReader):
-    """A :class:`FeedReader` over a ``KafkaConsumer`` in consumer group ``group``."""
+    """A :class:`FeedReader` over a ``KafkaConsumer`` in consumer group ``group``.
+
+    Records are decoded as the store's index decodes them: one that breaks the record layout,
+    or repeats a version another record took first (as the process's topic index says), is
+    handed out with the nil aggregate id, version 0 and its ``problem``, so projections park it
+    instead of applying it, and ``stats`` counts it (``malformed``, ``duplicate``).
+    """
+
+    index: TopicIndex | None = None
+    """The topic index whose first-record-wins rule the feed applies; by default the store's
+    (any open index of the topic in this process)."""
 
     def __init__(
         self,
@@ -92,6 +105,7 @@ class KafkaFeedReader(FeedReader):
         self.on_revoke = on_revoke
         self.callback_error: Exception | None = None
         self.unstarted: set[Any] = set()  # assigned partitions on_assign failed for
+        self.stats: Counter[str] = Counter()
         try:
             self.consumer = new_consumer(
                 group_id=group,
@@ -121,19 +135,86 @@ class KafkaFeedReader(FeedReader):
         except KafkaError as error:
             self._raise_callback_error()
             raise StoreUnavailableError(f"cannot read {self.topic!r}: {error}") from error
+        except (ValueError, TypeError, AssertionError, struct.error) as error:
+            # kafka-python could not parse a fetched batch (e.g. a header name that is not
+            # UTF-8): typed, and the worker polls again after its backoff.
+            raise StoreUnavailableError(
+                f"cannot decode a record batch of {self.topic!r}: {type(error).__name__}: {error}"
+            ) from error
         self._raise_callback_error()
-        events = []
-        for tp in sorted(batch, key=lambda tp: tp.partition):
-            for r in batch[tp]:
-                event, valid = decode_record(
-                    r.key, r.value, r.headers, partition=r.partition, offset=r.offset
+        events = [
+            decode_record(
+                r.key,
+                r.value,
+                r.headers,
+                partition=r.partition,
+                offset=r.offset,
+            )
+            for tp in sorted(batch, key=lambda tp: tp.partition)
+            for r in batch[tp]
+        ]
+        index = self.index or TopicIndex.live(self.topic)
+        if index is not None and events:
+            try:
+                events = self._first_wins(index, events)
+            except BaseException:
+                # Nothing of this batch was handed out: read it again next time.
+                for p, offset in _first_offsets(events).items():
+                    self.seek(p, offset)
+                raise
+        for event in events:
+            if event.problem:
+                kind = "duplicate" if "repeats version" in event.problem else "malformed"
+                self.stats[kind] += 1
+                log.error(
+                    "%s record at %s:%s offset %s: %s",
+                    kind,
+                    self.topic,
+                    event.partition,
+                    event.offset,
+                    event.problem,
                 )
-                if not valid:
-                    log.warning(
-                        "malformed record at %s:%s offset %s", self.topic, r.partition, r.offset
-                    )
-                events.append(event)
         return events
+
+    def _first_wins(self, index: TopicIndex, events: list[RecordedEvent]) -> list[RecordedEvent]:
+        """Apply the index's rule to a polled batch: a record that repeats a version another
+        record took first is handed out as a problem record, as the index serves it."""
+        offsets: dict[int, list[int]] = {}
+        for event in events:
+            if not event.problem:
+                offsets.setdefault(event.partition, []).append(event.offset)
+        if not offsets:
+            return events
+        known = index.index.positions()
+        behind = []
+        for p, offs in offsets.items():
+            start = known.get(p, 0)
+            if start > max(offs):
+                continue
+            batch = [e for e in events if e.partition == p]
+            if batch[0].offset <= start:
+                # The batch continues the index: add it, instead of reading it twice.
+                index.index.apply(
+                    [e for e in batch if e.offset >= start], {p: batch[-1].offset + 1}
+                )
+            else:
+                behind.append(p)
+        if behind:
+            # Every polled record is below the last stable offset, so this reaches past them.
+            index.catch_up(behind)
+        problems = {
+            (p, offset): problem
+            for p, offs in offsets.items()
+            for offset, problem in index.index.problems(p, offs).items()
+        }
+        if not problems:
+            return events
+        return [
+            RecordedEvent(NIL_UUID, 0, e.topic, e.state, e.partition, e.offset, problem)
+            if (problem := problems.get((e.partition, e.offset)))
+            else e
+            for e in events
+        ]
 
     def _start_held_partitions(self) -> None:
         held = self.unstarted & set(self.consumer.assignment())
@@ -168,3 +249,10 @@ class KafkaFeedReader(FeedReader):
             self.consumer.close(autocommit=False)
         except KafkaError:
             log.debug("closing the feed consumer failed", exc_info=True)
+
+
+def _first_offsets(events: Sequence[RecordedEvent]) -> dict[int, int]:
+    first: dict[int, int] = {}
+    for event in events:
+        first.setdefault(event.partition, event.offset)
+    return first

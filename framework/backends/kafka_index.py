@@ -18,24 +18,33 @@ import logging
 import os
 import re
 import sqlite3
+import struct
 import tempfile
 import threading
 import time
+import weakref
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 from uuid import UUID
 
 from framework.backends.kafka_client import KafkaConsumer, KafkaError, TopicPartition
-from framework.backends.kafka_records import decode_record
-from framework.errors import ConfigurationError, StoreUnavailableError
+from framework.backends.kafka_records import NIL_UUID, decode_record
+from framework.errors import (
+    ConfigurationError,
+    IndexDamagedError,
+    StoreError,
+    StoreUnavailableError,
+)
 from framework.persistence import RecordedEvent, Snapshot
 
 __all__ = ["LocalIndex", "TopicIndex", "default_index_path"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+# Every row carries a CRC-32 of its content (see _checksum), verified whenever it is read.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS records (
@@ -46,20 +55,29 @@ CREATE TABLE IF NOT EXISTS records (
     topic TEXT NOT NULL,
     state BLOB NOT NULL,
     indexed INTEGER NOT NULL,
+    problem TEXT NOT NULL,
+    checksum INTEGER NOT NULL,
     PRIMARY KEY (part, off)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS records_by_aggregate
     ON records (aggregate_id, version) WHERE indexed = 1;
-CREATE TABLE IF NOT EXISTS positions (part INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS positions (
+    part INTEGER PRIMARY KEY,
+    next_offset INTEGER NOT NULL,
+    checksum INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS snapshots (
     aggregate_id BLOB PRIMARY KEY,
     version INTEGER NOT NULL,
     topic TEXT NOT NULL,
-    state BLOB NOT NULL
+    state BLOB NOT NULL,
+    checksum INTEGER NOT NULL
 );
 """
+_COLUMNS = "part, off, aggregate_id, version, topic, state, indexed, problem, checksum"
 
-Row = tuple[int, int, bytes, int, str, bytes, int]
+Row = tuple[int, int, bytes, int, str, bytes, int, str, int]
+T = TypeVar("T")
 
 
 def default_index_dir() -> Path:
@@ -136,70 +154,214 @@ def lock_index_file(path: Path) -> TextIO | None:
     return handle
 
 
+class _Damaged(Exception):
+    """Raised inside :class:`LocalIndex` when a check fails; handled by a rebuild."""
+
+
 class LocalIndex:
-    """The SQLite file: records, read positions, snapshots. Safe to share between threads."""
+    """The SQLite file: records, read positions, snapshots. Safe to share between threads.
+
+    Damage is detected, not served: opening runs SQLite's ``quick_check``, and every row read
+    is checked against the CRC-32 stored with it. A damaged file (or one of another schema) is
+    replaced by an empty one, which ``refill`` (set by :class:`TopicIndex`) reads back from the
+    topic before the read is answered. A full disk or an unwritable file is a
+    ``StoreUnavailableError`` naming the file.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        # One connection, serialised by a lock: statements are short, and WAL keeps the file
-        # consistent if the process dies mid-write.
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self.refill: Callable[[], None] | None = None
+        self.rebuilds = 0
+        """How many times a damaged file was replaced and rebuilt from the topic."""
+        self._bound: dict[str, str] = {}
         self._lock = threading.RLock()
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
+            self._db = self._open()
+
+    # -- the file ---------------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        """Connect, replacing a file that is damaged or of another schema by an empty one."""
+        problem = ""
+        try:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as error:
+            raise self._unavailable("cannot be opened", error) from error
+        try:
+            problem = _file_problem(db)
+            if not problem:
+                # One connection, serialised by a lock: statements are short, and WAL keeps the
+                # file consistent if the process dies mid-write.
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.executescript(SCHEMA)
+                return db
+        except sqlite3.OperationalError as error:
+            db.close()
+            raise self._unavailable("cannot be opened", error) from error
+        except sqlite3.DatabaseError as error:
+            problem = f"SQLite reports {error}"
+        db.close()
+        if problem != "empty":
+            log.warning(
+                "index %s %s; replacing it and rebuilding it from the topic", self.path, problem
+            )
+        self._remove_files()
+        return self._open()
+
+    def _remove_files(self) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            try:
+                os.remove(self.path + suffix)
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                raise IndexDamagedError(
+                    f"the local index {self.path} is damaged and cannot be removed ({error}); "
+                    "delete it by hand (the store rebuilds it from the topic)"
+                ) from error
+
+    def reset(self, reason: str) -> None:
+        """Replace the file by an empty one (rebound to the same topic); the next catch-up
+        reads the whole topic again."""
+        with self._lock:
+            log.warning("index %s: %s; rebuilding it from the topic", self.path, reason)
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._remove_files()
+            self._db = self._open()
+            self.rebuilds += 1
+            if self._bound:
+                self._write_meta(self._bound)
+
+    def _unavailable(self, what: str, error: sqlite3.Error) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"the local index {self.path} {what}: {error}. Free disk space or fix the file's "
+            "permissions; deleting the file is safe (the store rebuilds it from the topic)"
+        )
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+    def _guard(self, what: str) -> Iterator[None]:
+        """SQLite errors as the framework's: damage as _Damaged, the rest as unavailable."""
+        try:
+            yield
+        except sqlite3.DatabaseError as error:
+            if _is_damage(error):
+                raise _Damaged(f"SQLite reports {error}") from error
+            raise self._unavailable(f"cannot be {what}", error) from error
+
+    def _checked(self, read: Callable[[], T]) -> T:
+        """Run ``read``; on damage rebuild the file from the topic and run it once more."""
+        for attempt in range(2):
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                with self._lock, self._guard("read"):
+                    return read()
+            except _Damaged as damage:
+                if attempt == 1 or self.refill is None:
+                    raise IndexDamagedError(
+                        f"the local index {self.path} is damaged ({damage}) even after a "
+                        "rebuild from the topic; stop the process, delete the file (the store "
+                        "rebuilds it) and check the disk"
+                    ) from damage
+                self.reset(str(damage))
+            self.refill()
+        raise AssertionError("unreachable")
+
+    @contextlib.contextmanager
+    def _transaction(self, what: str = "written") -> Iterator[sqlite3.Connection]:
+        try:
+            with self._lock, self._guard(what):
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+        except _Damaged as damage:
+            raise IndexDamagedError(
+                f"the local index {self.path} is damaged ({damage})"
+            ) from damage
 
     def bind(self, topic: str, topic_id: str) -> None:
         """Check the file indexes this very topic (not a deleted namesake); else empty it."""
+        wanted = {"schema": SCHEMA_VERSION, "topic": topic, "topic_id": topic_id}
+        self._bound = wanted
+        try:
+            with self._lock, self._guard("read"):
+                meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        except _Damaged as damage:
+            self.reset(str(damage))
+            return
+        if meta and meta != wanted:
+            self.reset(f"it was built for {meta}")
+        elif not meta:
+            self._write_meta(wanted)
+
+    def _write_meta(self, meta: Mapping[str, str]) -> None:
         with self._transaction() as db:
-            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-            wanted = {"schema": SCHEMA_VERSION, "topic": topic, "topic_id": topic_id}
-            if meta and meta != wanted:
-                log.warning("index %s was built for %s; rebuilding it", self.path, meta)
-                for table in ("records", "positions", "snapshots", "meta"):
-                    db.execute(f"DELETE FROM {table}")
-            db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", wanted.items())
+            db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", meta.items())
+
+    # -- writing ------------------------------------------------------------------------------
 
     def positions(self) -> dict[int, int]:
-        """Each partition's read position: every committed record below it is indexed."""
+        """Each partition's read position: every committed record below it is indexed.
+        Raises IndexDamagedError when a stored position fails its checksum."""
         with self._lock:
-            return dict(self._db.execute("SELECT part, next_offset FROM positions").fetchall())
+            try:
+                with self._guard("read"):
+                    rows = self._db.execute(
+                        "SELECT part, next_offset, checksum FROM positions"
+                    ).fetchall()
+                for part, offset, checksum in rows:
+                    if checksum != _crc(part, offset):
+                        raise _Damaged(f"the read position of partition {part} fails its checksum")
+            except _Damaged as damage:
+                raise IndexDamagedError(
+                    f"the local index {self.path} is damaged ({damage})"
+                ) from damage
+            return {part: offset for part, offset, _ in rows}
 
-    def apply(
-        self, events: Sequence[tuple[RecordedEvent, bool]], positions: Mapping[int, int]
-    ) -> None:
+    def apply(self, events: Sequence[RecordedEvent], positions: Mapping[int, int]) -> None:
         """Add records read from the topic and move the read positions, in one transaction."""
         with self._transaction() as db:
             self._insert(db, events)
+            known = dict(db.execute("SELECT part, next_offset FROM positions").fetchall())
+            moved = [
+                (p, offset, _crc(p, offset))
+                for p, offset in positions.items()
+                if offset > known.get(p, -1)
+            ]
             db.executemany(
-                "INSERT INTO positions (part, next_offset) VALUES (?, ?) ON CONFLICT (part) "
-                "DO UPDATE SET next_offset = max(next_offset, excluded.next_offset)",
-                positions.items(),
+                "INSERT OR REPLACE INTO positions (part, next_offset, checksum) VALUES (?, ?, ?)",
+                moved,
             )
 
     def add_committed(self, events: Sequence[RecordedEvent]) -> None:
-        """Add the records of a transaction this process committed (ahead of the position)."""
-        with self._transaction() as db:
-            self._insert(db, [(e, True) for e in events])
+        """Add the records of a transaction this process committed (ahead of the position).
+        Raises ``sqlite3.Error`` when it cannot (the writer then re-initialises, which catches
+        up from the topic); a damaged file is replaced first."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._insert(self._db, events)
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.DatabaseError as error:
+                if _is_damage(error):
+                    self.reset(f"SQLite reports {error}")
+                raise
 
-    def _insert(self, db: sqlite3.Connection, events: Sequence[tuple[RecordedEvent, bool]]) -> None:
+    def _insert(self, db: sqlite3.Connection, events: Sequence[RecordedEvent]) -> None:
         sql = (
-            "INSERT INTO records (part, off, aggregate_id, version, topic, state, indexed) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (part, off) DO NOTHING"
+            f"INSERT INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (part, off) DO NOTHING"
         )
-        rows = [_row(e, valid) for e, valid in events]
+        rows = [_row(e) for e in events]
         db.execute("SAVEPOINT batch")
         try:
             db.executemany(sql, rows)
@@ -210,82 +372,183 @@ class LocalIndex:
                 try:
                     db.execute(sql, row)
                 except sqlite3.IntegrityError:
-                    log.error(
-                        "partition %s offset %s repeats version %s of aggregate %s; a writer "
-                        "bypassed the store's fencing. Keeping the first, ignoring this one",
-                        row[0],
-                        row[1],
-                        row[3],
-                        UUID(bytes=row[2]),
-                    )
-                    db.execute(sql, (*row[:6], 0))
+                    self._keep_first(db, sql, row)
         db.execute("RELEASE batch")
+
+    def _keep_first(self, db: sqlite3.Connection, sql: str, row: Row) -> None:
+        """Two records claim one version: the first in the partition wins, wherever it was
+        inserted from, so every process's index agrees."""
+        taken = db.execute(
+            "SELECT part, off FROM records WHERE aggregate_id = ? AND version = ? AND indexed = 1",
+            (row[2], row[3]),
+        ).fetchone()
+        first, second = ((row[0], row[1]), tuple(taken))
+        if (taken[0], taken[1]) < (row[0], row[1]):
+            first, second = second, first
+        problem = (
+            f"it repeats version {row[3]} of aggregate {UUID(bytes=row[2])}, taken first at "
+            f"partition {first[0]} offset {first[1]}: a writer bypassed the store's fencing"
+        )
+        log.error(
+            "partition %s offset %s: %s. Keeping the first, ignoring this one",
+            second[0],
+            second[1],
+            problem,
+        )
+        if second == (row[0], row[1]):
+            db.execute(sql, _with_problem(row, problem))
+            return
+        old = db.execute(
+            f"SELECT {_COLUMNS} FROM records WHERE part = ? AND off = ?", second
+        ).fetchone()
+        db.execute("DELETE FROM records WHERE part = ? AND off = ?", second)
+        db.execute(sql, row)
+        db.execute(sql, _with_problem(tuple(old[:8]), problem))
+
+    # -- reading ------------------------------------------------------------------------------
 
     def current_versions(self, aggregate_ids: Iterable[UUID]) -> dict[UUID, int]:
         """Each aggregate's last version (0 when it has none)."""
-        found: dict[UUID, int] = {}
-        with self._lock:
+
+        def read() -> dict[UUID, int]:
+            found: dict[UUID, int] = {}
             for aggregate_id in set(aggregate_ids):
                 row = self._db.execute(
-                    "SELECT max(version) FROM records WHERE aggregate_id = ? AND indexed = 1",
+                    f"SELECT {_COLUMNS} FROM records WHERE aggregate_id = ? AND indexed = 1 "
+                    "ORDER BY version DESC LIMIT 1",
                     (aggregate_id.bytes,),
                 ).fetchone()
-                found[aggregate_id] = row[0] or 0
-        return found
+                found[aggregate_id] = 0 if row is None else _event(row).version
+            return found
+
+        return self._checked(read)
 
     def contains(self, event: RecordedEvent) -> bool:
         """Whether the record at ``event``'s offset is this event (same aggregate, version)."""
-        with self._lock:
+
+        def read() -> bool:
             row = self._db.execute(
-                "SELECT aggregate_id, version FROM records WHERE part = ? AND off = ?",
+                f"SELECT {_COLUMNS} FROM records WHERE part = ? AND off = ?",
                 (event.partition, event.offset),
             ).fetchone()
-        return row is not None and (row[0], row[1]) == (event.aggregate_id.bytes, event.version)
+            if row is None:
+                return False
+            _event(row)
+            return (row[2], row[3]) == (event.aggregate_id.bytes, event.version)
+
+        return self._checked(read)
 
     def aggregate_events(
         self, aggregate_id: UUID, after_version: int, up_to_version: int | None
     ) -> list[RecordedEvent]:
         """One aggregate's events, in version order."""
-        with self._lock:
+
+        def read() -> list[RecordedEvent]:
             rows = self._db.execute(
-                "SELECT part, off, aggregate_id, version, topic, state FROM records "
+                f"SELECT {_COLUMNS} FROM records "
                 "WHERE aggregate_id = ? AND indexed = 1 AND version > ? AND version <= ? "
                 "ORDER BY version",
                 (aggregate_id.bytes, after_version, up_to_version or 2**62),
             ).fetchall()
-        return [_event(row) for row in rows]
+            return [_event(row) for row in rows]
+
+        return self._checked(read)
 
     def partition_events(self, partition: int, start: int, limit: int) -> list[RecordedEvent]:
-        """Up to ``limit`` records of ``partition`` from ``start``, below its read position."""
-        with self._lock:
+        """Up to ``limit`` records of ``partition`` from ``start``, below its read position.
+        Records in no aggregate's stream come with the nil id, version 0 and their problem."""
+
+        def read() -> list[RecordedEvent]:
             rows = self._db.execute(
-                "SELECT part, off, aggregate_id, version, topic, state FROM records "
+                f"SELECT {_COLUMNS} FROM records "
                 "WHERE part = ? AND off >= ? AND off < "
                 "(SELECT coalesce(max(next_offset), 0) FROM positions WHERE part = ?) "
                 "ORDER BY off LIMIT ?",
                 (partition, start, partition, limit),
             ).fetchall()
-        return [_event(row) for row in rows]
+            return [_event(row) for row in rows]
+
+        return self._checked(read)
+
+    def problems(self, partition: int, offsets: Iterable[int]) -> dict[int, str]:
+        """The records at ``offsets`` of ``partition`` that are in no aggregate's stream, each
+        with its problem (the feed uses it to apply the index's rule to what it polled)."""
+        wanted = sorted(set(offsets))
+
+        def read() -> dict[int, str]:
+            if not wanted:
+                return {}
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM records WHERE part = ? AND off BETWEEN ? AND ? "
+                "AND indexed = 0",
+                (partition, wanted[0], wanted[-1]),
+            ).fetchall()
+            return {row[1]: _event(row).problem for row in rows if row[1] in set(wanted)}
+
+        return self._checked(read)
+
+    def anomalies(self) -> dict[str, int]:
+        """How many records of the topic are ``malformed`` (they break the record layout) and
+        how many are ``duplicate`` (they repeat a version taken first by another record: some
+        writer bypassed the store's fencing). Both should be 0."""
+
+        def read() -> dict[str, int]:
+            malformed, duplicate = self._db.execute(
+                "SELECT coalesce(sum(aggregate_id = ?), 0), coalesce(sum(aggregate_id != ?), 0) "
+                "FROM records WHERE indexed = 0",
+                (NIL_UUID.bytes, NIL_UUID.bytes),
+            ).fetchone()
+            return {"malformed": int(malformed), "duplicate": int(duplicate)}
+
+        return self._checked(read)
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """Keep ``snapshot`` unless a newer one of its aggregate is kept already."""
+        row = (snapshot.aggregate_id.bytes, snapshot.version, snapshot.topic, snapshot.state)
+        try:
+            self._keep_snapshot(row)
+        except IndexDamagedError as error:
+            self.reset(str(error))  # the next read rebuilds the index from the topic
+        except StoreUnavailableError as error:
+            # A snapshot is a cache: failing to keep one must not fail the command behind it.
+            log.warning("index %s: could not keep a snapshot: %s", self.path, error)
+
+    def _keep_snapshot(self, row: tuple[bytes, int, str, bytes]) -> None:
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO snapshots (aggregate_id, version, topic, state) VALUES (?, ?, ?, ?) "
+                "INSERT INTO snapshots (aggregate_id, version, topic, state, checksum) "
+                "VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (aggregate_id) DO UPDATE SET version = excluded.version, "
-                "topic = excluded.topic, state = excluded.state "
+                "topic = excluded.topic, state = excluded.state, checksum = excluded.checksum "
                 "WHERE excluded.version > snapshots.version",
-                (snapshot.aggregate_id.bytes, snapshot.version, snapshot.topic, snapshot.state),
+                (*row, _crc(*row)),
             )
 
     def latest_snapshot(self, aggregate_id: UUID) -> Snapshot | None:
-        """The newest snapshot kept of ``aggregate_id``."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT version, topic, state FROM snapshots WHERE aggregate_id = ?",
+        """The newest snapshot kept of ``aggregate_id`` (a damaged one is dropped: it is a
+        cache, and the events rebuild the aggregate)."""
+
+        def read() -> tuple[Any, ...] | None:
+            row: tuple[Any, ...] | None = self._db.execute(
+                "SELECT version, topic, state, checksum FROM snapshots WHERE aggregate_id = ?",
                 (aggregate_id.bytes,),
             ).fetchone()
-        return None if row is None else Snapshot(aggregate_id, row[0], row[1], bytes(row[2]))
+            return row
+
+        row = self._checked(read)
+        if row is None:
+            return None
+        version, topic, state = row[0], row[1], bytes(row[2])
+        if row[3] != _crc(aggregate_id.bytes, version, topic, state):
+            log.warning(
+                "index %s: the snapshot of %s fails its checksum; dropping it",
+                self.path,
+                aggregate_id,
+            )
+            with contextlib.suppress(StoreError), self._transaction() as db:
+                db.execute("DELETE FROM snapshots WHERE aggregate_id = ?", (aggregate_id.bytes,))
+            return None
+        return Snapshot(aggregate_id, version, topic, state)
 
     def close(self) -> None:
         """Close the file."""
@@ -293,20 +556,74 @@ class LocalIndex:
             self._db.close()
 
 
-def _row(event: RecordedEvent, valid: bool) -> Row:
-    return (
+def _file_problem(db: sqlite3.Connection) -> str:
+    """Why the file cannot be used as is (``"empty"`` for a new file), or ``""``."""
+    if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+        return "fails SQLite's integrity check"
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return ""
+    if "meta" not in tables:
+        return "has no meta table"
+    schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    if schema is None:
+        return "" if tables == {"meta"} else "has no schema version"
+    if schema[0] != SCHEMA_VERSION:
+        return f"has schema {schema[0]}, not {SCHEMA_VERSION}"
+    return ""
+
+
+def _is_damage(error: sqlite3.DatabaseError) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    return not isinstance(error, sqlite3.OperationalError)
+
+
+def _crc(*values: int | str | bytes) -> int:
+    """A CRC-32 of ``values`` in one unambiguous encoding."""
+    crc = 0
+    for value in values:
+        data = value.encode("utf-8") if isinstance(value, str) else value
+        if isinstance(data, int):
+            data = str(data).encode("ascii")
+        crc = zlib.crc32(len(data).to_bytes(8, "big"), crc)
+        crc = zlib.crc32(data, crc)
+    return crc
+
+
+def _row(event: RecordedEvent) -> Row:
+    # A record in no aggregate's stream keeps its problem, and never enters the unique index.
+    content = (
         event.partition,
         event.offset,
         event.aggregate_id.bytes,
         event.version,
         event.topic,
         event.state,
-        1 if valid else 0,
+        0 if event.problem else 1,
+        event.problem,
     )
+    return (*content, _crc(*content))
+
+
+def _with_problem(row: tuple[Any, ...], problem: str) -> Row:
+    content = (*row[:6], 0, problem)
+    return (*content, _crc(*content))
 
 
 def _event(row: Any) -> RecordedEvent:
-    return RecordedEvent(UUID(bytes=row[2]), row[3], row[4], bytes(row[5]), row[0], row[1])
+    """The event a row holds, once its checksum matches."""
+    content = (row[0], row[1], bytes(row[2]), row[3], row[4], bytes(row[5]), row[6], row[7])
+    if row[8] != _crc(*content):
+        raise _Damaged(f"the record at partition {row[0]} offset {row[1]} fails its checksum")
+    if row[7]:
+        return RecordedEvent(NIL_UUID, 0, row[4], content[5], row[0], row[1], row[7])
+    return RecordedEvent(UUID(bytes=content[2]), row[3], row[4], content[5], row[0], row[1])
+
+
+_LIVE: dict[str, weakref.WeakSet[TopicIndex]] = {}
+_LIVE_LOCK = threading.Lock()
 
 
 class TopicIndex:
@@ -338,8 +655,20 @@ class TopicIndex:
             fetch_max_wait_ms=100,
         )
         self._lock = threading.Lock()
-        # When the last completed catch-up of each partition started (monotonic seconds).
+        # When the last completed catch-up of each partition started (monotonic seconds), for
+        # the index file of generation ``_rebuilds`` (a rebuilt file is fresh nowhere).
         self._fresh: dict[int, float] = {}
+        self._rebuilds = index.rebuilds
+        index.refill = lambda: self.catch_up(force=True)
+        with _LIVE_LOCK:
+            _LIVE.setdefault(topic, weakref.WeakSet()).add(self)
+
+    @staticmethod
+    def live(topic: str) -> TopicIndex | None:
+        """An open index of ``topic`` in this process (a feed uses it to apply the index's
+        first-record-wins rule), or None."""
+        with _LIVE_LOCK:
+            return next(iter(_LIVE.get(topic, ())), None)
 
     def end_offsets(self, partitions: Iterable[int] | None = None) -> dict[int, int]:
         """The last stable offset of each partition (what ``read_committed`` can read to)."""
@@ -365,16 +694,29 @@ class TopicIndex:
         asked = time.monotonic()
         tps = self._tps(partitions)
         with self._lock:
+            if self.index.rebuilds != self._rebuilds:
+                self._fresh.clear()
+                self._rebuilds = self.index.rebuilds
             if not force and all(self._fresh.get(tp.partition, -1.0) >= asked for tp in tps):
                 return  # A catch-up that started after this call covered these partitions.
             started = time.monotonic()
             targets = self._end_offsets(tps)
-            current = self.index.positions()
-            lagging = {p: end for p, end in targets.items() if current.get(p, 0) < end}
-            if lagging:
-                self._read(lagging, current, started + self._timeout)
+            try:
+                self._read_to(targets, started)
+            except IndexDamagedError as damage:
+                # Positions or records fail their checks: read the whole topic into a new file.
+                self.index.reset(str(damage))
+                self._rebuilds = self.index.rebuilds
+                self._fresh.clear()
+                self._read_to(self._end_offsets(self._tps(None)), started)
             for tp in tps:
                 self._fresh[tp.partition] = started
+
+    def _read_to(self, targets: dict[int, int], started: float) -> None:
+        current = self.index.positions()
+        lagging = {p: end for p, end in targets.items() if current.get(p, 0) < end}
+        if lagging:
+            self._read(lagging, current, started + self._timeout)
 
     def _read(self, targets: dict[int, int], current: Mapping[int, int], deadline: float) -> None:
         tps = {p: TopicPartition(self.topic, p) for p in targets}
@@ -385,7 +727,13 @@ class TopicIndex:
             while True:
                 batch = self._consumer.poll(timeout_ms=200, max_records=5000)
                 events = [
-                    decode_record(r.key, r.value, r.headers, partition=r.partition, offset=r.offset)
+                    decode_record(
+                        r.key,
+                        r.value,
+                        r.headers,
+                        partition=r.partition,
+                        offset=r.offset,
+                    )
                     for records in batch.values()
                     for r in records
                 ]
@@ -400,8 +748,15 @@ class TopicIndex:
                     )
         except KafkaError as error:
             raise StoreUnavailableError(f"cannot read {self.topic}: {error}") from error
+        except (ValueError, TypeError, AssertionError, struct.error) as error:
+            # kafka-python could not parse a fetched batch (e.g. a header name that is not UTF-8).
+            raise StoreUnavailableError(
+                f"cannot decode a record batch of {self.topic}: {type(error).__name__}: {error}"
+            ) from error
 
     def close(self) -> None:
         """Close the consumer (the index file stays)."""
+        with _LIVE_LOCK:
+            _LIVE.get(self.topic, weakref.WeakSet()).discard(self)
         with self._lock:
             self._consumer.close(autocommit=False)

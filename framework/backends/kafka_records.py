@@ -5,13 +5,17 @@ as ``kafka-console-consumer`` show it and clients in other languages partition i
 (the Java client's murmur2 partitioner). The value is the encoded event state; two headers carry
 the event topic (``keel.topic``, UTF-8) and the version (``keel.version``, ASCII digits).
 
-A record that does not follow this layout (written by another tool, or damaged) still decodes,
-as an event with the nil aggregate id, version 0, the topic header's value (or ``""``) and the
-raw value as its state, so the projection layer can dead-letter it instead of crashing.
+A record that does not follow this layout exactly (written by another tool, or damaged: a key
+that is not a canonical UUID, a version header that is not a decimal in 1..MAX_VERSION, a topic
+header that is not printable UTF-8, a header given twice, no value) still decodes, as an event
+with the nil aggregate id, version 0, the topic header's printable text (or ``""``), the raw
+value as its state and the reason in ``problem``. It is then in no aggregate's stream: the store
+never decides on it, and a projection parks it as a dead letter instead of crashing.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from uuid import UUID
 
@@ -19,6 +23,8 @@ from framework.backends.kafka_client import murmur2
 from framework.persistence import NewEvent, RecordedEvent
 
 __all__ = [
+    "MAX_TOPIC",
+    "MAX_VERSION",
     "NIL_UUID",
     "TOPIC_HEADER",
     "VERSION_HEADER",
@@ -30,6 +36,10 @@ __all__ = [
 TOPIC_HEADER = "keel.topic"
 VERSION_HEADER = "keel.version"
 NIL_UUID = UUID(int=0)
+MAX_VERSION = 2**31 - 1
+"""The highest version a record may carry: what every SQL column holding a version accepts."""
+MAX_TOPIC = 300
+"""The longest event topic (type name) a record may carry, in characters."""
 
 Headers = list[tuple[str, bytes]]
 
@@ -67,27 +77,79 @@ def decode_record(
     *,
     partition: int,
     offset: int,
-) -> tuple[RecordedEvent, bool]:
-    """Turn a consumed record into an event; the flag says whether it followed the layout."""
-    fields: dict[str, bytes] = {}
-    for name, data in headers or ():
-        if isinstance(name, str) and isinstance(data, bytes | bytearray):
-            fields[name] = bytes(data)
-    state = bytes(value) if value is not None else b""
-    topic_raw = fields.get(TOPIC_HEADER)
-    topic = ""
-    valid = True
+) -> RecordedEvent:
+    """Turn a consumed record into an event, checking every field of the layout (type and
+    range). A record that breaks it comes back with the nil aggregate id, version 0 and the
+    reason in ``problem``, so it is in no aggregate's stream. (The partition is not checked:
+    command records sit in the partition of the aggregate they are routed with.)"""
+    topic_raw = _header(headers, TOPIC_HEADER)
+    topic = topic_raw.decode("utf-8", "replace") if isinstance(topic_raw, bytes) else ""
+    state = bytes(value) if isinstance(value, bytes | bytearray) else b""
+    problem = _layout_problem(key, value, headers)
+    if problem:
+        return RecordedEvent(NIL_UUID, 0, _printable(topic), state, partition, offset, problem)
+    version = int(_header(headers, VERSION_HEADER))  # type: ignore[arg-type]
+    aggregate_id = UUID(bytes(key).decode("ascii"))  # type: ignore[arg-type]
+    return RecordedEvent(aggregate_id, version, topic, state, partition, offset)
+
+
+def _header(headers: Any, name: str) -> bytes | str | None:
+    """The header's value when ``name`` occurs exactly once; ``""`` when it repeats."""
     try:
-        topic = topic_raw.decode("utf-8") if topic_raw is not None else ""
+        found = [data for header, data in (headers or ()) if header == name]
+    except (TypeError, ValueError):  # not a list of (name, value) pairs
+        return ""
+    if len(found) > 1:
+        return ""
+    if not found:
+        return None
+    data = found[0]
+    return bytes(data) if isinstance(data, bytes | bytearray) else ""
+
+
+def _layout_problem(key: Any, value: Any, headers: Any) -> str:
+    if not isinstance(value, bytes | bytearray):
+        return "it has no value"
+    try:
+        text = bytes(key).decode("ascii") if isinstance(key, bytes | bytearray) else None
+        aggregate_id = UUID(text) if text is not None else None
+    except (ValueError, UnicodeDecodeError):
+        aggregate_id = None
+    if aggregate_id is None or str(aggregate_id) != text:
+        return f"its key {_show(key)} is not an aggregate id (a UUID in canonical form)"
+    if aggregate_id == NIL_UUID:
+        return "its key is the nil UUID, which names no aggregate"
+    for name in (TOPIC_HEADER, VERSION_HEADER):
+        if _header(headers, name) == "":
+            return f"its {name} header is repeated (or not bytes)"
+    version = _header(headers, VERSION_HEADER)
+    if not isinstance(version, bytes) or not _DIGITS.fullmatch(version):
+        return f"its {VERSION_HEADER} header {_show(version)} is not one decimal number"
+    if not 1 <= int(version) <= MAX_VERSION:
+        return f"its {VERSION_HEADER} header {_show(version)} is outside 1..{MAX_VERSION}"
+    topic = _header(headers, TOPIC_HEADER)
+    if not isinstance(topic, bytes) or not topic:
+        return f"its {TOPIC_HEADER} header {_show(topic)} is missing or empty"
+    try:
+        text = topic.decode("utf-8")
     except UnicodeDecodeError:
-        topic, valid = "", False
-    try:
-        aggregate_id = UUID(bytes(key or b"").decode("ascii"))
-        version = int(fields[VERSION_HEADER].decode("ascii"))
-    except (KeyError, ValueError, UnicodeDecodeError):
-        aggregate_id, version, valid = NIL_UUID, 0, False
-    if topic_raw is None or version < 1:
-        valid = False
-    if not valid:
-        aggregate_id, version = NIL_UUID, 0
-    return RecordedEvent(aggregate_id, version, topic, state, partition, offset), valid
+        return f"its {TOPIC_HEADER} header {_show(topic)} is not UTF-8"
+    if len(text) > MAX_TOPIC or not text.isprintable():
+        return (
+            f"its {TOPIC_HEADER} header {_show(topic)} is not a printable name of at most "
+            f"{MAX_TOPIC} characters"
+        )
+    return ""
+
+
+_DIGITS = re.compile(rb"[1-9][0-9]{0,39}")
+
+
+def _show(data: Any) -> str:
+    """A short, safe rendering of a field for an error message."""
+    text = repr(data)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _printable(topic: str) -> str:
+    return "".join(c for c in topic if c.isprintable())[:MAX_TOPIC]

@@ -2,10 +2,17 @@
 
 The eventsourcing library's recorder takes a table lock per insert, so concurrent transactions
 never commit notification ids out of order: a reader tailing the feed cannot skip an event.
+
+No call can hang: every statement has a ``statement_timeout``, waiting for the table lock a
+``lock_timeout``, and a session idle inside a transaction (a client that died holding the lock)
+is ended by the server after the same time. A timeout is a ``StoreUnavailableError``; the
+append was rolled back.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from eventsourcing.postgres import (
@@ -13,16 +20,42 @@ from eventsourcing.postgres import (
     PostgresApplicationRecorder,
     PostgresDatastore,
 )
+from psycopg.sql import SQL, Literal
 
-from framework.backends.recorders import RecorderEventStore, translated_errors
+from framework.backends.recorders import RecorderEventStore, size_limits, translated_errors
 from framework.backends.sqlite import table_prefix
 from framework.errors import ConfigurationError
+
+MAX_APPEND_BYTES = 3 * 1024 * 1024
+"""The most one append may send: the recorder's pipeline stalled for good at about 5 MB."""
+
+
+class _Datastore(PostgresDatastore):
+    """The library's datastore, with a statement timeout on every connection."""
+
+    def __init__(self, *args: Any, statement_timeout: float, **kwargs: Any) -> None:
+        self.statement_timeout = statement_timeout
+        super().__init__(*args, **kwargs)
+
+    def after_connect_func(self) -> Callable[[Any], None]:
+        configure = super().after_connect_func()
+        statement = SQL("SET statement_timeout = {0}").format(
+            Literal(f"{int(self.statement_timeout * 1000)}ms")
+        )
+
+        def after_connect(conn: Any) -> None:
+            configure(conn)
+            conn.cursor().execute(statement)
+
+        return after_connect
 
 
 def open_store(url: str, *, name: str) -> RecorderEventStore:
     """Open (creating tables when missing) the PostgreSQL store that ``url`` names.
 
-    ``?pool_size=5`` sets the connection pool size.
+    ``?pool_size=5`` sets the connection pool size; ``statement_timeout=30`` the seconds any
+    statement (and any wait for the table lock) may take; ``max_event_bytes`` and
+    ``max_append_bytes`` the size limits (at most 3 MiB per append).
     """
     parts = urlsplit(url)
     dbname = parts.path.lstrip("/")
@@ -32,8 +65,18 @@ def open_store(url: str, *, name: str) -> RecorderEventStore:
         )
     options = parse_qs(parts.query)
     pool_size = int(options.get("pool_size", ["5"])[0])
+    max_event, max_append = size_limits(options, cap=MAX_APPEND_BYTES)
+    raw_timeout = options.get("statement_timeout", ["30"])[-1]
+    try:
+        timeout = float(raw_timeout)
+    except ValueError:
+        timeout = 0.0
+    if not timeout >= 1:
+        raise ConfigurationError(
+            f"statement_timeout={raw_timeout!r} must be a number of seconds, at least 1"
+        )
     with translated_errors():
-        datastore = PostgresDatastore(
+        datastore = _Datastore(
             dbname=dbname,
             host=parts.hostname,
             port=parts.port or 5432,
@@ -42,6 +85,9 @@ def open_store(url: str, *, name: str) -> RecorderEventStore:
             pool_size=pool_size,
             max_overflow=pool_size,
             pre_ping=True,
+            statement_timeout=timeout,
+            lock_timeout=int(timeout),
+            idle_in_transaction_session_timeout=timeout,
         )
     prefix = table_prefix(name)
     events = PostgresApplicationRecorder(datastore, events_table_name=f"{prefix}_events")
@@ -49,4 +95,11 @@ def open_store(url: str, *, name: str) -> RecorderEventStore:
     with translated_errors():
         events.create_table()
         snapshots.create_table()
-    return RecorderEventStore(name, events, snapshots, close=datastore.close)
+    return RecorderEventStore(
+        name,
+        events,
+        snapshots,
+        close=datastore.close,
+        max_event_bytes=max_event,
+        max_append_bytes=max_append,
+    )

@@ -4,6 +4,12 @@ The memory, SQLite and PostgreSQL backends are this class with a different recor
 recorders already give atomic multi-event inserts, a unique ``(originator_id, version)``
 constraint (our optimistic-concurrency check) and a gap-free notification sequence (our feed,
 one partition whose offsets are notification ids).
+
+Every append is checked against a size limit before anything is sent: one event may take
+``max_event_bytes`` (default 1 MiB, Kafka's default record size) and one append (a command's
+events together) ``max_append_bytes`` (default 2 MiB). Both are URL options
+(``?max_event_bytes=...&max_append_bytes=...``). PostgreSQL caps the second at 3 MiB: larger
+appends stall the recorder's psycopg pipeline (a 10 MB event never returned).
 """
 
 from __future__ import annotations
@@ -19,13 +25,20 @@ from uuid import UUID
 from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
+    DataError,
     IntegrityError,
     OperationalError,
     PersistenceError,
     StoredEvent,
 )
 
-from framework.errors import ConcurrencyError, StoreError, StoreUnavailableError
+from framework.errors import (
+    ConcurrencyError,
+    ConfigurationError,
+    EventTooLargeError,
+    StoreError,
+    StoreUnavailableError,
+)
 from framework.persistence import (
     ConsumerSettings,
     EventStore,
@@ -40,12 +53,61 @@ from framework.persistence import (
 
 T = TypeVar("T")
 
+MAX_EVENT_BYTES = 1024 * 1024
+MAX_APPEND_BYTES = 2 * 1024 * 1024
+
+
+def size_limits(options: dict[str, list[str]], *, cap: int | None = None) -> tuple[int, int]:
+    """``max_event_bytes`` and ``max_append_bytes`` from a URL's query options."""
+    limits = {"max_event_bytes": MAX_EVENT_BYTES, "max_append_bytes": MAX_APPEND_BYTES}
+    for key in limits:
+        if key in options:
+            raw = options[key][-1]
+            if not raw.isdigit() or int(raw) < 1:
+                raise ConfigurationError(f"{key}={raw!r} must be a positive number of bytes")
+            limits[key] = int(raw)
+    if cap is not None and limits["max_append_bytes"] > cap:
+        raise ConfigurationError(
+            f"max_append_bytes={limits['max_append_bytes']} is above {cap}, the most this "
+            "backend writes in one append without stalling; use a smaller value"
+        )
+    return min(limits["max_event_bytes"], limits["max_append_bytes"]), limits["max_append_bytes"]
+
+
+def event_size(event: NewEvent) -> int:
+    """About how many bytes ``event`` takes in a stored row (id, version, topic, state)."""
+    return 16 + 8 + len(event.topic.encode("utf-8", "replace")) + len(event.state)
+
+
+def check_size(events: Sequence[NewEvent], max_event: int, max_append: int) -> None:
+    """Refuse an append larger than the store accepts, before anything is sent."""
+    total = 0
+    for e in events:
+        size = event_size(e)
+        if size > max_event:
+            raise EventTooLargeError(
+                f"event {e.topic} v{e.version} of {e.aggregate_id} takes about {size} bytes; "
+                f"the store accepts {max_event}. Nothing was written"
+            )
+        total += size
+    if total > max_append:
+        raise EventTooLargeError(
+            f"these {len(events)} events take about {total} bytes together; the store accepts "
+            f"{max_append} in one append. Nothing was written"
+        )
+
 
 @contextmanager
 def translated_errors() -> Iterator[None]:
     """Turn the recorders' PEP 249-style errors into the framework's tree."""
     try:
         yield
+    except DataError as error:
+        if "too big" not in str(error) and "too large" not in str(error):
+            raise StoreError(str(error)) from error
+        raise EventTooLargeError(
+            f"the event takes more bytes than the database accepts ({error}). Nothing was written"
+        ) from error
     except IntegrityError as error:
         raise ConcurrencyError(
             f"another writer appended to the aggregate first; nothing was written ({error})"
@@ -67,8 +129,13 @@ class RecorderEventStore(EventStore):
         events: ApplicationRecorder,
         snapshots: AggregateRecorder,
         close: Callable[[], None] = lambda: None,
+        *,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        max_append_bytes: int = MAX_APPEND_BYTES,
     ) -> None:
         self.name = name
+        self.max_event_bytes = max_event_bytes
+        self.max_append_bytes = max_append_bytes
         self._events = events
         self._snapshots = snapshots
         self._close = close
@@ -82,6 +149,7 @@ class RecorderEventStore(EventStore):
     def append(self, events: Sequence[NewEvent]) -> Positions:
         if not events:
             return {}
+        check_size(events, self.max_event_bytes, self.max_append_bytes)
         self._check_sequences(events)
         stored = [
             StoredEvent(

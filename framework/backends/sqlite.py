@@ -16,7 +16,7 @@ from eventsourcing.sqlite import (
     SQLiteDatastore,
 )
 
-from framework.backends.recorders import RecorderEventStore, translated_errors
+from framework.backends.recorders import RecorderEventStore, size_limits, translated_errors
 from framework.errors import ConfigurationError
 
 
@@ -34,7 +34,8 @@ def open_store(url: str, *, name: str) -> RecorderEventStore:
     """Open (creating when missing) the SQLite store that ``url`` names.
 
     ``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``sqlite://:memory:``;
-    ``?lock_timeout=10`` sets how many seconds a writer waits for the file lock.
+    ``?lock_timeout=10`` sets how many seconds a writer waits for the file lock;
+    ``max_event_bytes`` and ``max_append_bytes`` set the size limits.
     """
     parts = urlsplit(url)
     path = parts.netloc if parts.netloc == ":memory:" else parts.path[1:]
@@ -44,6 +45,7 @@ def open_store(url: str, *, name: str) -> RecorderEventStore:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     options = parse_qs(parts.query)
     lock_timeout = int(options.get("lock_timeout", ["30"])[0])
+    max_event, max_append = size_limits(options)
     datastore = SQLiteDatastore(path, lock_timeout=lock_timeout)
     prefix = table_prefix(name)
     events = SQLiteApplicationRecorder(datastore, events_table_name=f"{prefix}_events")
@@ -51,4 +53,11 @@ def open_store(url: str, *, name: str) -> RecorderEventStore:
     with translated_errors():
         events.create_table()
         snapshots.create_table()
-    return RecorderEventStore(name, events, snapshots, close=datastore.close)
+    return RecorderEventStore(
+        name,
+        events,
+        snapshots,
+        close=datastore.close,
+        max_event_bytes=max_event,
+        max_append_bytes=max_append,
+    )

@@ -24,6 +24,7 @@ import pytest
 from framework.application import Application
 from framework.errors import (
     ConcurrencyError,
+    EventTooLargeError,
     OutcomeUnknownError,
     StoreUnavailableError,
 )
@@ -229,6 +230,47 @@ class EventStoreContract:
     # -- concurrency (T1) ---------------------------------------------------------------------
 
     @pytest.mark.timeout(300)
+    # -- size limits (T23) ------------------------------------------------------------------
+
+    @pytest.mark.timeout(120)
+    def test_oversized_events_are_refused_whole_before_anything_is_sent(
+        self, store: EventStore
+    ) -> None:
+        limit, batch_limit = _limits(store)
+        a = uuid.uuid4()
+        store.append([new_event(a, 1)])
+        outcomes: dict[str, str] = {}
+
+        def attempt(case: str, events: list[NewEvent]) -> None:
+            try:
+                store.append(events)
+                outcomes[case] = "ok"
+            except EventTooLargeError as error:
+                assert "accepts" in str(error) and "Nothing was written" in str(error)
+                outcomes[case] = "refused"
+
+        def sized(version: int, size: int) -> NewEvent:
+            return NewEvent(a, version, "Test.Happened", b"x" * size)
+
+        attempt("under", [sized(2, limit - 512)])
+        attempt("over", [sized(3, limit + 1)])
+        attempt("ten_mb", [sized(3, 10 * 1024 * 1024)])
+        attempt("mixed_batch", [sized(3, 10), sized(4, limit + 1)])
+        if batch_limit is not None:
+            count = batch_limit // (limit - 512) + 1
+            attempt("big_batch", [sized(3 + i, limit - 512) for i in range(count)])
+        partial = len(store.read(a)) - 2
+        attempt("after", [sized(3, 10)])
+        print(
+            f"T23[{type(self).__name__}]: limit={limit} batch_limit={batch_limit} "
+            + " ".join(f"{case}={outcome}" for case, outcome in outcomes.items())
+            + f" partial={partial}"
+        )
+        assert partial == 0
+        assert outcomes.pop("under") == "ok" and outcomes.pop("after") == "ok"
+        assert set(outcomes.values()) == {"refused"}
+        assert [e.version for e in store.read(a)] == [1, 2, 3]
+
     def test_concurrent_writers_write_every_version_exactly_once(
         self, store_url: str, store_name: str, store: EventStore
     ) -> None:
@@ -277,6 +319,14 @@ class EventStoreContract:
         assert figures["ok"] == len(events) - initial - figures["info_landed"]
         assert figures["ok"] > 0
         assert app.load(Account, account).balance == len(events) - initial
+
+
+def _limits(store: EventStore) -> tuple[int, int | None]:
+    """The largest event the store accepts, and the largest append (None: no such limit)."""
+    if hasattr(store, "max_event_bytes"):
+        return store.max_event_bytes, store.max_append_bytes
+    # Kafka (the lead makes it configurable): the record limit less the key and header bytes.
+    return store._max_record - 217, None  # type: ignore[attr-defined]
 
 
 def _check_history(

@@ -1,0 +1,88 @@
+"""The SQL stores never hang and never answer raw: a statement timeout on every PostgreSQL
+append, the largest allowed append goes through, SQLite's own "string or blob too big" is the
+framework's EventTooLargeError, and bad limit options are refused."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from framework.errors import ConfigurationError, EventTooLargeError, StoreUnavailableError
+from framework.persistence import NewEvent, open_store
+
+
+def psycopg_url(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://").split("?")[0]
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(90)
+def test_a_postgres_append_waiting_on_a_lock_times_out_typed(postgres_url: str) -> None:
+    name = f"locked_{uuid.uuid4().hex[:8]}"
+    with open_store(f"{postgres_url}?statement_timeout=1", name=name) as store:
+        store.append([NewEvent(uuid.uuid4(), 1, "T.x", b"{}")])
+        with psycopg.connect(psycopg_url(postgres_url)) as blocker:
+            # Another session holds the table lock every append takes, and never lets go.
+            blocker.execute(f"LOCK TABLE {name}_events IN EXCLUSIVE MODE")
+            with pytest.raises(StoreUnavailableError, match="nothing was written"):
+                store.append([NewEvent(uuid.uuid4(), 1, "T.x", b"{}")])
+            blocker.rollback()
+        a = uuid.uuid4()
+        store.append([NewEvent(a, 1, "T.x", b"{}")])
+        assert [e.version for e in store.read(a)] == [1]
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(90)
+def test_the_largest_postgres_append_goes_through(postgres_url: str) -> None:
+    # 50 events of 100 kB (5 MB) stalled the recorder's pipeline for good; 3 MiB is the cap.
+    cap = 3 * 1024 * 1024
+    name = f"large_{uuid.uuid4().hex[:8]}"
+    with open_store(f"{postgres_url}?max_append_bytes={cap}", name=name) as store:
+        for count, size in ((30, 100_000), (1000, 3_000), (3, 1_040_000)):
+            a = uuid.uuid4()
+            store.append([NewEvent(a, v, "T.x", b"x" * size) for v in range(1, count + 1)])
+            assert len(store.read(a)) == count
+    with pytest.raises(ConfigurationError, match="max_append_bytes"):
+        open_store(f"{postgres_url}?max_append_bytes={cap + 1}", name=name)
+
+
+def test_sqlites_own_blob_limit_is_event_too_large(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connect = sqlite3.connect
+
+    def limited(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 100_000)  # below the store's own limit
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", limited)
+    with open_store(f"sqlite:///{tmp_path}/e.db?max_event_bytes=500000", name="blob") as store:
+        a = uuid.uuid4()
+        with pytest.raises(EventTooLargeError, match="Nothing was written"):
+            store.append([NewEvent(a, 1, "T.x", b"x" * 200_000)])
+        assert store.read(a) == []
+        store.append([NewEvent(a, 1, "T.x", b"x" * 1000)])
+        assert len(store.read(a)) == 1
+
+
+@pytest.mark.parametrize(
+    "query", ["max_event_bytes=0", "max_event_bytes=ten", "max_append_bytes=-5"]
+)
+def test_bad_size_options_are_refused(tmp_path: Path, query: str) -> None:
+    for url in ("memory://", f"sqlite:///{tmp_path}/e.db"):
+        with pytest.raises(ConfigurationError, match="positive number of bytes"):
+            open_store(f"{url}?{query}", name="opts")
+
+
+def test_size_options_are_honoured(tmp_path: Path) -> None:
+    with open_store("memory://?max_event_bytes=1000", name="opts") as store:
+        store.append([NewEvent(uuid.uuid4(), 1, "T.x", b"x" * 900)])
+        with pytest.raises(EventTooLargeError, match="accepts 1000"):
+            store.append([NewEvent(uuid.uuid4(), 1, "T.x", b"x" * 1000)])
