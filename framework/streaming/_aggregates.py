@@ -87,7 +87,10 @@ class Aggregate(ABC):
     counts_retractions = False
 
     def __init__(
-        self, of: Callable[[Any], Any] | None = None, *, type: sa.types.TypeEngine[Any] | None = None
+        self,
+        of: Callable[[Any], Any] | None = None,
+        *,
+        type: sa.types.TypeEngine[Any] | None = None,
     ) -> None:
         self.of = of
         if type is not None:
@@ -205,12 +208,14 @@ class Sum(Aggregate):
         return a + b
 
     def sql_add(self, column: ColumnElement[Any], value: Any) -> ColumnElement[Any]:
-        return column + value
+        added: ColumnElement[Any] = column + value
+        return added
 
     def sql_remove(
         self, column: ColumnElement[Any], value: Any, *, retracted: bool
     ) -> ColumnElement[Any]:
-        return column - value
+        removed: ColumnElement[Any] = column - value
+        return removed
 
 
 class _Extreme(Aggregate):
@@ -291,7 +296,7 @@ class Latest(Aggregate):
         return RECOMPUTE if state is not None and tuple(state[0]) == order else state
 
     def merge(self, a: Any, b: Any) -> Any:
-        return a if b is None else self.add(a, b[1], tuple(b[0]))  # type: ignore[arg-type]
+        return a if b is None else self.add(a, b[1], (b[0][0], b[0][1]))
 
     def result(self, state: Any) -> Any:
         return None if state is None else _plain(state[1])

@@ -239,7 +239,7 @@ class StreamProjection(Projection):
             for event_class in stream.events():
                 consumers.setdefault(event_class, []).append(stream)
         cls._consumers = consumers
-        handled = {Clock.Ticked, *cls._user_handlers, *consumers}
+        handled: set[type[DomainEvent]] = {Clock.Ticked, *cls._user_handlers, *consumers}
         cls._handler_names = {event_class: "_keel_dispatch" for event_class in handled}
 
     def __init__(self) -> None:

@@ -198,7 +198,9 @@ class Windowed(Stream):
         ]
         if not self.fast_possible():
             columns.append(sa.Column("state", sa.Text, nullable=False))
-        return sa.Table(name, metadata, *columns, sa.Index(f"ix_{name}_close", "closed", "window_end"))
+        return sa.Table(
+            name, metadata, *columns, sa.Index(f"ix_{name}_close", "closed", "window_end")
+        )
 
     def fast_possible(self) -> bool:
         return not self.session and all(a.has_sql for a in self.aggregates.values())
@@ -323,7 +325,9 @@ class Windowed(Stream):
         if late_by is not None:
             # Corrections always apply (dropping one would leave the figures wrong for good),
             # but a correction of a window its partition has passed is recorded as late.
-            ctx.record_late(self, envelope, moment, self.window.windows(moment)[0][0], late_by, "amend")
+            ctx.record_late(
+                self, envelope, moment, self.window.windows(moment)[0][0], late_by, "amend"
+            )
             ctx.cache[self._late_key(envelope)] = True
         order: Order = (moment, cid)
         if self.session:
@@ -364,9 +368,7 @@ class Windowed(Stream):
             states = {n: a.add(states[n], values[n], order) for n, a in self.aggregates.items()}
             self._write(ctx, table, row, key, start, end, states, late, closed, delta=1)
             return
-        first = {
-            n: a.result(a.add(a.init(), values[n], order)) for n, a in self.aggregates.items()
-        }
+        first = {n: a.result(a.add(a.init(), values[n], order)) for n, a in self.aggregates.items()}
         insert = {
             **key,
             "window_start": start,
@@ -468,8 +470,9 @@ class Windowed(Stream):
         c = ledger.c
         upper = c.event_time <= end if inclusive else c.event_time < end
         rows = ctx.conn.execute(
-            sa.select(c.contribution_id, c.event_time, c.contributed, c.late)
-            .where(*(c[k] == v for k, v in key.items()), c.event_time >= start, upper)
+            sa.select(c.contribution_id, c.event_time, c.contributed, c.late).where(
+                *(c[k] == v for k, v in key.items()), c.event_time >= start, upper
+            )
         ).all()
         found = [(r.contribution_id, utc(r.event_time), loads(r.contributed), r.late) for r in rows]
         found.sort(key=lambda r: (r[1], r[0]))
@@ -497,9 +500,7 @@ class Windowed(Stream):
         *,
         delta: int,
     ) -> None:
-        values: dict[str, Any] = {
-            n: a.result(states[n]) for n, a in self.aggregates.items()
-        }
+        values: dict[str, Any] = {n: a.result(states[n]) for n, a in self.aggregates.items()}
         if not self.fast:
             values["state"] = dumps(dict(states))
         if row is None:
@@ -690,7 +691,10 @@ class Windowed(Stream):
         source = self.current(projection, "open" if self.emit == "final" else "rows")
         due = [source.c.closed.is_(False), source.c.window_end <= limit]
         order = [*(source.c[k] for k in self.key), source.c.window_start]
-        closing = [dict(r._mapping) for r in ctx.conn.execute(sa.select(source).where(*due).order_by(*order))]
+        closing = [
+            dict(r._mapping)
+            for r in ctx.conn.execute(sa.select(source).where(*due).order_by(*order))
+        ]
         if self.emit == "final":
             for row in closing:
                 row["closed"] = True

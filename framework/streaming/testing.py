@@ -34,6 +34,7 @@ from datetime import datetime
 from typing import Any, Self
 
 import sqlalchemy as sa
+from eventsourcing.utils import get_topic
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import StaticPool
 
@@ -41,8 +42,6 @@ from framework.applier import Applier
 from framework.codec import codec
 from framework.commands import Metadata
 from framework.database import create_engine
-from eventsourcing.utils import get_topic
-
 from framework.domain import Aggregate, DomainEvent, event_types
 from framework.errors import ConfigurationError
 from framework.persistence import RecordedEvent
@@ -161,16 +160,25 @@ class Partitions:
         if not sequences or sorted(sequences) != list(range(len(sequences))):
             raise ConfigurationError("give partitions 0..N-1, e.g. {0: [...], 1: [...]}")
         self.items: dict[int, list[Any]] = {p: list(items) for p, items in sequences.items()}
+        self._recorded: dict[int, list[RecordedEvent]] | None = None
 
     def tick(self, partition: int | None, at: datetime) -> Self:
         """Append a tick at ``at`` to ``partition`` (``None``: to every partition)."""
         for p in self.items if partition is None else [partition]:
             self.items[p].append(Tick(at))
+        self._recorded = None
         return self
 
     # -- encoding -------------------------------------------------------------------------------
 
     def recorded(self) -> dict[int, list[RecordedEvent]]:
+        """Each partition's items as recorded events (encoded once: every run sees the same
+        bytes)."""
+        if self._recorded is None:
+            self._recorded = self._encode()
+        return self._recorded
+
+    def _encode(self) -> dict[int, list[RecordedEvent]]:
         versions: dict[uuid.UUID, int] = {}
         out: dict[int, list[RecordedEvent]] = {}
         count = len(self.items)
@@ -193,9 +201,7 @@ class Partitions:
         return out
 
     @staticmethod
-    def _events(
-        item: Any, partition: int, count: int, versions: dict[uuid.UUID, int]
-    ) -> list[Any]:
+    def _events(item: Any, partition: int, count: int, versions: dict[uuid.UUID, int]) -> list[Any]:
         if isinstance(item, Tick):
             cid = uuid.uuid5(_TEST_CLOCKS, str(partition))
             at = utc(item.at)
@@ -287,7 +293,9 @@ class Partitions:
         rebuilt = self.run(cls, None)
         for name, other in (("delivering every batch twice", again), ("a rebuild", rebuilt)):
             if other.digest() != live.digest():
-                raise AssertionError(f"{cls.__name__}: {name} gave other rows:\n" + _diff(live, other))
+                raise AssertionError(
+                    f"{cls.__name__}: {name} gave other rows:\n" + _diff(live, other)
+                )
         return live
 
     def all_interleavings(

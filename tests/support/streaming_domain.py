@@ -11,8 +11,10 @@ from uuid import UUID
 import sqlalchemy as sa
 
 from framework.domain import Aggregate, event
+from framework.projection import upsert
 from framework.streaming import (
     Calendar,
+    CloseContext,
     Collect,
     Count,
     Hopping,
@@ -46,6 +48,23 @@ class Sale(Aggregate):
 def _when(e: Any) -> datetime:
     moment: datetime = getattr(e, "moved_to", None) or e.at
     return moment
+
+
+def _day_closed(row: dict[str, Any], ctx: CloseContext) -> None:
+    # Keyed by the window's effect id: closing the same day again changes nothing.
+    table = ctx.projection.closed_days  # type: ignore[attr-defined]
+    upsert(
+        ctx.conn,
+        table,
+        {
+            "effect_id": ctx.effect_id,
+            "day": row["window_start"],
+            "country": row["country"],
+            "sales": row["sales"],
+            "closings": 1,
+        },
+        update={"closings": table.c.closings + 1},
+    )
 
 
 class SalesStreams(StreamProjection):
@@ -89,6 +108,41 @@ class SalesStreams(StreamProjection):
         late="drop",
     )
 
-
-
-
+    sessions = Windowed(
+        "t_shopper_sessions",
+        metadata,
+        window=Session(gap=timedelta(minutes=30)),
+        time=_when,
+        key={"shopper": (sa.String(20), lambda e: e.shopper)},
+        aggregates={"sales": Count(), "spent": Sum(lambda e: e.amount, type=sa.Numeric(14, 2))},
+        contributes=Sale.Made,
+        replaces=Sale.Corrected,
+        retracts=Sale.Voided,
+        contribution_id=lambda e: e.originator_id,
+        grace=timedelta(minutes=5),
+    )
+    daily = Windowed(
+        "t_sales_daily",
+        metadata,
+        window=Calendar(days=1, tz="Europe/Zurich"),
+        time=_when,
+        key={"country": (sa.String(2), lambda e: e.country)},
+        aggregates={"sales": Count(), "revenue": Sum(lambda e: e.amount, type=sa.Numeric(14, 2))},
+        contributes=Sale.Made,
+        replaces=Sale.Corrected,
+        retracts=Sale.Voided,
+        contribution_id=lambda e: e.originator_id,
+        grace=timedelta(minutes=10),
+        late="dead_letter",
+        emit="final",
+        on_close=_day_closed,
+    )
+    closed_days = sa.Table(
+        "t_closed_days",
+        metadata,
+        sa.Column("effect_id", sa.Uuid, primary_key=True),
+        sa.Column("day", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("country", sa.String(2), nullable=False),
+        sa.Column("sales", sa.Integer, nullable=False),
+        sa.Column("closings", sa.Integer, nullable=False),
+    )
