@@ -21,6 +21,7 @@ from framework.streaming._aggregates import (
     Sum,
 )
 from framework.streaming._clock import Clock, tick
+from framework.streaming._joins import IntervalJoin, Join, Lookup
 from framework.streaming._projection import Stream, StreamContext, StreamProjection
 from framework.streaming._windowed import CloseContext, Windowed
 from framework.streaming._windows import Calendar, Hopping, Session, Tumbling, WindowShape
@@ -35,7 +36,10 @@ __all__ = [
     "Count",
     "Earliest",
     "Hopping",
+    "IntervalJoin",
+    "Join",
     "Latest",
+    "Lookup",
     "Max",
     "Mean",
     "Min",

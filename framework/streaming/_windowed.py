@@ -156,10 +156,11 @@ class Windowed(Stream):
         if not self.aggregates:
             raise ConfigurationError(f"{self.name}: give at least one aggregate")
         clash = (set(self.aggregates) | set(self.key)) & _RESERVED
-        if clash or set(self.aggregates) & set(self.key):
+        clash |= set(self.aggregates) & set(self.key)
+        if clash:
             raise ConfigurationError(
-                f"{self.name}: column names {sorted(clash or set(self.aggregates) & set(self.key))} "
-                f"are taken (reserved: {sorted(_RESERVED)})"
+                f"{self.name}: column names {sorted(clash)} are taken "
+                f"(reserved: {sorted(_RESERVED)}; keys and aggregates must differ)"
             )
         if self.late not in LATE_POLICIES:
             raise ConfigurationError(f"{self.name}: late= must be one of {LATE_POLICIES}")

@@ -18,7 +18,10 @@ from framework.streaming import (
     Collect,
     Count,
     Hopping,
+    IntervalJoin,
+    Join,
     Latest,
+    Lookup,
     Max,
     Mean,
     Min,
@@ -145,4 +148,87 @@ class SalesStreams(StreamProjection):
         sa.Column("country", sa.String(2), nullable=False),
         sa.Column("sales", sa.Integer, nullable=False),
         sa.Column("closings", sa.Integer, nullable=False),
+    )
+
+
+class Shopper(Aggregate):
+    @event("Registered")
+    def __init__(self, id: UUID, at: datetime, handle: str, country: str) -> None:
+        self.handle = handle
+
+    @event("Moved")
+    def move(self, at: datetime, handle: str, country: str) -> None:
+        pass
+
+
+class Payment(Aggregate):
+    @event("Received")
+    def __init__(self, id: UUID, at: datetime, sale_id: UUID) -> None:
+        pass
+
+
+def _unpaid(row: dict[str, Any], ctx: CloseContext) -> None:
+    table = ctx.projection.reminders  # type: ignore[attr-defined]
+    upsert(
+        ctx.conn,
+        table,
+        {"effect_id": ctx.effect_id, "sale_id": row["sale_id"], "sent": 1},
+        update={"sent": table.c.sent + 1},
+    )
+
+
+class JoinStreams(StreamProjection):
+    name = "test_join_streams"
+    metadata = sa.MetaData()
+    event_time = staticmethod(lambda e: e.at)
+
+    shoppers = Lookup(
+        "t_shoppers",
+        metadata,
+        key=("handle", sa.String(20)),
+        key_of=lambda e: e.handle,
+        columns={"country": sa.String(2)},
+        fed_by={
+            Shopper.Registered: lambda e: {"country": e.country},
+            Shopper.Moved: lambda e: {"country": e.country},
+        },
+        versioned=True,
+    )
+    latest = Join(
+        "t_sales_latest",
+        metadata,
+        key=("sale_id", sa.Uuid),
+        columns={"shopper": sa.String(20), "amount": sa.Numeric(14, 2)},
+        fed_by={Sale.Made: lambda e: {"shopper": e.shopper, "amount": e.amount}},
+        right=shoppers,
+        fk="shopper",
+        enrich={"country": ("country", sa.String(2))},
+    )
+    as_of = Join(
+        "t_sales_as_of",
+        metadata,
+        key=("sale_id", sa.Uuid),
+        columns={"shopper": sa.String(20), "made_at": sa.DateTime(timezone=True)},
+        fed_by={Sale.Made: lambda e: {"shopper": e.shopper, "made_at": e.at}},
+        right=shoppers,
+        fk="shopper",
+        enrich={"country": ("country", sa.String(2))},
+        mode="as_of",
+        as_of="made_at",
+    )
+    unpaid = IntervalJoin(
+        "t_unpaid_sales",
+        metadata,
+        left=Sale.Made,
+        right=Payment.Received,
+        key=("sale_id", sa.Uuid, lambda e: getattr(e, "sale_id", e.originator_id)),
+        within=timedelta(minutes=30),
+        on_unmatched=_unpaid,
+    )
+    reminders = sa.Table(
+        "t_reminders",
+        metadata,
+        sa.Column("effect_id", sa.Uuid, primary_key=True),
+        sa.Column("sale_id", sa.Uuid, nullable=False),
+        sa.Column("sent", sa.Integer, nullable=False),
     )
