@@ -30,6 +30,7 @@ PROJECTION_MODULES: list[str] = [
     "projections.customers",
     "projections.orders",
     "projections.sales",
+    "projections.streams",
     "projections.order_history",
 ]
 """Modules whose Projection classes' tables Alembic migrates (one line per module)."""

@@ -16,6 +16,7 @@ MODULES = [
     "projections.customers",
     "projections.orders",
     "projections.sales",
+    "projections.streams",
     "projections.order_history",
 ]
 """Every module with a projection (Alembic's env imports them for its target metadata)."""

@@ -1,0 +1,56 @@
+"""Stream processing in projections: windows, joins and late events, identical on every rebuild.
+
+Declarative tables a :class:`StreamProjection` owns, maintained in the same SQL transaction as
+its positions (exactly-once), on event time only. See the README's "Stream processing" section
+and :mod:`framework.streaming._projection` for the rules that make every interleaving of the
+partitions, and every rebuild, give the same rows. The test kit is
+:mod:`framework.streaming.testing`.
+"""
+
+from framework.streaming._aggregates import (
+    RECOMPUTE,
+    Aggregate,
+    Collect,
+    Count,
+    Earliest,
+    Latest,
+    Max,
+    Mean,
+    Min,
+    Retractions,
+    Sum,
+)
+from framework.streaming._clock import Clock, tick
+from framework.streaming._joins import IntervalJoin, Join, Lookup
+from framework.streaming._projection import Stream, StreamContext, StreamProjection
+from framework.streaming._windowed import CloseContext, Windowed
+from framework.streaming._windows import Calendar, Hopping, Session, Tumbling, WindowShape
+
+__all__ = [
+    "RECOMPUTE",
+    "Aggregate",
+    "Calendar",
+    "Clock",
+    "CloseContext",
+    "Collect",
+    "Count",
+    "Earliest",
+    "Hopping",
+    "IntervalJoin",
+    "Join",
+    "Latest",
+    "Lookup",
+    "Max",
+    "Mean",
+    "Min",
+    "Retractions",
+    "Session",
+    "Stream",
+    "StreamContext",
+    "StreamProjection",
+    "Sum",
+    "Tumbling",
+    "WindowShape",
+    "Windowed",
+    "tick",
+]

@@ -1,0 +1,723 @@
+"""Windowed tables: grouped aggregates per window, with a contribution ledger.
+
+Each contributing event is a *contribution* with an id (default: the event's aggregate id and
+version), an event time, group-by key values and one value per aggregate. The ledger
+``<table>__contrib`` remembers every live contribution, so a retraction removes it from exactly
+the windows it was counted in and a replacement can move it to other windows. Rows carry
+``contributions``, ``revision`` (changes applied), ``late_events``, ``amended_after_close`` and
+``closed``; rows of tables whose aggregates have no SQL arithmetic (mean, latest, collect,
+custom) also keep the aggregate states as JSON in ``state``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from framework.codec import EventEnvelope
+from framework.domain import DomainEvent
+from framework.errors import ConfigurationError
+from framework.projection import Projection, upsert
+from framework.streaming._aggregates import RECOMPUTE, Aggregate, Order
+from framework.streaming._projection import Stream, StreamContext, StreamProjection
+from framework.streaming._values import dumps, loads, utc
+from framework.streaming._windows import Session, WindowShape
+
+__all__ = ["CloseContext", "Windowed"]
+
+_SESSION_IDS = uuid.UUID("0f6b8b8e-5a57-4d0c-b3d1-8f1f3c2a9e41")
+_RESERVED = {
+    "window_start",
+    "window_end",
+    "session_id",
+    "contributions",
+    "revision",
+    "late_events",
+    "amended_after_close",
+    "closed",
+    "state",
+}
+LATE_POLICIES = ("amend", "drop", "dead_letter")
+KeySpec = Callable[[Any], Any] | tuple[sa.types.TypeEngine[Any], Callable[[Any], Any]]
+
+
+def _pick(fn: Callable[[Any], Any], event: Any, name: str, previous: Mapping[str, Any]) -> Any:
+    """``fn(event)``; for a replacement that lacks the field, the contribution's old value."""
+    try:
+        return fn(event)
+    except AttributeError:
+        if name in previous:
+            return previous[name]
+        raise
+
+
+class CloseContext:
+    """What an ``on_close`` hook gets besides the row: the transaction's connection and an
+    ``effect_id`` unique to the window (``uuid5`` of table, window and key) to key any effect
+    by, so a rebuild or a second worker that closes the same window again changes nothing."""
+
+    def __init__(self, conn: sa.Connection, effect_id: uuid.UUID, projection: Projection) -> None:
+        self.conn = conn
+        self.effect_id = effect_id
+        self.projection = projection
+
+
+def _classes(spec: type[DomainEvent] | Iterable[type[DomainEvent]] | None) -> set[type[Any]]:
+    if spec is None:
+        return set()
+    if isinstance(spec, type):
+        return {spec}
+    return set(spec)
+
+
+class Windowed(Stream):
+    """A table of aggregates per window and group-by key, maintained from events.
+
+    ::
+
+        sales = Windowed(
+            "sales_per_hour", metadata,
+            window=Tumbling(hours=1),
+            key={"country": lambda e: e.ship_to.country},
+            aggregates={"orders": Count(), "revenue": Sum(lambda e: e.total)},
+            contributes=Order.Confirmed, contribution_id=lambda e: e.originator_id,
+            retracts=Order.Cancelled, grace=timedelta(minutes=10), late="amend",
+        )
+
+    - ``window``: :class:`Tumbling`, :class:`Hopping`, :class:`Calendar` or :class:`Session`.
+    - ``time``: the event time (default: the projection's ``event_time``). Never the clock.
+    - ``key``: group-by columns, each a function of the event, or ``(sa type, function)``.
+    - ``contributes``/``replaces``/``retracts``: the event classes that add a contribution,
+      replace it (subtract the old, add the new, possibly in other windows) or remove it.
+    - ``where``: a predicate; a contributing event it rejects contributes nothing (and a
+      replacing one retracts).
+    - ``late``: what to do with an event later than ``grace`` for its partition: ``"amend"``
+      the row (it counts ``late_events`` and sets ``amended_after_close``), ``"drop"`` it or
+      park it as ``"dead_letter"``. Each is recorded in ``<projection>__late_events``.
+    - ``emit``: ``"update"`` (rows change as events arrive) or ``"final"`` (a row appears when
+      its window closes). ``on_close(row, ctx)`` runs once per window as it closes, in the
+      transaction that closed it; key its effects by ``ctx.effect_id``.
+    - ``retention``: forget ledger entries this long after their window closed (a retraction
+      after that changes nothing).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        metadata: sa.MetaData,
+        *,
+        window: WindowShape,
+        aggregates: Mapping[str, Aggregate],
+        contributes: type[DomainEvent] | Iterable[type[DomainEvent]],
+        key: Mapping[str, KeySpec] | None = None,
+        time: Callable[[Any], datetime] | None = None,
+        contribution_id: Callable[[Any], Any] | None = None,
+        retracts: type[DomainEvent] | Iterable[type[DomainEvent]] | None = None,
+        replaces: type[DomainEvent] | Iterable[type[DomainEvent]] | None = None,
+        where: Callable[[Any], bool] | None = None,
+        grace: timedelta = timedelta(0),
+        late: str = "amend",
+        emit: str = "update",
+        retention: timedelta | None = None,
+        on_close: Callable[[dict[str, Any], CloseContext], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.window = window
+        self.aggregates = dict(aggregates)
+        self.key: dict[str, tuple[sa.types.TypeEngine[Any], Callable[[Any], Any]]] = {
+            column: spec if isinstance(spec, tuple) else (sa.String(100), spec)
+            for column, spec in (key or {}).items()
+        }
+        self.time = time
+        self.contribution_id = contribution_id
+        self._contributes = _classes(contributes)
+        self._retracts = _classes(retracts)
+        self._replaces = _classes(replaces)
+        self.where = where
+        self.grace = grace
+        self.late = late
+        self.emit = emit
+        self.retention = retention
+        self.on_close = on_close
+        self.session = isinstance(window, Session)
+        self._check()
+        self.fast = not self.session and all(a.has_sql for a in self.aggregates.values())
+        self.closes = True
+        self.tables = {"rows": self._rows_table(name, metadata), "contrib": self._ledger(metadata)}
+        if emit == "final":
+            self.tables["open"] = self._rows_table(f"{name}__open", metadata)
+
+    def _check(self) -> None:
+        if not self.aggregates:
+            raise ConfigurationError(f"{self.name}: give at least one aggregate")
+        clash = (set(self.aggregates) | set(self.key)) & _RESERVED
+        clash |= set(self.aggregates) & set(self.key)
+        if clash:
+            raise ConfigurationError(
+                f"{self.name}: column names {sorted(clash)} are taken "
+                f"(reserved: {sorted(_RESERVED)}; keys and aggregates must differ)"
+            )
+        if self.late not in LATE_POLICIES:
+            raise ConfigurationError(f"{self.name}: late= must be one of {LATE_POLICIES}")
+        if self.emit not in ("update", "final"):
+            raise ConfigurationError(f"{self.name}: emit= must be 'update' or 'final'")
+        if not self._contributes:
+            raise ConfigurationError(f"{self.name}: contributes= needs an event class")
+        if self.session:
+            if self.emit != "update":
+                raise ConfigurationError(f"{self.name}: session windows support emit='update'")
+            if any(a.counts_retractions for a in self.aggregates.values()):
+                raise ConfigurationError(f"{self.name}: Retractions() cannot follow sessions")
+        for name, aggregate in self.aggregates.items():
+            if not isinstance(aggregate, Aggregate):
+                raise ConfigurationError(f"{self.name}.{name}: not an Aggregate: {aggregate!r}")
+
+    # -- tables ---------------------------------------------------------------------------------
+
+    def _rows_table(self, name: str, metadata: sa.MetaData) -> sa.Table:
+        columns: list[Any] = [
+            sa.Column(k, type_, primary_key=True) for k, (type_, _fn) in self.key.items()
+        ]
+        columns += [
+            sa.Column("window_start", sa.DateTime(timezone=True), primary_key=True),
+            sa.Column("window_end", sa.DateTime(timezone=True), nullable=False),
+        ]
+        if self.session:
+            columns.append(sa.Column("session_id", sa.Uuid, nullable=False, unique=True))
+        columns += [sa.Column(n, a.type, nullable=True) for n, a in self.aggregates.items()]
+        columns += [
+            sa.Column("contributions", sa.Integer, nullable=False),
+            sa.Column("revision", sa.Integer, nullable=False),
+            sa.Column("late_events", sa.Integer, nullable=False),
+            sa.Column("amended_after_close", sa.Boolean, nullable=False),
+            sa.Column("closed", sa.Boolean, nullable=False),
+        ]
+        if not self.fast_possible():
+            columns.append(sa.Column("state", sa.Text, nullable=False))
+        return sa.Table(
+            name, metadata, *columns, sa.Index(f"ix_{name}_close", "closed", "window_end")
+        )
+
+    def fast_possible(self) -> bool:
+        return not self.session and all(a.has_sql for a in self.aggregates.values())
+
+    def _ledger(self, metadata: sa.MetaData) -> sa.Table:
+        return sa.Table(
+            f"{self.name}__contrib",
+            metadata,
+            sa.Column("contribution_id", sa.String(200), primary_key=True),
+            sa.Column("event_time", sa.DateTime(timezone=True), nullable=False),
+            *(sa.Column(k, type_, nullable=True) for k, (type_, _fn) in self.key.items()),
+            sa.Column("late", sa.Boolean, nullable=False),
+            sa.Column("contributed", sa.Text, nullable=False),
+            sa.Index(f"ix_{self.name}__contrib_key", *self.key, "event_time"),
+        )
+
+    @property
+    def table(self) -> sa.Table:
+        """The (live) table of rows."""
+        return self.tables["rows"]
+
+    @property
+    def ledger(self) -> sa.Table:
+        """The (live) contribution ledger."""
+        return self.tables["contrib"]
+
+    def events(self) -> set[type[DomainEvent]]:
+        return self._contributes | self._retracts | self._replaces
+
+    # -- applying -------------------------------------------------------------------------------
+
+    def apply(
+        self, projection: Projection, ctx: StreamContext, event: Any, envelope: EventEnvelope
+    ) -> None:
+        cls = type(event)
+        counts = self.where is None or self.where(event)
+        if cls in self._retracts:
+            self._retract(projection, ctx, event, envelope, retracted=True)
+        elif cls in self._replaces:
+            previous = self._retract(projection, ctx, event, envelope, retracted=False)
+            if counts:
+                self._contribute(projection, ctx, event, envelope, previous=previous)
+        elif counts:
+            self._contribute(projection, ctx, event, envelope)
+
+    def _cid(self, event: Any) -> str:
+        if self.contribution_id is None:
+            return f"{event.originator_id}:{event.originator_version}"
+        return str(self.contribution_id(event))
+
+    def _time(self, projection: Projection, event: Any) -> datetime:
+        moment = self.time(event) if self.time else type(projection).event_time(event)  # type: ignore[attr-defined]
+        return utc(moment)
+
+    def _contribute(
+        self,
+        projection: Projection,
+        ctx: StreamContext,
+        event: Any,
+        envelope: EventEnvelope,
+        *,
+        previous: tuple[dict[str, Any], dict[str, Any]] | None = None,
+    ) -> None:
+        quiet = previous is not None
+        cid = self._cid(event)
+        moment = self._time(projection, event)
+        old_key, old_values = previous or ({}, {})
+        key = {k: _pick(fn, event, k, old_key) for k, (_type, fn) in self.key.items()}
+        values = {n: _pick(a.value, event, n, old_values) for n, a in self.aggregates.items()}
+        late_by = ctx.late_by(envelope.recorded.partition, moment, self.grace)
+        late = late_by is not None
+        if late_by is not None:
+            # A replacement is a correction: it always applies, like a retraction.
+            action = "amend" if quiet else self.late
+            if not ctx.cache.get(self._late_key(envelope)):
+                window = self.window.windows(moment)[0][0]
+                ctx.record_late(self, envelope, moment, window, late_by, action)
+            if action != "amend":
+                return
+        ctx.conn.execute(
+            self.current(projection, "contrib")
+            .insert()
+            .values(
+                contribution_id=cid,
+                event_time=moment,
+                late=late,
+                contributed=dumps(values),
+                **key,
+            )
+        )
+        order: Order = (moment, cid)
+        if self.session:
+            self._session_add(projection, ctx, key, moment, values, order, late)
+            return
+        for start, end in self.window.windows(moment):
+            self._add(projection, ctx, key, start, end, values, order, late)
+
+    def _late_key(self, envelope: EventEnvelope) -> str:
+        return f"{self.attr}:late:{envelope.recorded.partition}:{envelope.recorded.offset}"
+
+    def _retract(
+        self,
+        projection: Projection,
+        ctx: StreamContext,
+        event: Any,
+        envelope: EventEnvelope,
+        *,
+        retracted: bool,
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """Remove the event's contribution; returns its key and values (``None``: none)."""
+        ledger = self.current(projection, "contrib")
+        cid = self._cid(event)
+        found = ctx.conn.execute(sa.select(ledger).where(ledger.c.contribution_id == cid)).first()
+        if found is None:
+            return None  # never counted (or forgotten after its retention)
+        ctx.conn.execute(ledger.delete().where(ledger.c.contribution_id == cid))
+        moment = utc(found.event_time)
+        key = {k: getattr(found, k) for k in self.key}
+        values = loads(found.contributed)
+        late_by = ctx.late_by(envelope.recorded.partition, moment, self.grace)
+        late = late_by is not None
+        if late_by is not None:
+            # Corrections always apply (dropping one would leave the figures wrong for good),
+            # but a correction of a window its partition has passed is recorded as late.
+            ctx.record_late(
+                self, envelope, moment, self.window.windows(moment)[0][0], late_by, "amend"
+            )
+            ctx.cache[self._late_key(envelope)] = True
+        order: Order = (moment, cid)
+        if self.session:
+            self._session_remove(projection, ctx, key, moment, late)
+        else:
+            for start, end in self.window.windows(moment):
+                self._remove(projection, ctx, key, start, end, values, order, late, retracted)
+        return key, values
+
+    # -- fixed windows --------------------------------------------------------------------------
+
+    def _target(self, projection: Projection, ctx: StreamContext, end: datetime) -> sa.Table:
+        if self.emit == "final" and not ctx.closed(end, self.grace):
+            return self.current(projection, "open")
+        return self.current(projection, "rows")
+
+    def _pk(self, table: sa.Table, key: Mapping[str, Any], start: datetime) -> list[Any]:
+        return [table.c.window_start == start, *(table.c[k] == v for k, v in key.items())]
+
+    def _add(
+        self,
+        projection: Projection,
+        ctx: StreamContext,
+        key: Mapping[str, Any],
+        start: datetime,
+        end: datetime,
+        values: Mapping[str, Any],
+        order: Order,
+        late: bool,
+    ) -> None:
+        table = self._target(projection, ctx, end)
+        closed = ctx.closed(end, self.grace)
+        if not closed:
+            self._note_open(ctx, end)
+        if not self.fast:
+            row = ctx.conn.execute(sa.select(table).where(*self._pk(table, key, start))).first()
+            states = self._states(row)
+            states = {n: a.add(states[n], values[n], order) for n, a in self.aggregates.items()}
+            self._write(ctx, table, row, key, start, end, states, late, closed, delta=1)
+            return
+        first = {n: a.result(a.add(a.init(), values[n], order)) for n, a in self.aggregates.items()}
+        insert = {
+            **key,
+            "window_start": start,
+            "window_end": end,
+            **first,
+            "contributions": 1,
+            "revision": 1,
+            "late_events": int(late),
+            "amended_after_close": late,
+            "closed": closed,
+        }
+        c = table.c
+        update: dict[str, Any] = {
+            "contributions": c.contributions + 1,
+            "revision": c.revision + 1,
+        }
+        for n, a in self.aggregates.items():
+            expression = a.sql_add(c[n], values[n])
+            if expression is not None and expression is not c[n]:
+                update[n] = expression
+        if late:
+            update["late_events"] = c.late_events + 1
+            update["amended_after_close"] = True
+        upsert(ctx.conn, table, insert, update=update)
+
+    def _remove(
+        self,
+        projection: Projection,
+        ctx: StreamContext,
+        key: Mapping[str, Any],
+        start: datetime,
+        end: datetime,
+        values: Mapping[str, Any],
+        order: Order,
+        late: bool,
+        retracted: bool,
+    ) -> None:
+        table = self._target(projection, ctx, end)
+        c = table.c
+        if self.fast:
+            changes: dict[str, Any] = {}
+            for n, a in self.aggregates.items():
+                expression = a.sql_remove(c[n], values[n], retracted=retracted)
+                if expression is None:
+                    break
+                if expression is not c[n]:
+                    changes[n] = expression
+            else:
+                changes.update(contributions=c.contributions - 1, revision=c.revision + 1)
+                if late:
+                    changes.update(late_events=c.late_events + 1, amended_after_close=True)
+                ctx.conn.execute(table.update().where(*self._pk(table, key, start)).values(changes))
+                return
+        row = ctx.conn.execute(sa.select(table).where(*self._pk(table, key, start))).first()
+        if row is None:
+            return
+        states = self._states(row)
+        removed = {
+            n: a.remove(states[n], values[n], order, retracted=retracted)
+            for n, a in self.aggregates.items()
+        }
+        if any(s is RECOMPUTE for s in removed.values()):
+            removed = self._refold(projection, ctx, key, start, end, states, retracted)
+        self._write(
+            ctx, table, row, key, start, end, removed, late, ctx.closed(end, self.grace), delta=-1
+        )
+
+    def _refold(
+        self,
+        projection: Projection,
+        ctx: StreamContext,
+        key: Mapping[str, Any],
+        start: datetime,
+        end: datetime,
+        states: Mapping[str, Any],
+        retracted: bool,
+    ) -> dict[str, Any]:
+        """Fold a window again from its ledger (after a removal the states cannot undo)."""
+        fresh = {n: a.init() for n, a in self.aggregates.items()}
+        for cid, moment, values in self._contributions(projection, ctx, key, start, end):
+            for n, a in self.aggregates.items():
+                fresh[n] = a.add(fresh[n], values[n], (moment, cid))
+        for n, a in self.aggregates.items():
+            if a.counts_retractions:
+                fresh[n] = a.remove(states[n], None, (start, ""), retracted=retracted)
+        return fresh
+
+    def _contributions(
+        self,
+        projection: Projection,
+        ctx: StreamContext,
+        key: Mapping[str, Any],
+        start: datetime,
+        end: datetime,
+        *,
+        inclusive: bool = False,
+    ) -> list[tuple[str, datetime, dict[str, Any]]]:
+        ledger = self.current(projection, "contrib")
+        c = ledger.c
+        upper = c.event_time <= end if inclusive else c.event_time < end
+        rows = ctx.conn.execute(
+            sa.select(c.contribution_id, c.event_time, c.contributed, c.late).where(
+                *(c[k] == v for k, v in key.items()), c.event_time >= start, upper
+            )
+        ).all()
+        found = [(r.contribution_id, utc(r.event_time), loads(r.contributed), r.late) for r in rows]
+        found.sort(key=lambda r: (r[1], r[0]))
+        return [(cid, moment, values) for cid, moment, values, _late in found]
+
+    def _states(self, row: Any) -> dict[str, Any]:
+        if row is None:
+            return {n: a.init() for n, a in self.aggregates.items()}
+        if self.fast:
+            return {n: getattr(row, n) for n in self.aggregates}
+        stored: dict[str, Any] = loads(row.state)
+        return stored
+
+    def _write(
+        self,
+        ctx: StreamContext,
+        table: sa.Table,
+        row: Any,
+        key: Mapping[str, Any],
+        start: datetime,
+        end: datetime,
+        states: Mapping[str, Any],
+        late: bool,
+        closed: bool,
+        *,
+        delta: int,
+    ) -> None:
+        values: dict[str, Any] = {n: a.result(states[n]) for n, a in self.aggregates.items()}
+        if not self.fast:
+            values["state"] = dumps(dict(states))
+        if row is None:
+            ctx.conn.execute(
+                table.insert().values(
+                    **key,
+                    window_start=start,
+                    window_end=end,
+                    contributions=max(delta, 0),
+                    revision=1,
+                    late_events=int(late),
+                    amended_after_close=late,
+                    closed=closed,
+                    **values,
+                )
+            )
+            return
+        ctx.conn.execute(
+            table.update()
+            .where(*self._pk(table, key, start))
+            .values(
+                contributions=row.contributions + delta,
+                revision=row.revision + 1,
+                late_events=row.late_events + int(late),
+                amended_after_close=row.amended_after_close or late,
+                **values,
+            )
+        )
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    def _gap(self) -> timedelta:
+        assert isinstance(self.window, Session)
+        return self.window.gap
+
+    def _session_id(self, key: Mapping[str, Any], first: str) -> uuid.UUID:
+        return uuid.uuid5(_SESSION_IDS, dumps([self.name, dict(key), first]))
+
+    def _session_add(
+        self,
+        projection: Projection,
+        ctx: StreamContext,
+        key: Mapping[str, Any],
+        moment: datetime,
+        values: Mapping[str, Any],
+        order: Order,
+        late: bool,
+    ) -> None:
+        table = self.current(projection, "rows")
+        c = table.c
+        gap = self._gap()
+        # Sessions end `gap` after their last event; an event less than `gap` from one joins it.
+        touching = ctx.conn.execute(
+            sa.select(table).where(
+                *(c[k] == v for k, v in key.items()),
+                c.window_start < moment + gap,
+                c.window_end > moment,
+            )
+        ).all()
+        states = {n: a.add(a.init(), values[n], order) for n, a in self.aggregates.items()}
+        first = [order[0], order[1]]
+        start, end = moment, moment + gap
+        contributions, late_events = 1, int(late)
+        for row in touching:
+            stored = loads(row.state)
+            states = {n: a.merge(stored[n], states[n]) for n, a in self.aggregates.items()}
+            if (stored["_first"][0], stored["_first"][1]) < (first[0], first[1]):
+                first = stored["_first"]
+            start, end = min(start, utc(row.window_start)), max(end, utc(row.window_end))
+            contributions += row.contributions
+            late_events += row.late_events
+            ctx.conn.execute(table.delete().where(*self._pk(table, key, row.window_start)))
+        self._session_insert(ctx, table, key, start, end, states, first, contributions, late_events)
+
+    def _session_insert(
+        self,
+        ctx: StreamContext,
+        table: sa.Table,
+        key: Mapping[str, Any],
+        start: datetime,
+        end: datetime,
+        states: Mapping[str, Any],
+        first: list[Any],
+        contributions: int,
+        late_events: int,
+    ) -> None:
+        closed = ctx.closed(end, self.grace)
+        if not closed:
+            self._note_open(ctx, end)
+        ctx.conn.execute(
+            table.insert().values(
+                **key,
+                window_start=start,
+                window_end=end,
+                session_id=self._session_id(key, first[1]),
+                contributions=contributions,
+                revision=contributions,  # sessions: the events it holds (merges renumber)
+                late_events=late_events,
+                amended_after_close=late_events > 0,
+                closed=closed,
+                state=dumps({**states, "_first": first}),
+                **{n: a.result(states[n]) for n, a in self.aggregates.items()},
+            )
+        )
+
+    def _session_remove(
+        self,
+        projection: Projection,
+        ctx: StreamContext,
+        key: Mapping[str, Any],
+        moment: datetime,
+        late: bool,
+    ) -> None:
+        table = self.current(projection, "rows")
+        c = table.c
+        row = ctx.conn.execute(
+            sa.select(table).where(
+                *(c[k] == v for k, v in key.items()),
+                c.window_start <= moment,
+                c.window_end > moment,
+            )
+        ).first()
+        if row is None:
+            return
+        ctx.conn.execute(table.delete().where(*self._pk(table, key, row.window_start)))
+        ledger = self.current(projection, "contrib")
+        lc = ledger.c
+        found = ctx.conn.execute(
+            sa.select(lc.contribution_id, lc.event_time, lc.contributed, lc.late).where(
+                *(lc[k] == v for k, v in key.items()),
+                lc.event_time >= utc(row.window_start),
+                lc.event_time < utc(row.window_end),
+            )
+        ).all()
+        items = sorted(
+            ((utc(r.event_time), r.contribution_id, loads(r.contributed), r.late) for r in found),
+            key=lambda i: (i[0], i[1]),
+        )
+        # A removal can split a session in two: regroup what is left by the gap.
+        gap = self._gap()
+        pieces: list[list[Any]] = []
+        for item in items:
+            if pieces and item[0] - pieces[-1][-1][0] < gap:
+                pieces[-1].append(item)
+            else:
+                pieces.append([item])
+        for piece in pieces:
+            states = {n: a.init() for n, a in self.aggregates.items()}
+            for moment_, cid, values, _late in piece:
+                for n, a in self.aggregates.items():
+                    states[n] = a.add(states[n], values[n], (moment_, cid))
+            self._session_insert(
+                ctx,
+                table,
+                key,
+                piece[0][0],
+                piece[-1][0] + gap,
+                states,
+                [piece[0][0], piece[0][1]],
+                len(piece),
+                sum(1 for i in piece if i[3]),
+            )
+
+    # -- closing --------------------------------------------------------------------------------
+
+    def _note_open(self, ctx: StreamContext, end: datetime) -> None:
+        known = ctx.cache.get(f"{self.attr}:next_close", False)
+        if known is not False and (known is None or end < known):
+            ctx.cache[f"{self.attr}:next_close"] = end
+
+    def _next_close(self, projection: Projection, ctx: StreamContext) -> datetime | None:
+        name = f"{self.attr}:next_close"
+        if name not in ctx.cache:
+            table = self.current(projection, "open" if self.emit == "final" else "rows")
+            found = ctx.conn.execute(
+                sa.select(sa.func.min(table.c.window_end)).where(table.c.closed.is_(False))
+            ).scalar()
+            ctx.cache[name] = None if found is None else utc(found)
+        value: datetime | None = ctx.cache[name]
+        return value
+
+    def close(self, projection: Projection, ctx: StreamContext, watermark: datetime) -> None:
+        limit = watermark - self.grace
+        upcoming = self._next_close(projection, ctx)
+        if upcoming is None or upcoming > limit:
+            return
+        rows_table = self.current(projection, "rows")
+        source = self.current(projection, "open" if self.emit == "final" else "rows")
+        due = [source.c.closed.is_(False), source.c.window_end <= limit]
+        order = [*(source.c[k] for k in self.key), source.c.window_start]
+        closing = [
+            dict(r._mapping)
+            for r in ctx.conn.execute(sa.select(source).where(*due).order_by(*order))
+        ]
+        if self.emit == "final":
+            for row in closing:
+                row["closed"] = True
+                ctx.conn.execute(rows_table.insert().values(**row))
+            ctx.conn.execute(source.delete().where(*due))
+        else:
+            ctx.conn.execute(source.update().where(*due).values(closed=True))
+        if self.retention is not None:
+            ledger = self.current(projection, "contrib")
+            ctx.conn.execute(ledger.delete().where(ledger.c.event_time < limit - self.retention))
+        ctx.cache.pop(f"{self.attr}:next_close", None)
+        if self.on_close is not None:
+            for row in closing:
+                row["closed"] = True
+                row.pop("state", None)
+                effect = uuid.uuid5(
+                    _SESSION_IDS,
+                    dumps([self.name, utc(row["window_start"]), [row[k] for k in self.key]]),
+                )
+                self.on_close(row, CloseContext(ctx.conn, effect, projection))
+
+
+def windowed_tables(projection: type[StreamProjection]) -> list[Windowed]:
+    """The windowed declarations of a projection class."""
+    return [s for s in projection._streams.values() if isinstance(s, Windowed)]

@@ -1,0 +1,234 @@
+"""A small domain for the streaming tests: sales that are made, corrected and voided, and
+visits; every event carries its own time ``at`` (the event time the tests control)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import sqlalchemy as sa
+
+from framework.domain import Aggregate, event
+from framework.projection import upsert
+from framework.streaming import (
+    Calendar,
+    CloseContext,
+    Collect,
+    Count,
+    Hopping,
+    IntervalJoin,
+    Join,
+    Latest,
+    Lookup,
+    Max,
+    Mean,
+    Min,
+    Retractions,
+    Session,
+    StreamProjection,
+    Sum,
+    Tumbling,
+    Windowed,
+)
+
+
+class Sale(Aggregate):
+    @event("Made")
+    def __init__(self, id: UUID, at: datetime, amount: Decimal, country: str, shopper: str) -> None:
+        self.amount = amount
+
+    @event("Corrected")
+    def correct(self, at: datetime, amount: Decimal, moved_to: datetime) -> None:
+        self.amount = amount
+
+    @event("Voided")
+    def void(self, at: datetime) -> None:
+        pass
+
+
+def _when(e: Any) -> datetime:
+    moment: datetime = getattr(e, "moved_to", None) or e.at
+    return moment
+
+
+def _day_closed(row: dict[str, Any], ctx: CloseContext) -> None:
+    # Keyed by the window's effect id: closing the same day again changes nothing.
+    table = ctx.projection.closed_days  # type: ignore[attr-defined]
+    upsert(
+        ctx.conn,
+        table,
+        {
+            "effect_id": ctx.effect_id,
+            "day": row["window_start"],
+            "country": row["country"],
+            "sales": row["sales"],
+            "closings": 1,
+        },
+        update={"closings": table.c.closings + 1},
+    )
+
+
+class SalesStreams(StreamProjection):
+    name = "test_sales_streams"
+    metadata = sa.MetaData()
+    event_time = staticmethod(lambda e: e.at)
+
+    hourly = Windowed(
+        "t_sales_hourly",
+        metadata,
+        window=Tumbling(hours=1),
+        time=_when,
+        key={"country": (sa.String(2), lambda e: e.country)},
+        aggregates={
+            "sales": Count(),
+            "revenue": Sum(lambda e: e.amount, type=sa.Numeric(14, 2)),
+            "voided": Retractions(),
+        },
+        contributes=Sale.Made,
+        replaces=Sale.Corrected,
+        retracts=Sale.Voided,
+        contribution_id=lambda e: e.originator_id,
+        grace=timedelta(minutes=10),
+    )
+    stats = Windowed(
+        "t_sales_stats",
+        metadata,
+        window=Hopping(size=timedelta(hours=2), step=timedelta(hours=1)),
+        time=_when,
+        aggregates={
+            "smallest": Min(lambda e: e.amount),
+            "largest": Max(lambda e: e.amount),
+            "mean": Mean(lambda e: e.amount),
+            "last_shopper": Latest(lambda e: e.shopper),
+            "shoppers": Collect(lambda e: e.shopper),
+        },
+        contributes=Sale.Made,
+        replaces=Sale.Corrected,
+        retracts=Sale.Voided,
+        contribution_id=lambda e: e.originator_id,
+        late="drop",
+    )
+
+    sessions = Windowed(
+        "t_shopper_sessions",
+        metadata,
+        window=Session(gap=timedelta(minutes=30)),
+        time=_when,
+        key={"shopper": (sa.String(20), lambda e: e.shopper)},
+        aggregates={"sales": Count(), "spent": Sum(lambda e: e.amount, type=sa.Numeric(14, 2))},
+        contributes=Sale.Made,
+        replaces=Sale.Corrected,
+        retracts=Sale.Voided,
+        contribution_id=lambda e: e.originator_id,
+        grace=timedelta(minutes=5),
+    )
+    daily = Windowed(
+        "t_sales_daily",
+        metadata,
+        window=Calendar(days=1, tz="Europe/Zurich"),
+        time=_when,
+        key={"country": (sa.String(2), lambda e: e.country)},
+        aggregates={"sales": Count(), "revenue": Sum(lambda e: e.amount, type=sa.Numeric(14, 2))},
+        contributes=Sale.Made,
+        replaces=Sale.Corrected,
+        retracts=Sale.Voided,
+        contribution_id=lambda e: e.originator_id,
+        grace=timedelta(minutes=10),
+        late="dead_letter",
+        emit="final",
+        on_close=_day_closed,
+    )
+    closed_days = sa.Table(
+        "t_closed_days",
+        metadata,
+        sa.Column("effect_id", sa.Uuid, primary_key=True),
+        sa.Column("day", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("country", sa.String(2), nullable=False),
+        sa.Column("sales", sa.Integer, nullable=False),
+        sa.Column("closings", sa.Integer, nullable=False),
+    )
+
+
+class Shopper(Aggregate):
+    @event("Registered")
+    def __init__(self, id: UUID, at: datetime, handle: str, country: str) -> None:
+        self.handle = handle
+
+    @event("Moved")
+    def move(self, at: datetime, handle: str, country: str) -> None:
+        pass
+
+
+class Payment(Aggregate):
+    @event("Received")
+    def __init__(self, id: UUID, at: datetime, sale_id: UUID) -> None:
+        pass
+
+
+def _unpaid(row: dict[str, Any], ctx: CloseContext) -> None:
+    table = ctx.projection.reminders  # type: ignore[attr-defined]
+    upsert(
+        ctx.conn,
+        table,
+        {"effect_id": ctx.effect_id, "sale_id": row["sale_id"], "sent": 1},
+        update={"sent": table.c.sent + 1},
+    )
+
+
+class JoinStreams(StreamProjection):
+    name = "test_join_streams"
+    metadata = sa.MetaData()
+    event_time = staticmethod(lambda e: e.at)
+
+    shoppers = Lookup(
+        "t_shoppers",
+        metadata,
+        key=("handle", sa.String(20)),
+        key_of=lambda e: e.handle,
+        columns={"country": sa.String(2)},
+        fed_by={
+            Shopper.Registered: lambda e: {"country": e.country},
+            Shopper.Moved: lambda e: {"country": e.country},
+        },
+        versioned=True,
+    )
+    latest = Join(
+        "t_sales_latest",
+        metadata,
+        key=("sale_id", sa.Uuid),
+        columns={"shopper": sa.String(20), "amount": sa.Numeric(14, 2)},
+        fed_by={Sale.Made: lambda e: {"shopper": e.shopper, "amount": e.amount}},
+        right=shoppers,
+        fk="shopper",
+        enrich={"country": ("country", sa.String(2))},
+    )
+    as_of = Join(
+        "t_sales_as_of",
+        metadata,
+        key=("sale_id", sa.Uuid),
+        columns={"shopper": sa.String(20), "made_at": sa.DateTime(timezone=True)},
+        fed_by={Sale.Made: lambda e: {"shopper": e.shopper, "made_at": e.at}},
+        right=shoppers,
+        fk="shopper",
+        enrich={"country": ("country", sa.String(2))},
+        mode="as_of",
+        as_of="made_at",
+    )
+    unpaid = IntervalJoin(
+        "t_unpaid_sales",
+        metadata,
+        left=Sale.Made,
+        right=Payment.Received,
+        key=("sale_id", sa.Uuid, lambda e: getattr(e, "sale_id", e.originator_id)),
+        within=timedelta(minutes=30),
+        on_unmatched=_unpaid,
+    )
+    reminders = sa.Table(
+        "t_reminders",
+        metadata,
+        sa.Column("effect_id", sa.Uuid, primary_key=True),
+        sa.Column("sale_id", sa.Uuid, nullable=False),
+        sa.Column("sent", sa.Integer, nullable=False),
+    )

@@ -1,0 +1,129 @@
+"""framework.streaming joins: foreign-key (latest) and as-of joins against a lookup, and the
+interval join ("made, but not paid within 30 minutes")."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from framework.streaming.testing import given_partitions
+from framework.testing import ev
+from tests.support.streaming_domain import JoinStreams, Payment, Sale, Shopper
+
+T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+ANN, P1, P2 = (uuid.UUID(int=100 + i) for i in range(3))
+S1, S2, S3 = (uuid.UUID(int=i) for i in range(1, 4))
+
+
+def at(minutes: float) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+def registered(minutes: float, country: str):
+    return ev(Shopper.Registered, id=ANN, at=at(minutes), handle="ann", country=country)
+
+
+def moved(minutes: float, country: str):
+    return ev(Shopper.Moved, id=ANN, at=at(minutes), handle="ann", country=country)
+
+
+def sale(sid: uuid.UUID, minutes: float):
+    return ev(
+        Sale.Made,
+        id=sid,
+        at=at(minutes),
+        amount=Decimal("5.00"),
+        country="--",
+        shopper="ann",
+    )
+
+
+def paid(pid: uuid.UUID, sid: uuid.UUID, minutes: float):
+    return ev(Payment.Received, id=pid, at=at(minutes), sale_id=sid)
+
+
+def test_a_foreign_key_join_fills_in_a_late_right_side_and_follows_its_changes():
+    # The sales (partition 1) may be applied before the shopper registers (partition 0).
+    parts = given_partitions(
+        {0: [registered(0, "CH"), moved(40, "DE")], 1: [sale(S1, 10), sale(S2, 50)]}
+    )
+    outcome = parts.project(JoinStreams)
+    outcome.then_rows(
+        JoinStreams.latest,
+        [{"sale_id": S1, "country": "DE"}, {"sale_id": S2, "country": "DE"}],
+    )
+    report = parts.all_interleavings(JoinStreams, examples=15)
+    assert report.differing == 0 and report.examples == 15
+
+
+def test_an_as_of_join_takes_the_version_valid_at_the_left_time_and_late_versions_correct_it():
+    outcome = given_partitions(
+        {0: [registered(0, "CH"), moved(40, "DE")], 1: [sale(S1, 10), sale(S2, 50)]}
+    ).project(JoinStreams)
+    outcome.then_rows(
+        JoinStreams.as_of,
+        [{"sale_id": S1, "country": "CH"}, {"sale_id": S2, "country": "DE"}],
+    )
+    # A move at 10:30 recorded after the move at 10:40 (a late version): only the rows from
+    # 10:30 on change; the 10:10 sale keeps CH.
+    late = given_partitions(
+        {
+            0: [registered(0, "CH"), moved(40, "DE"), moved(30, "AT")],
+            1: [sale(S1, 10), sale(S2, 35), sale(S3, 50)],
+        }
+    ).project(JoinStreams)
+    late.then_rows(
+        JoinStreams.as_of,
+        [
+            {"sale_id": S1, "country": "CH"},
+            {"sale_id": S2, "country": "AT"},
+            {"sale_id": S3, "country": "DE"},
+        ],
+    )
+    late.then_rows(
+        JoinStreams.shoppers,
+        [
+            {"valid_from": at(0), "country": "CH"},
+            {"valid_from": at(30), "country": "AT"},
+            {"valid_from": at(40), "country": "DE"},
+        ],
+    )
+
+
+def test_unpaid_rows_appear_once_when_the_interval_closes_never_before():
+    events = {0: [sale(S1, 0), sale(S2, 5)], 1: [paid(P1, S1, 20)]}
+    # Partition 1 has not passed 10:35 yet: S2's 30 minutes are not over everywhere.
+    open_ = given_partitions(events).project(JoinStreams)
+    open_.then_rows(JoinStreams.unpaid, [{"sale_id": S1, "status": "matched"}])
+    open_.then_rows(JoinStreams.reminders, [])
+    closed = given_partitions(events).tick(None, at(36)).tick(None, at(90)).project(JoinStreams)
+    closed.then_rows(
+        JoinStreams.unpaid,
+        [
+            {"sale_id": S1, "status": "matched", "right_time": at(20)},
+            {"sale_id": S2, "status": "unmatched", "right_time": None},
+        ],
+    )
+    closed.then_rows(JoinStreams.reminders, [{"sale_id": S2, "sent": 1}])
+
+
+def test_a_payment_before_its_sale_and_a_late_payment_both_match():
+    outcome = (
+        given_partitions({0: [sale(S1, 10), sale(S2, 12)], 1: [paid(P1, S1, 15)]})
+        .tick(1, at(200))
+        .tick(0, at(200))
+        .project(JoinStreams)
+    )
+    outcome.then_rows(
+        JoinStreams.unpaid,
+        [{"sale_id": S1, "status": "matched"}, {"sale_id": S2, "status": "unmatched"}],
+    )
+    # Paid at 10:20 but recorded after partition 1 reached 13:20: late, amended, recorded.
+    late = given_partitions({0: [sale(S1, 10)], 1: [paid(P1, S3, 1), paid(P2, S1, 20)]}).tick(
+        None, at(100)
+    )
+    late.items[1].insert(1, late.items[1].pop())  # the tick at 11:40 before the payment
+    outcome = late.project(JoinStreams)
+    outcome.then_rows(JoinStreams.unpaid, [{"sale_id": S1, "status": "matched"}])
+    assert [r["action"] for r in outcome.late_events() if r["stream"] == "unpaid"] == ["amend"]
