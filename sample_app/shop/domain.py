@@ -19,7 +19,14 @@ from enum import Enum
 from typing import Annotated
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 from framework.domain import Aggregate, event
 from framework.errors import DomainError
@@ -108,13 +115,23 @@ class Address(BaseModel):
     country: CountryCode
 
 
+def _not_a_bool(value: object) -> object:
+    # pydantic's lax mode reads true as 1; a quantity of "true" is a client's mistake.
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number, not true or false")
+    return value
+
+
+Quantity = Annotated[int, BeforeValidator(_not_a_bool), Field(gt=0, le=10_000)]
+
+
 class OrderLine(BaseModel):
     """One product on an order."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     product: ProductName
-    quantity: int = Field(gt=0, le=10_000)
+    quantity: Quantity
     unit_price: Decimal = Field(ge=0, max_digits=12, decimal_places=2)
 
     @property

@@ -35,6 +35,7 @@ __all__ = [
     "correlation_id",
     "error_status",
     "execute",
+    "check_positions",
     "format_positions",
     "parse_positions",
     "username",
@@ -114,12 +115,31 @@ def parse_positions(text: str) -> Positions:
         if not part.strip():
             continue
         partition, sep, offset = part.strip().partition(":")
-        if not sep or not partition.isdigit() or not offset.isdigit():
+        if not sep or not _digits(partition) or not _digits(offset):
             raise ValueError(f"{part.strip()!r} is not PARTITION:OFFSET (e.g. after=0:123,1:45)")
         if len(partition) > 6 or len(offset) > 19:
             raise ValueError(f"{part.strip()!r} is out of range")
         positions[int(partition)] = int(offset)
     return positions
+
+
+def _digits(text: str) -> bool:
+    # str.isdigit also accepts "²" and "١", which int() refuses.
+    return text.isascii() and text.isdigit()
+
+
+def check_positions(positions: Mapping[int, int], head: Mapping[int, int]) -> None:
+    """Refuse positions the store cannot reach: a partition it does not have, or an offset past
+    its end (``head``). Waiting for those would only time out. Raises ValueError."""
+    for partition, offset in sorted(positions.items()):
+        if partition not in head:
+            have = ", ".join(str(p) for p in sorted(head)) or "none"
+            raise ValueError(f"partition {partition} does not exist (the store has {have})")
+        if offset > head[partition]:
+            raise ValueError(
+                f"{partition}:{offset} is past the end of partition {partition} "
+                f"({partition}:{head[partition]})"
+            )
 
 
 def format_positions(positions: Mapping[int, int]) -> str:
