@@ -110,7 +110,7 @@ def test_the_permission_is_a_setting_per_view(seeded: dict[str, Any], make_user:
     assert login.list_view(request).status_code == 200
 
 
-@pytest.mark.parametrize("value", ["²", "¹", "١", "𝟡", "1²"])
+@pytest.mark.parametrize("value", ["²", "¹", "\u0661", "\U0001d7e1", "1²"])
 @pytest.mark.parametrize("name", ["limit", "offset"])
 def test_non_ascii_digits_are_a_400(admin_client: Client, shop: Any, name: str, value: str) -> None:
     for path in QUERY_PATHS:

@@ -32,10 +32,10 @@ from framework.persistence import Positions
 
 __all__ = [
     "CORRELATION_HEADER",
+    "check_positions",
     "correlation_id",
     "error_status",
     "execute",
-    "check_positions",
     "format_positions",
     "parse_positions",
     "username",
@@ -124,7 +124,7 @@ def parse_positions(text: str) -> Positions:
 
 
 def _digits(text: str) -> bool:
-    # str.isdigit also accepts "²" and "١", which int() refuses.
+    # str.isdigit also accepts superscripts and other scripts' digits, which int() refuses.
     return text.isascii() and text.isdigit()
 
 
