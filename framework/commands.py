@@ -7,6 +7,7 @@ A command is a frozen pydantic model. The client chooses its fields (and may cho
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
@@ -42,12 +43,26 @@ class Command(BaseModel):
     command_type: ClassVar[str] = ""
     """The command's public name (defaults to the class name); forms and APIs use it."""
 
+    verbose_name: ClassVar[str] = ""
+    """What people call it, in lists, titles, buttons and messages ("Place order"); defaults to
+    the class name in words."""
+
+    help_text: ClassVar[str] = ""
+    """One sentence on what it does, for people (Django's name for it; ``description`` is too
+    likely a field of some command); defaults to the first line of the docstring."""
+
     command_id: UUID = Field(default_factory=uuid4, description="Idempotency key")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "command_type" not in cls.__dict__:
             cls.command_type = cls.__name__
+        if "verbose_name" not in cls.__dict__:
+            words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", cls.__name__).lower()
+            cls.verbose_name = words[:1].upper() + words[1:]
+        if "help_text" not in cls.__dict__:
+            doc = (cls.__doc__ or "").strip()
+            cls.help_text = doc.splitlines()[0] if doc else ""
 
     @classmethod
     def parse(cls, data: Mapping[str, Any] | str | bytes) -> Self:
