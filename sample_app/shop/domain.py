@@ -85,7 +85,11 @@ CountryCode = Annotated[
     str,
     StringConstraints(min_length=2, max_length=2),
     AfterValidator(_country),
-    Field(description="ISO 3166-1 alpha-2 code, e.g. DE", examples=["DE"]),
+    Field(
+        description="ISO 3166-1 alpha-2 code, e.g. DE",
+        examples=["DE"],
+        json_schema_extra={"enum": sorted(COUNTRIES)},  # forms show a list, API docs too
+    ),
 ]
 
 Email = Annotated[
@@ -97,7 +101,9 @@ Email = Annotated[
         r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$",
     ),
     AfterValidator(lambda v: v.rsplit("@", 1)[0] + "@" + v.rsplit("@", 1)[1].lower()),
-    Field(description="An e-mail address, e.g. ada@example.com"),
+    Field(
+        description="An e-mail address, e.g. ada@example.com", json_schema_extra={"format": "email"}
+    ),
 ]
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]

@@ -32,6 +32,7 @@ from framework.persistence import Positions
 
 __all__ = [
     "CORRELATION_HEADER",
+    "aggregate_type",
     "check_positions",
     "correlation_id",
     "error_status",
@@ -69,10 +70,24 @@ def execute(
     command: Command, request: HttpRequest, *, correlation: UUID | None = None
 ) -> CommandResult:
     """Execute ``command`` as the request's user; the user name and the correlation id go into
-    every event's metadata (set here, never by the client)."""
-    return get_application().execute(
+    every event's metadata (set here, never by the client). The command goes into the admin's
+    log too (:mod:`framework.contrib.django.audit`)."""
+    from framework.contrib.django.audit import log_command
+
+    app = get_application()
+    result = app.execute(
         command, user=username(request), correlation_id=correlation or correlation_id(request)
     )
+    if not result.replayed:
+        kind = aggregate_type(result.aggregate_id) if result.aggregate_id else None
+        log_command(request, command, result, kind)
+    return result
+
+
+def aggregate_type(aggregate_id: UUID) -> str | None:
+    """The type name of an aggregate (``"Order"``), from its first event."""
+    first = get_application().store.read(aggregate_id, up_to_version=1)
+    return first[0].topic.split(".", 1)[0] if first else None
 
 
 def wait_for(
