@@ -514,6 +514,9 @@ def test_the_projections_page_rebuild_and_redrive(
     assert set(rows) == {"customers", "orders", "sales_per_hour", "order_history"}
     assert rows["orders"].dead_letter_count == 1 and rows["orders"].lag == 0
     assert "bug in the confirmed handler" in rows["orders"].dead_letters[0]["error"]
+    # The dead letter links to its aggregate's history; the worker that ran has a heartbeat.
+    assert reverse("admin:keel_command_history", args=[order_id]).encode() in page.content
+    assert rows["orders"].worker is not None and rows["orders"].worker.applied >= 1
     assert b"Re-drive selected dead letters" in page.content
     assert shop.rows(orders.orders, order_id=order_id)[0]["status"] == "open"
 
@@ -536,8 +539,15 @@ def test_the_projections_page_rebuild_and_redrive(
     before = shop.rows(orders.orders)
     response = admin_client.post(reverse("admin:keel_projection_rebuild", args=["orders"]))
     assert response.status_code == 302
-    assert "Rebuilt orders" in messages_of(response)[-1]
+    assert "Rebuilding orders in the background" in messages_of(response)[-1]
+    from framework.contrib.django import operations
+
+    operations.wait_for_rebuilds(timeout=30)
     assert shop.rows(orders.orders) == before
+    rows = {r.name: r for r in admin_client.get(url).context["projections"]}
+    assert rows["orders"].rebuild is not None
+    assert rows["orders"].rebuild.detail.startswith("done: events=")
+    assert not rows["orders"].rebuild_running
     csrf = Client(enforce_csrf_checks=True)
     csrf.force_login(make_user("root2", superuser=True))
     assert csrf.post(reverse("admin:keel_projection_rebuild", args=["orders"])).status_code == 403

@@ -105,3 +105,26 @@ def test_every_command_leaves_an_admin_log_entry(admin_client: Client, shop: Any
     index = admin_client.get(reverse("admin:index"))
     assert f"Order {str(order_id)[:8]}".encode() in index.content
     assert isinstance(UUID(entries[0].object_id), UUID)
+
+
+def test_the_projections_page_shows_a_stopped_worker_and_the_lag(
+    admin_client: Client, shop: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from framework.contrib.django import heartbeats
+
+    url = reverse("admin:keel_projection_changelist")
+    register(admin_client)
+    page = admin_client.get(url)
+    rows = {r.name: r for r in page.context["projections"]}
+    assert rows["customers"].worker is None  # never ran
+    assert b"no worker seen" in page.content
+    assert rows["customers"].lag > 0 and rows["customers"].lag_seconds >= 0
+    shop.catch_up()
+    rows = {r.name: r for r in admin_client.get(url).context["projections"]}
+    assert rows["customers"].worker_alive and rows["customers"].lag == 0
+    assert rows["customers"].worker.applied_at is not None
+    # No beat for longer than STALE_AFTER: stopped, and the page says so.
+    monkeypatch.setattr(heartbeats, "STALE_AFTER", 0.0)
+    page = admin_client.get(url)
+    assert not {r.name: r for r in page.context["projections"]}["customers"].worker_alive
+    assert b"keel-worker-stopped" in page.content and b"keel-worker-running" not in page.content

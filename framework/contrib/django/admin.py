@@ -39,7 +39,7 @@ from django.views.decorators.http import require_POST
 
 from framework.application import CommandResult
 from framework.commands import Command
-from framework.contrib.django import form_tokens
+from framework.contrib.django import form_tokens, heartbeats
 from framework.contrib.django import models as keel_models
 from framework.contrib.django.conf import command_classes, get_application
 from framework.contrib.django.execution import (
@@ -389,6 +389,8 @@ class ProjectionAdmin(ReadOnlyAdmin):
             "opts": self.opts,
             "title": "Projections",
             "projections": operations.status_rows(dead_letters=True),
+            "stale_after": heartbeats.STALE_AFTER,
+            "can_view_events": _has_perm(request, "keel.view_events"),
             "can_rebuild": _has_perm(request, "keel.rebuild_projection"),
             "can_redrive": _has_perm(request, "keel.redrive_deadletter"),
         }
@@ -400,11 +402,18 @@ class ProjectionAdmin(ReadOnlyAdmin):
         from framework.contrib.django import operations
 
         try:
-            summary = operations.rebuild(name)
+            started = operations.rebuild_in_background(name)
         except FrameworkError as error:
-            messages.error(request, f"Rebuild of {name} failed: {error}")
+            messages.error(request, f"Rebuild of {name} could not start: {error}")
         else:
-            messages.success(request, f"Rebuilt {name}: {summary}")
+            if started:
+                messages.success(
+                    request,
+                    f"Rebuilding {name} in the background; queries read the current tables "
+                    "until it swaps. Its progress shows below.",
+                )
+            else:
+                messages.warning(request, f"{name} is being rebuilt already.")
         return redirect(f"{self.admin_site.name}:keel_projection_changelist")
 
     def redrive_view(self, request: HttpRequest, name: str) -> HttpResponse:
