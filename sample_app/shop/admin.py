@@ -223,3 +223,12 @@ class SalesPerHourAdmin(ReadModelAdmin):
     list_display = ["hour", "orders", "revenue", "cancelled"]
     ordering = ["-hour"]
     date_hierarchy = "hour"
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> Any:
+        from sample_app.shop.charts import sales_chart
+
+        return super().changelist_view(
+            request, {**(extra_context or {}), "sales_chart": sales_chart(request, self)}
+        )

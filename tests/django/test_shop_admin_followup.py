@@ -128,3 +128,17 @@ def test_the_projections_page_shows_a_stopped_worker_and_the_lag(
     page = admin_client.get(url)
     assert not {r.name: r for r in page.context["projections"]}["customers"].worker_alive
     assert b"keel-worker-stopped" in page.content and b"keel-worker-running" not in page.content
+
+
+def test_charts_of_sales_per_hour_and_of_lag(admin_client: Client, shop: Any) -> None:
+    order_id = place(admin_client, register(admin_client))
+    admin_client.post(
+        "/api/commands/ConfirmOrder", {"order_id": str(order_id)}, content_type="application/json"
+    )
+    shop.catch_up()
+    sales = admin_client.get(reverse("admin:shop_salesperhour_changelist")).content.decode()
+    assert 'id="shop-sales-chart"' in sales
+    assert sales.count('class="keel-bar"') == 48  # every hour, empty ones too
+    assert "UTC: 19.00 €" in sales  # the tooltip of this hour's bar: 2 x 3.50 + 12.00
+    page = admin_client.get(reverse("admin:keel_projection_changelist")).content.decode()
+    assert 'id="keel-lag-chart"' in page and 'class="keel-line"' in page

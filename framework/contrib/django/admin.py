@@ -390,6 +390,7 @@ class ProjectionAdmin(ReadOnlyAdmin):
             "title": "Projections",
             "projections": operations.status_rows(dead_letters=True),
             "stale_after": heartbeats.STALE_AFTER,
+            "lag_chart": _lag_chart(),
             "can_view_events": _has_perm(request, "keel.view_events"),
             "can_rebuild": _has_perm(request, "keel.rebuild_projection"),
             "can_redrive": _has_perm(request, "keel.redrive_deadletter"),
@@ -429,6 +430,18 @@ class ProjectionAdmin(ReadOnlyAdmin):
         else:
             messages.success(request, f"{name}: {summary}")
         return redirect(f"{self.admin_site.name}:keel_projection_changelist")
+
+
+def _lag_chart() -> str:
+    from framework.contrib.django.charts import line_chart
+    from framework.contrib.django.conf import get_engine
+
+    try:
+        samples = heartbeats.read_lag(get_engine())
+    except Exception as error:  # the chart is a nicety; the table above is the record
+        log.warning("no lag chart: %s", error)
+        return ""
+    return line_chart(samples, title="Lag per projection, last hour (events)")
 
 
 admin.site.register(keel_models.Command, CommandAdmin)

@@ -21,7 +21,16 @@ from typing import Any
 
 import sqlalchemy as sa
 
-__all__ = ["Beat", "Pulse", "beat", "read_beats", "table"]
+__all__ = [
+    "Beat",
+    "Pulse",
+    "beat",
+    "lag_samples",
+    "read_beats",
+    "read_lag",
+    "record_lag",
+    "table",
+]
 
 metadata = sa.MetaData()
 
@@ -37,6 +46,17 @@ table = sa.Table(
     sa.Column("progress", sa.Float, nullable=True),
     sa.Column("detail", sa.String(500), nullable=True),
 )
+
+lag_samples = sa.Table(
+    "keel_lag_samples",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("at", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("lag", sa.BigInteger, nullable=False),
+)
+
+KEEP_SAMPLES = dt.timedelta(hours=24)
+"""How long lag samples are kept (older ones are deleted as new ones arrive)."""
 
 STALE_AFTER = 15.0
 """Seconds without a beat after which a worker counts as stopped (it beats every 2-5 s)."""
@@ -148,3 +168,31 @@ class Pulse:
             self.pending = 0
         except sa.exc.SQLAlchemyError:  # the worker's own transactions report the outage
             pass
+
+
+def record_lag(engine: sa.Engine, name: str, lag: int) -> None:
+    """Keep one lag sample (events between a worker's positions and the head)."""
+    _ensure(engine)
+    now = dt.datetime.now(dt.UTC)
+    with engine.begin() as conn:
+        conn.execute(lag_samples.insert().values(name=name, at=now, lag=lag))
+        conn.execute(lag_samples.delete().where(lag_samples.c.at < now - KEEP_SAMPLES))
+
+
+def read_lag(
+    engine: sa.Engine, since: dt.timedelta = dt.timedelta(hours=1)
+) -> dict[str, list[tuple[dt.datetime, int]]]:
+    """The lag samples of the last ``since``, per projection, oldest first."""
+    _ensure(engine)
+    start = dt.datetime.now(dt.UTC) - since
+    query = (
+        sa.select(lag_samples)
+        .where(lag_samples.c.at >= start)
+        .order_by(lag_samples.c.name, lag_samples.c.at)
+    )
+    found: dict[str, list[tuple[dt.datetime, int]]] = {}
+    with engine.connect() as conn:
+        for row in conn.execute(query):
+            moment = row.at if row.at.tzinfo else row.at.replace(tzinfo=dt.UTC)
+            found.setdefault(row.name, []).append((moment, int(row.lag)))
+    return found

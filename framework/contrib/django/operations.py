@@ -197,24 +197,47 @@ class DjangoProjectionWorker(ProjectionWorker):
             self.pulse(flush=True)  # the last batches' count, before the worker goes quiet
 
     def open_feed(self) -> Any:
-        return _BeatingFeed(super().open_feed(), self.pulse)
+        return _BeatingFeed(super().open_feed(), self.pulse, self.sample_lag)
+
+    lag_every = 10.0
+    """Seconds between lag samples (the projections page charts them)."""
 
     def process(self, events: list[RecordedEvent]) -> None:
         super().process(events)
         self.pulse(len(events))
+        self.sample_lag()
         close_old_connections()
+
+    _sampled = 0.0
+
+    def sample_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._sampled < self.lag_every:
+            return
+        self._sampled = now
+        try:
+            head = self.store.head()
+            lag = 0
+            for partition, position in self.applier.positions.items():  # the owned ones
+                lag += max(0, head.get(partition, 0) - (position or 0))
+            heartbeats.record_lag(self.engine, self.projection.name, lag)
+        except Exception as error:  # a missed sample is no reason to stop applying events
+            log.debug("no lag sample for %s: %s", self.projection.name, error)
 
 
 class _BeatingFeed:
     """The worker's feed reader, beating on every poll (so an idle worker looks alive)."""
 
-    def __init__(self, reader: Any, pulse: Callable[..., None]) -> None:
+    def __init__(self, reader: Any, pulse: Callable[..., None], sample: Callable[[], None]) -> None:
         self._reader = reader
         self._pulse = pulse
+        self._sample = sample
 
     def poll(self, *args: Any, **kwargs: Any) -> Any:
         events = self._reader.poll(*args, **kwargs)
         self._pulse()
+        if not events:
+            self._sample()
         return events
 
     def __getattr__(self, name: str) -> Any:
