@@ -275,7 +275,7 @@ class CommandAdmin(ReadOnlyAdmin):
                 "positions": row.positions_text or "-",
                 "behind": row.error
                 or ", ".join(
-                    f"{p}:{row.positions.get(p, 0)} of {o}"
+                    f"partition {p}: {row.positions.get(p, 0)} → {o}"
                     for p, o in sorted(needed.items())
                     if row.positions.get(p, 0) < o
                 )

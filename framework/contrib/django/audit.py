@@ -61,7 +61,7 @@ def log_command(
             user_id=user.pk,
             content_type=content_type,
             object_id=str(aggregate_id) if aggregate_id else None,
-            object_repr=(what or command.verbose_name)[:200],
+            object_repr=(f"{what}: {command.verbose_name}" if what else command.verbose_name)[:200],
             action_flag=ADDITION if created else CHANGE,
             change_message=f"{command.verbose_name} (command {result.command_id})",
         )

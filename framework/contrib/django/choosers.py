@@ -103,6 +103,8 @@ def attach(form: forms.Form, request: HttpRequest, site: admin.AdminSite, skip: 
             continue
         url = reverse(f"{site.name}:keel_command_choose", args=[name])
         field.widget = ChooserWidget(url, model_admin, request)
+        if field.label and field.label.lower().endswith(" id"):
+            field.label = model_admin.aggregate_type or field.label[:-3]  # "Customer"
 
 
 def choose_view(request: HttpRequest, field: str, site: admin.AdminSite) -> JsonResponse:
