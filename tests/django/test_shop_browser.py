@@ -310,7 +310,7 @@ def test_a_user_without_permission_is_refused_everywhere(
         browser.get(live_server.url + path)
         assert "403" in browser.title or "Permission denied" in browser.title, path
     browser.get(live_server.url + "/admin/keel/command/PlaceOrder/")
-    assert "You may not place order." in browser.find_element(By.ID, "content").text
+    assert "You may not run “Place order”" in browser.find_element(By.ID, "content").text
     assert browser.find_elements(By.ID, "header")  # the admin's frame
     shot("denied")
     browser.get(live_server.url + "/admin/shop/order/")

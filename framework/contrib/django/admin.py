@@ -156,7 +156,10 @@ class CommandAdmin(ReadOnlyAdmin):
         if cls is None:
             raise Http404(f"no command is called {command_type!r}")
         if not _has_perm(request, execute_permission(command_type)):
-            raise PermissionDenied(f"You may not {cls.verbose_name.lower()}.")
+            raise PermissionDenied(
+                f"You may not run “{cls.verbose_name}” (it needs the permission "
+                f"{execute_permission(command_type)})."
+            )
         form_class = command_form_class(cls)
         nonce = form_tokens.nonce(request, command_type, request.GET.get("form", ""))
         if nonce is None:
