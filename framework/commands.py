@@ -8,6 +8,7 @@ A command is a frozen pydantic model. The client chooses its fields (and may cho
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
@@ -49,12 +50,26 @@ class Command(BaseModel):
     whose type is ``UUID`` (``command_id`` aside); a command without one routes by its
     ``command_id``."""
 
+    verbose_name: ClassVar[str] = ""
+    """What people call it, in lists, titles, buttons and messages ("Place order"); defaults to
+    the class name in words."""
+
+    help_text: ClassVar[str] = ""
+    """One sentence on what it does, for people (Django's name for it; ``description`` is too
+    likely a field of some command); defaults to the first line of the docstring."""
+
     command_id: UUID = Field(default_factory=uuid4, description="Idempotency key")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "command_type" not in cls.__dict__:
             cls.command_type = cls.__name__
+        if "verbose_name" not in cls.__dict__:
+            words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", cls.__name__).lower()
+            cls.verbose_name = words[:1].upper() + words[1:]
+        if "help_text" not in cls.__dict__:
+            doc = (cls.__doc__ or "").strip()
+            cls.help_text = doc.splitlines()[0] if doc else ""
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:

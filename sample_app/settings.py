@@ -53,6 +53,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # JSON errors under /api/ (404s, CSRF failures, 500s), whatever DEBUG says.
+    "framework.contrib.django.error_pages.JsonApiErrors",
 ]
 
 ROOT_URLCONF = "sample_app.urls"

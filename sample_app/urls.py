@@ -9,3 +9,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("sample_app.shop.urls")),
 ]
+
+# A 403 in the admin's frame (JSON under /api/).
+handler403 = "framework.contrib.django.error_pages.permission_denied"

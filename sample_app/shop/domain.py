@@ -19,7 +19,14 @@ from enum import Enum
 from typing import Annotated
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 from framework.domain import Aggregate, event
 from framework.errors import DomainError
@@ -78,7 +85,11 @@ CountryCode = Annotated[
     str,
     StringConstraints(min_length=2, max_length=2),
     AfterValidator(_country),
-    Field(description="ISO 3166-1 alpha-2 code, e.g. DE", examples=["DE"]),
+    Field(
+        description="ISO 3166-1 alpha-2 code, e.g. DE",
+        examples=["DE"],
+        json_schema_extra={"enum": sorted(COUNTRIES)},  # forms show a list, API docs too
+    ),
 ]
 
 Email = Annotated[
@@ -90,7 +101,9 @@ Email = Annotated[
         r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$",
     ),
     AfterValidator(lambda v: v.rsplit("@", 1)[0] + "@" + v.rsplit("@", 1)[1].lower()),
-    Field(description="An e-mail address, e.g. ada@example.com"),
+    Field(
+        description="An e-mail address, e.g. ada@example.com", json_schema_extra={"format": "email"}
+    ),
 ]
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
@@ -108,13 +121,23 @@ class Address(BaseModel):
     country: CountryCode
 
 
+def _not_a_bool(value: object) -> object:
+    # pydantic's lax mode reads true as 1; a quantity of "true" is a client's mistake.
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number, not true or false")
+    return value
+
+
+Quantity = Annotated[int, BeforeValidator(_not_a_bool), Field(gt=0, le=10_000)]
+
+
 class OrderLine(BaseModel):
     """One product on an order."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     product: ProductName
-    quantity: int = Field(gt=0, le=10_000)
+    quantity: Quantity
     unit_price: Decimal = Field(ge=0, max_digits=12, decimal_places=2)
 
     @property

@@ -13,6 +13,8 @@
 =================================  ==============================================================
 
 Every GET takes ``after=P:O,...`` (the ``after`` of a command's answer) to read your own writes.
+Every view needs a logged-in user with the read model's view permission (``shop.view_customer``,
+``shop.view_order``, ``shop.view_orderevent``, ``shop.view_salesperhour``).
 """
 
 from __future__ import annotations
@@ -81,6 +83,9 @@ sales_query = ReadModelQuery(
 
 def order_history_view(request: HttpRequest, key: str) -> HttpResponse:
     """The events of one order, oldest first; 404 when the order has none."""
+    refused = history_query.refuse(request)
+    if refused is not None:
+        return refused
     try:
         order_id = str(uuid.UUID(key[:100]))
     except ValueError:

@@ -106,6 +106,21 @@ def test_user_errors_are_command_errors(shop: Any) -> None:
         run("projection_status", "nope")
 
 
+@pytest.mark.parametrize(
+    ("position", "fragment"),
+    [("7:0", "partition 7 does not exist"), ("0:999999", "past the end of partition 0")],
+)
+def test_rebuild_refuses_positions_the_store_does_not_have(
+    shop: Any, position: str, fragment: str
+) -> None:
+    fill(shop)
+    run("run_projections", "orders", "--until-caught-up")
+    before = digest(shop, orders.orders)
+    with pytest.raises(CommandError, match=f"--from-position: .*{fragment}"):
+        run("rebuild_projection", "orders", "--from-position", position)
+    assert digest(shop, orders.orders) == before  # nothing rebuilt
+
+
 # -- running, status, rebuild -----------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ ADDRESS = {
     "address__street": "Unter den Linden 1",
     "address__city": "Berlin",
     "address__postcode": "10117",
-    "address__country": "de",
+    "address__country": "DE",
 }
 
 
@@ -46,15 +46,27 @@ def lines_formset(*lines: tuple[str, object, object], extra: int = 1) -> dict[st
     return data
 
 
-def submit(client: Client, command_type: str, data: dict[str, object]) -> Any:
-    """GET the form (as a person would), then POST it with its hidden command id."""
-    page = client.get(
-        command_url(command_type), {k: v for k, v in data.items() if k.endswith("_id")}
-    )
+def open_form(client: Client, command_type: str, prefill: dict[str, object] | None = None) -> Any:
+    """GET a command form as a person would: the admin redirects to the form's own URL (with
+    its signed ``form`` token), which fixes the form's generated ids."""
+    page = client.get(command_url(command_type), prefill or {}, follow=True)
     assert page.status_code == 200, page.content[:500]
-    form = page.context["form"]
-    hidden = {f.name: f.value() for f in form.hidden_fields()}
-    return client.post(command_url(command_type), {**hidden, **data})
+    assert page.redirect_chain and "form=" in page.redirect_chain[-1][0]
+    return page
+
+
+def form_url(page: Any) -> str:
+    return f"{page.request['PATH_INFO']}?{page.request['QUERY_STRING']}"
+
+
+def submit(client: Client, command_type: str, data: dict[str, object]) -> Any:
+    """Open the form (prefilled with the ids in ``data``), then POST ``data`` to it. The
+    response carries ``generated``: the ids the form chose."""
+    page = open_form(client, command_type, {k: v for k, v in data.items() if k.endswith("_id")})
+    generated = {n: page.context["form"].initial[n] for n in page.context["form"].generated_ids}
+    response = client.post(form_url(page), data)
+    response.generated = generated
+    return response
 
 
 def actions_of(page: Any) -> list[str]:
@@ -67,35 +79,26 @@ def messages_of(response: Any) -> list[str]:
 
 
 def register(client: Client, name: str = "Ada Lovelace", **address: str) -> UUID:
-    customer_id = uuid4()
     response = submit(
         client,
         "RegisterCustomer",
-        {
-            "customer_id": customer_id,
-            "name": name,
-            "email": "ada@example.com",
-            **ADDRESS,
-            **address,
-        },
+        {"name": name, "email": "ada@example.com", **ADDRESS, **address},
     )
     assert response.status_code == 302, response.content[:2000]
-    return customer_id
+    return UUID(str(response.generated["customer_id"]))
 
 
 def place(client: Client, customer_id: UUID, *lines: tuple[str, object, object]) -> UUID:
-    order_id = uuid4()
     response = submit(
         client,
         "PlaceOrder",
         {
-            "order_id": order_id,
             "customer_id": customer_id,
             **lines_formset(*(lines or (("Tea", 2, "3.50"), ("Cake", 1, "12.00")))),
         },
     )
     assert response.status_code == 302, response.content[:3000]
-    return order_id
+    return UUID(str(response.generated["order_id"]))
 
 
 # -- every command through its form ------------------------------------------------------------
@@ -106,8 +109,10 @@ def test_every_command_through_the_admin_forms(
 ) -> None:
     listing = admin_client.get(reverse("admin:keel_command_changelist"))
     assert listing.status_code == 200
-    names = re.findall(r'class="keel-command">(\w+)<', listing.content.decode())
-    assert names == sorted(shop.app.command_types)
+    names = re.findall(r'data-command="(\w+)">([^<]+)<', listing.content.decode())
+    assert sorted(n for n, _ in names) == sorted(shop.app.command_types)
+    assert ("PlaceOrder", "Place order") in names  # people's words, sorted by them
+    assert [label for _, label in names] == sorted(label for _, label in names)
 
     customer_id = register(admin_client)
     row = shop.rows(customers.customers, customer_id=customer_id)
@@ -121,7 +126,7 @@ def test_every_command_through_the_admin_forms(
     )
     assert response.status_code == 302
     assert response["Location"] == reverse("admin:shop_customer_change", args=[str(customer_id)])
-    assert "ChangeCustomerAddress executed" in messages_of(response)[0]
+    assert messages_of(response)[0].startswith("Change customer address: done for Customer ")
     assert shop.rows(customers.customers, customer_id=customer_id)[0]["city"] == "Paris"
 
     order_id = place(admin_client, customer_id, ("Tea", 2, "3.50"), ("Cake", 1, "12.00"))
@@ -172,22 +177,36 @@ def test_every_command_through_the_admin_forms(
 
 
 def test_submitting_the_same_form_twice_executes_once(admin_client: Client, shop: Any) -> None:
-    customer_id = uuid4()
-    page = admin_client.get(command_url("RegisterCustomer"))
-    command_id = page.context["form"].initial["command_id"]
-    data = {
-        "command_id": command_id,
-        "customer_id": customer_id,
-        "name": "Ada",
-        "email": "ada@example.com",
-        **ADDRESS,
-    }
-    first = admin_client.post(command_url("RegisterCustomer"), data)
+    page = open_form(admin_client, "RegisterCustomer")
+    data = {"name": "Ada", "email": "ada@example.com", **ADDRESS}
+    first = admin_client.post(form_url(page), data)
     head = shop.head()
-    second = admin_client.post(command_url("RegisterCustomer"), data)
+    # Back, then Execute again: the browser reloads the same URL, so the same form token.
+    again = admin_client.get(form_url(page))
+    assert again.context["form"].initial["command_id"] == page.context["form"].initial["command_id"]
+    second = admin_client.post(form_url(again), data)
     assert first.status_code == second.status_code == 302
     assert shop.head() == head
     assert "had been executed before" in messages_of(second)[-1]
+
+
+def test_a_link_cannot_choose_the_command_id(admin_client: Client, shop: Any) -> None:
+    chosen = uuid4()
+    page = admin_client.get(
+        command_url("RegisterCustomer"), {"command_id": chosen, "customer_id": chosen}, follow=True
+    )
+    form = page.context["form"]
+    assert chosen not in {form.initial["command_id"], form.initial["customer_id"]}
+    # Nor can a posted field, nor somebody else's (or a forged) form token.
+    data = {"name": "Ada", "email": "ada@example.com", **ADDRESS, "command_id": chosen}
+    response = admin_client.post(form_url(page), data)
+    assert response.status_code == 302
+    assert shop.app.history(UUID(str(form.initial["customer_id"])))[0].metadata.command_id != chosen
+    head = shop.head()
+    forged = admin_client.post(command_url("RegisterCustomer") + "?form=x:y:z", data)
+    assert forged.status_code == 302 and "form=" in forged["Location"]
+    assert "nothing was done" in messages_of(forged)[-1]
+    assert shop.head() == head
 
 
 # -- invalid input, domain errors, permissions, CSRF -------------------------------------------
@@ -204,10 +223,12 @@ def test_invalid_input_shows_field_errors_and_writes_nothing(
     )
     assert response.status_code == 200
     form = response.context["form"]
-    assert form.errors["name"] == ["String should have at least 1 character"]
-    assert form.errors["email"][0].startswith("String should match pattern")
-    assert "not an ISO 3166-1 alpha-2 country code" in form.errors["address__country"][0]
-    assert b"Please correct the errors below." in response.content
+    assert form.errors["name"] == ["This field is required."]
+    assert "pattern" not in form.errors["email"][0] and "e-mail" in form.errors["email"][0]
+    assert "Select a valid choice" in form.errors["address__country"][0]
+    # One summary on top names every problem in plain words.
+    assert b"Please correct the 3 errors below" in response.content
+    assert response.context["error_summary"]["email"] == form.errors["email"]
     assert shop.head() == head
 
     customer_id = register(admin_client)
@@ -228,7 +249,8 @@ def test_invalid_input_shows_field_errors_and_writes_nothing(
     response = submit(admin_client, "PlaceOrder", {"customer_id": customer_id, **lines_formset()})
     formset = response.context["formsets"][0][1]
     assert formset.non_form_errors() == ["List should have at least 1 item after validation, not 0"]
-    response = admin_client.post(command_url("PlaceOrder"), {"customer_id": str(customer_id)})
+    page = open_form(admin_client, "PlaceOrder")
+    response = admin_client.post(form_url(page), {"customer_id": str(customer_id)})
     assert response.status_code == 200  # the formset's management form is missing: refused
     assert shop.head() == head
 
@@ -241,7 +263,7 @@ def test_a_domain_error_is_an_admin_message_and_writes_nothing(
     response = submit(admin_client, "ShipOrder", {"order_id": order_id, "carrier": "dhl"})
     assert response.status_code == 200
     assert any(
-        "ShipOrder was refused" in m and "confirm it first" in m for m in messages_of(response)
+        "Ship order was refused" in m and "confirm it first" in m for m in messages_of(response)
     )
     response = submit(admin_client, "ConfirmOrder", {"order_id": uuid4()})
     assert any("no Order has id" in m for m in messages_of(response))
@@ -260,10 +282,14 @@ def test_permission_denied_is_403_and_writes_nothing(shop: Any, make_user: Any) 
     assert response.status_code == 403
     assert shop.head() == head
     listing = clerk.get(reverse("admin:keel_command_changelist"))
-    assert re.findall(r'class="keel-command">(\w+)<', listing.content.decode()) == [
-        "RegisterCustomer"
-    ]
-    assert clerk.get(command_url("RegisterCustomer")).status_code == 200
+    assert re.findall(r'data-command="(\w+)"', listing.content.decode()) == ["RegisterCustomer"]
+    assert clerk.get(command_url("RegisterCustomer"), follow=True).status_code == 200
+    # The 403 page is the admin's, with the reason.
+    denied = clerk.get(command_url("PlaceOrder"))
+    assert (
+        b'id="header"' in denied.content
+        and "You may not run “Place order”".encode() in denied.content
+    )
     nobody = Client()
     nobody.force_login(make_user("viewer"))
     assert nobody.get(reverse("admin:keel_command_changelist")).status_code == 403
@@ -274,17 +300,13 @@ def test_permission_denied_is_403_and_writes_nothing(shop: Any, make_user: Any) 
 def test_csrf_is_enforced(shop: Any, make_user: Any) -> None:
     client = Client(enforce_csrf_checks=True)
     client.force_login(make_user("root", superuser=True))
-    customer_id = uuid4()
-    data = {"customer_id": customer_id, "name": "Ada", "email": "ada@example.com", **ADDRESS}
+    data = {"name": "Ada", "email": "ada@example.com", **ADDRESS}
     head = shop.head()
-    assert client.post(command_url("RegisterCustomer"), data).status_code == 403
+    page = client.get(command_url("RegisterCustomer"), follow=True)
+    assert client.post(form_url(page), data).status_code == 403
     assert shop.head() == head
-    page = client.get(command_url("RegisterCustomer"))
     token = page.context["csrf_token"]
-    hidden = {f.name: f.value() for f in page.context["form"].hidden_fields()}
-    response = client.post(
-        command_url("RegisterCustomer"), {**hidden, **data, "csrfmiddlewaretoken": token}
-    )
+    response = client.post(form_url(page), {**data, "csrfmiddlewaretoken": token})
     assert response.status_code == 302
     assert shop.head() != head
 
@@ -292,7 +314,7 @@ def test_csrf_is_enforced(shop: Any, make_user: Any) -> None:
 # -- admin actions and read-only read models ---------------------------------------------------
 
 
-def test_an_admin_action_on_several_rows_with_one_failing(
+def test_admin_actions_skip_rows_they_do_not_apply_to(
     admin_client: Client, shop: Any, worker: Any
 ) -> None:
     customer_id = register(admin_client)
@@ -306,26 +328,75 @@ def test_an_admin_action_on_several_rows_with_one_failing(
     )
     assert response.status_code == 302
     notes = messages_of(response)
-    assert len([m for m in notes if "ConfirmOrder refused" in m]) == 1
-    assert any("it is cancelled, not open" in m for m in notes)
-    assert any(m.startswith("ConfirmOrder done for 2 row(s)") for m in notes)
+    assert any("Confirm order does not apply to 1 of the selected rows" in m for m in notes)
+    assert any(m.startswith("Confirm order: done for 2 row(s)") for m in notes)
     statuses = {i: shop.rows(orders.orders, order_id=i)[0]["status"] for i in ids}
     assert statuses == {ids[0]: "confirmed", ids[1]: "cancelled", ids[2]: "confirmed"}
     confirms = [e for e in shop.app.history(ids[0]) if e.type_name == "Order.Confirmed"]
     assert confirms[0].metadata.user == "root"
 
-    response = admin_client.post(
-        changelist, {"action": "execute_shiporder", "_selected_action": [str(ids[0]), str(ids[1])]}
-    )
-    notes = messages_of(response)
-    assert any("ShipOrder done for 1 row(s)" in m for m in notes)
-    assert any("ShipOrder refused" in m for m in notes)
 
+def test_actions_ask_for_parameters_and_confirmation_once(
+    admin_client: Client, shop: Any, worker: Any
+) -> None:
+    customer_id = register(admin_client)
+    ids = [place(admin_client, customer_id) for _ in range(2)]
+    for order_id in ids:
+        submit(admin_client, "ConfirmOrder", {"order_id": order_id})
+    worker()
+    changelist = reverse("admin:shop_order_changelist")
+    selected = {"action": "execute_shiporder", "_selected_action": [str(i) for i in ids]}
+    page = admin_client.post(changelist, selected)
+    assert page.status_code == 200  # the intermediate page: which carrier?
+    assert [f.name for f in page.context["fields"]] == ["carrier"]
+    assert shop.rows(orders.orders, order_id=ids[0])[0]["status"] == "confirmed"
+    token = page.context["token"]
+    confirmed = {**selected, "keel_confirmed": "yes", "keel_form": token, "carrier": "ups"}
+    response = admin_client.post(changelist, confirmed)
+    assert response.status_code == 302
+    assert any(m.startswith("Ship order: done for 2 row(s)") for m in messages_of(response))
+    assert {r["carrier"] for r in shop.rows(orders.orders)} == {"ups"}
+    head = shop.head()
+    admin_client.post(changelist, confirmed)  # Back and submit again: replays, ships nothing
+    assert shop.head() == head
+
+    # Destructive: a confirmation page first, with the reason asked once.
     response = admin_client.post(
         reverse("admin:shop_customer_changelist"),
         {"action": "execute_deactivatecustomer", "_selected_action": [str(customer_id)]},
     )
-    assert any("DeactivateCustomer done for 1 row(s)" in m for m in messages_of(response))
+    assert response.status_code == 200 and b"This cannot be undone." in response.content
+    assert shop.rows(customers.customers, customer_id=customer_id)[0]["status"] == "active"
+    response = admin_client.post(
+        reverse("admin:shop_customer_changelist"),
+        {
+            "action": "execute_deactivatecustomer",
+            "_selected_action": [str(customer_id)],
+            "keel_confirmed": "yes",
+            "keel_form": response.context["token"],
+            "reason": "moved away",
+        },
+    )
+    assert response.status_code == 302
+    worker()
+    assert shop.rows(customers.customers, customer_id=customer_id)[0]["status"] == "deactivated"
+    deactivated = shop.app.history(customer_id)[-1]
+    assert deactivated.event.reason == "moved away"
+
+
+def test_row_commands_follow_the_rows_state(admin_client: Client, shop: Any, worker: Any) -> None:
+    order_id = place(admin_client, register(admin_client))
+    worker()
+
+    def offered() -> list[str]:
+        page = admin_client.get(reverse("admin:shop_order_change", args=[str(order_id)]))
+        return [c["name"] for c in page.context["keel_commands"]]
+
+    assert offered() == ["AddOrderLine", "RemoveOrderLine", "ConfirmOrder", "CancelOrder"]
+    submit(admin_client, "ConfirmOrder", {"order_id": order_id})
+    assert offered() == ["ShipOrder", "CancelOrder"]
+    submit(admin_client, "ShipOrder", {"order_id": order_id, "carrier": "dhl"})
+    assert offered() == []
 
 
 def test_actions_need_the_command_permission(shop: Any, make_user: Any) -> None:
@@ -367,9 +438,36 @@ def test_read_models_are_read_only_with_search_and_filters(
     assert admin_client.get(reverse("admin:shop_order_add")).status_code == 403
     delete = reverse("admin:shop_order_delete", args=[str(order_id)])
     assert admin_client.post(delete, {"post": "yes"}).status_code == 403
-    prefilled = admin_client.get(command_url("ConfirmOrder"), {"order_id": str(order_id)})
+    assert "keel-lines" in body and "<td>Tea</td>" in body  # order lines as a table
+    assert reverse("admin:shop_customer_change", args=[str(ada)]) in body  # linked
+    prefilled = open_form(admin_client, "ConfirmOrder", {"order_id": str(order_id)})
     assert prefilled.context["form"]["order_id"].value() == str(order_id)
+    # The order is chosen by name in an autocomplete, not typed as a UUID.
+    html = prefilled.content.decode()
+    assert 'class="admin-autocomplete keel-chooser"' in html
+    assert f"order {str(order_id)[:8]} of Ada Lovelace" in html
+    # Searching by the short id the list shows.
+    found = admin_client.get(reverse("admin:shop_order_changelist"), {"q": str(order_id)[:8]})
+    assert found.context["cl"].result_count == 1
     assert admin_client.get(reverse("admin:shop_salesperhour_changelist")).status_code == 200
+
+
+def test_the_choosers_search_read_models_for_permitted_users(
+    admin_client: Client, shop: Any, worker: Any, make_user: Any
+) -> None:
+    register(admin_client)
+    grace = register(admin_client, name="Grace Hopper")
+    worker()
+    url = reverse("admin:keel_command_choose", args=["customer_id"])
+    answer = admin_client.get(url, {"term": "grace"}).json()
+    assert answer == {
+        "results": [{"id": str(grace), "text": "Grace Hopper"}],
+        "pagination": {"more": False},
+    }
+    assert admin_client.get(reverse("admin:keel_command_choose", args=["nope"])).status_code == 404
+    clerk = Client()
+    clerk.force_login(make_user("clerk", "keel.execute_placeorder"))
+    assert clerk.get(url, {"term": "grace"}).status_code == 403  # may not view customers
 
 
 def test_the_event_history_page(admin_client: Client, shop: Any, make_user: Any) -> None:
@@ -419,6 +517,9 @@ def test_the_projections_page_rebuild_and_redrive(
     assert set(rows) == {"customers", "orders", "sales_per_hour", "order_history"}
     assert rows["orders"].dead_letter_count == 1 and rows["orders"].lag == 0
     assert "bug in the confirmed handler" in rows["orders"].dead_letters[0]["error"]
+    # The dead letter links to its aggregate's history; the worker that ran has a heartbeat.
+    assert reverse("admin:keel_command_history", args=[order_id]).encode() in page.content
+    assert rows["orders"].worker is not None and rows["orders"].worker.applied >= 1
     assert b"Re-drive selected dead letters" in page.content
     assert shop.rows(orders.orders, order_id=order_id)[0]["status"] == "open"
 
@@ -441,8 +542,15 @@ def test_the_projections_page_rebuild_and_redrive(
     before = shop.rows(orders.orders)
     response = admin_client.post(reverse("admin:keel_projection_rebuild", args=["orders"]))
     assert response.status_code == 302
-    assert "Rebuilt orders" in messages_of(response)[-1]
+    assert "Rebuilding orders in the background" in messages_of(response)[-1]
+    from framework.contrib.django import operations
+
+    operations.wait_for_rebuilds(timeout=30)
     assert shop.rows(orders.orders) == before
+    rows = {r.name: r for r in admin_client.get(url).context["projections"]}
+    assert rows["orders"].rebuild is not None
+    assert rows["orders"].rebuild.detail.startswith("done: events=")
+    assert not rows["orders"].rebuild_running
     csrf = Client(enforce_csrf_checks=True)
     csrf.force_login(make_user("root2", superuser=True))
     assert csrf.post(reverse("admin:keel_projection_rebuild", args=["orders"])).status_code == 403

@@ -84,6 +84,10 @@ def test_a_command_returns_its_result_and_positions(api: Client, shop: Any) -> N
     assert result["replayed"] is False
     again = post(api, "RegisterCustomer", {**body, "command_id": result["command_id"]})
     assert again.status_code == 200 and again.json()["replayed"] is True
+    reused = post(
+        api, "RegisterCustomer", {**body, "name": "Eve", "command_id": result["command_id"]}
+    )
+    assert reused.status_code == 409 and "another payload" in reused.json()["error"]
     event = shop.app.history(UUID(customer_id))[0]
     assert event.metadata.user == "root"
 

@@ -20,10 +20,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 from uuid import UUID, uuid4
 
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.db.models import QuerySet
@@ -36,19 +39,24 @@ from django.views.decorators.http import require_POST
 
 from framework.application import CommandResult
 from framework.commands import Command
+from framework.contrib.django import form_tokens, heartbeats
 from framework.contrib.django import models as keel_models
 from framework.contrib.django.conf import command_classes, get_application
 from framework.contrib.django.execution import (
+    aggregate_type,
+    check_positions,
     error_status,
     execute,
     format_positions,
+    parse_positions,
+    username,
     wait_for,
 )
-from framework.contrib.django.forms import command_form_class
+from framework.contrib.django.forms import command_form_class, error_fields
 from framework.contrib.django.models import execute_permission
 from framework.errors import AggregateNotFoundError, FrameworkError
 
-__all__ = ["CommandAdmin", "ProjectionAdmin", "ReadModelAdmin", "command_action"]
+__all__ = ["CommandAdmin", "ProjectionAdmin", "ReadModelAdmin", "RowCommand", "command_action"]
 
 log = logging.getLogger(__name__)
 
@@ -64,21 +72,6 @@ def _allowed_commands(request: HttpRequest) -> dict[str, type[Command]]:
         for name, cls in sorted(command_classes().items())
         if _has_perm(request, execute_permission(name))
     }
-
-
-def _aggregate_type(aggregate_id: UUID) -> str | None:
-    """The type name of an aggregate (``"Order"``), from its first event."""
-    first = get_application().store.read(aggregate_id, up_to_version=1)
-    return first[0].topic.split(".", 1)[0] if first else None
-
-
-def _report_wait(request: HttpRequest, result: CommandResult) -> None:
-    if not wait_for(result.positions):
-        messages.warning(
-            request,
-            "The read models have not caught up with this change yet (is "
-            "`manage.py run_projections` running?); lists may show the old state for a moment.",
-        )
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
@@ -113,6 +106,16 @@ class CommandAdmin(ReadOnlyAdmin):
                 name="keel_command_history",
             ),
             path(
+                "pending/<uuid:aggregate_id>/<uuid:command_id>/",
+                site.admin_view(self.pending_view),
+                name="keel_command_pending",
+            ),
+            path(
+                "choose/<str:field>/",
+                site.admin_view(self.choose_view),
+                name="keel_command_choose",
+            ),
+            path(
                 "<str:command_type>/",
                 site.admin_view(self.command_view),
                 name="keel_command_execute",
@@ -133,69 +136,107 @@ class CommandAdmin(ReadOnlyAdmin):
         commands = [
             {
                 "name": name,
-                "doc": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
+                "label": cls.verbose_name,
+                "doc": cls.help_text,
                 "url": reverse(f"{self.admin_site.name}:keel_command_execute", args=[name]),
             }
             for name, cls in _allowed_commands(request).items()
         ]
+        commands.sort(key=lambda c: c["label"])
         context = self._context(request, title="Commands", commands=commands)
         return TemplateResponse(request, "keel/command_list.html", context)
+
+    def choose_view(self, request: HttpRequest, field: str) -> HttpResponse:
+        from framework.contrib.django.choosers import choose_view
+
+        return choose_view(request, field, self.admin_site)
 
     def command_view(self, request: HttpRequest, command_type: str) -> HttpResponse:
         cls = command_classes().get(command_type)
         if cls is None:
             raise Http404(f"no command is called {command_type!r}")
         if not _has_perm(request, execute_permission(command_type)):
-            raise PermissionDenied(f"you may not execute {command_type}")
+            raise PermissionDenied(
+                f"You may not run “{cls.verbose_name}” (it needs the permission "
+                f"{execute_permission(command_type)})."
+            )
         form_class = command_form_class(cls)
-        if request.method == "POST":
-            form = form_class(request.POST)
-            if form.is_valid():
-                assert form.command is not None
-                try:
-                    result = execute(form.command, request)
-                except FrameworkError as error:
-                    if error_status(error) >= 500:
-                        log.exception("%s failed", command_type)
-                    messages.error(request, f"{command_type} was refused: {error}")
-                else:
-                    return self._after_command(request, command_type, result)
-        else:
-            form = form_class(initial=request.GET.dict())
+        nonce = form_tokens.nonce(request, command_type, request.GET.get("form", ""))
+        if nonce is None:
+            if request.method == "POST":
+                messages.error(
+                    request,
+                    "This form had expired or was not yours; nothing was done. Fill it in again.",
+                )
+            # A fresh form: its token fixes its ids, so Back + Execute replays it.
+            query = request.GET.copy()
+            query["form"] = form_tokens.new(request, command_type)
+            return HttpResponseRedirect(f"{request.path}?{query.urlencode()}")
+        ids = form_tokens.ids(command_type, nonce, form_class.generated_ids)
+        prefill = {
+            k: v
+            for k, v in request.GET.items()
+            if k in form_class.base_fields and k not in form_class.generated_ids
+        }
+        data = request.POST if request.method == "POST" else None
+        form = form_class(data, initial={**prefill, **ids})
+        from framework.contrib.django.choosers import attach
+
+        attach(form, request, self.admin_site, skip=set(form_class.generated_ids))
+        if form.is_bound and form.is_valid():
+            assert form.command is not None
+            try:
+                result = execute(form.command, request)
+            except FrameworkError as error:
+                if error_status(error) >= 500:
+                    log.exception("%s failed", command_type)
+                messages.error(request, f"{cls.verbose_name} was refused: {error}")
+            else:
+                return self._after_command(request, cls, result)
         context = self._context(
             request,
-            title=f"Execute {command_type}",
-            subtitle=(cls.__doc__ or "").strip(),
+            title=cls.verbose_name,
+            subtitle=cls.help_text,
             command_type=command_type,
+            command_label=cls.verbose_name,
             form=form,
             formsets=list(form.formsets.items()),
+            error_summary=error_fields(form) if form.is_bound else {},
             media=self.media + form.media,
             list_url=reverse(f"{self.admin_site.name}:keel_command_changelist"),
         )
         return TemplateResponse(request, "keel/command_form.html", context)
 
     def _after_command(
-        self, request: HttpRequest, command_type: str, result: CommandResult
+        self, request: HttpRequest, cls: type[Command], result: CommandResult
     ) -> HttpResponse:
-        what = f" on {result.aggregate_id}" if result.aggregate_id else ""
+        what = f" for {_describe(result.aggregate_id)}" if result.aggregate_id else ""
         if result.replayed:
-            messages.info(request, f"{command_type}{what} had been executed before: no change.")
-        else:
-            versions = ", ".join(f"version {v}" for v in result.versions.values())
-            messages.success(
+            messages.info(
                 request,
-                f"{command_type} executed{what} ({versions or 'no change'}; positions "
-                f"{format_positions(result.positions) or '-'}).",
+                f"{cls.verbose_name}{what} had been executed before (this form was sent "
+                "already): nothing changed.",
             )
-        _report_wait(request, result)
-        return HttpResponseRedirect(self._row_url(result.aggregate_id))
+        else:
+            messages.success(request, f"{cls.verbose_name}: done{what}.")
+        if result.aggregate_id is None:
+            return HttpResponseRedirect(reverse(f"{self.admin_site.name}:keel_command_changelist"))
+        if wait_for(result.positions):
+            return HttpResponseRedirect(self._row_url(result.aggregate_id))
+        # The read model is behind (is a worker running?): the pending page shows what the
+        # command did, and turns into the row once it is there.
+        pending = reverse(
+            f"{self.admin_site.name}:keel_command_pending",
+            args=[result.aggregate_id, result.command_id],
+        )
+        return HttpResponseRedirect(f"{pending}?after={format_positions(result.positions)}")
 
     def _row_url(self, aggregate_id: UUID | None) -> str:
         """The read-model row of the changed aggregate (the admin whose ``aggregate_type``
         matches), else its event history, else the command list."""
         if aggregate_id is None:
             return reverse(f"{self.admin_site.name}:keel_command_changelist")
-        kind = _aggregate_type(aggregate_id)
+        kind = aggregate_type(aggregate_id)
         for model, model_admin in self.admin_site._registry.items():
             if isinstance(model_admin, ReadModelAdmin) and model_admin.aggregate_type == kind:
                 try:
@@ -208,42 +249,118 @@ class CommandAdmin(ReadOnlyAdmin):
                     break
         return reverse(f"{self.admin_site.name}:keel_command_history", args=[aggregate_id])
 
-    def event_history_view(self, request: HttpRequest, aggregate_id: UUID) -> HttpResponse:
-        if not _has_perm(request, "keel.view_events"):
-            raise PermissionDenied
+    def pending_view(
+        self, request: HttpRequest, aggregate_id: UUID, command_id: UUID
+    ) -> HttpResponse:
+        """What a command did while the read models catch up; redirects to the row once they
+        have applied its positions (the page refreshes itself every two seconds)."""
+        app = get_application()
         try:
-            history = get_application().history(aggregate_id)
-        except AggregateNotFoundError:
-            history = []
-        if not history:
-            raise Http404(f"no events for {aggregate_id}")
-        events = []
-        for envelope in history:
-            payload = json.loads(envelope.recorded.state)
-            events.append(
-                {
-                    "version": envelope.recorded.version,
-                    "type": envelope.type_name,
-                    "data": json.dumps(payload.get("data", {}), indent=2, sort_keys=True),
-                    "metadata": envelope.metadata,
-                    "recorded_at": getattr(envelope.event, "timestamp", None),
-                    "position": (
-                        f"{envelope.recorded.partition}:{envelope.recorded.offset}"
-                        if envelope.recorded.offset >= 0
-                        else ""
-                    ),
-                }
-            )
+            positions = parse_positions(request.GET.get("after", "")[:2000])
+            check_positions(positions, app.store.head())
+        except ValueError as error:
+            raise Http404(f"not a position of this store: {error}") from None
+        events = [e for e in _history(aggregate_id) if e["command_id"] == str(command_id)]
+        if not events:
+            raise Http404(f"command {command_id} wrote no events on {aggregate_id}")
+        mine = all(e["metadata"].user == username(request) for e in events)
+        if not mine and not _has_perm(request, "keel.view_events"):
+            raise PermissionDenied("Only who issued a command may follow it here.")
+        if wait_for(positions, timeout=0.5):
+            messages.info(request, "The read models have caught up.")
+            return HttpResponseRedirect(self._row_url(aggregate_id))
+        from framework.contrib.django import operations
+
+        needed = positions
+        projections = [
+            {
+                "name": row.name,
+                "positions": row.positions_text or "-",
+                "behind": row.error
+                or ", ".join(
+                    f"partition {p}: {row.positions.get(p, 0)} → {o}"
+                    for p, o in sorted(needed.items())
+                    if row.positions.get(p, 0) < o
+                )
+                or "",
+            }
+            for row in operations.status_rows()
+        ]
         context = self._context(
             request,
-            title=f"{history[0].type_name.split('.')[0]} {aggregate_id}",
+            title="Waiting for the read models",
+            subtitle=f"{_describe(aggregate_id)}",
+            aggregate_id=aggregate_id,
+            command_id=command_id,
+            events=events,
+            positions=format_positions(positions),
+            projections=projections,
+            history_url=reverse(f"{self.admin_site.name}:keel_command_history", args=[aggregate_id])
+            if _has_perm(request, "keel.view_events")
+            else None,
+        )
+        return TemplateResponse(request, "keel/pending.html", context)
+
+    def event_history_view(self, request: HttpRequest, aggregate_id: UUID) -> HttpResponse:
+        if not _has_perm(request, "keel.view_events"):
+            raise PermissionDenied("You may not see event histories (keel.view_events).")
+        events = _history(aggregate_id)
+        if not events:
+            raise Http404(f"no events for {aggregate_id}")
+        context = self._context(
+            request,
+            title=_describe(aggregate_id),
             subtitle="Event history",
             aggregate_id=aggregate_id,
             events=events,
             has_positions=any(e["position"] for e in events),
+            undecodable=sum(1 for e in events if e["error"]),
             row_url=self._row_url(aggregate_id),
         )
         return TemplateResponse(request, "keel/event_history.html", context)
+
+
+def _describe(aggregate_id: UUID | None) -> str:
+    """``"Order 1a2b3c4d"``: an aggregate as people name it."""
+    if aggregate_id is None:
+        return ""
+    kind = aggregate_type(aggregate_id) or "record"
+    return f"{kind} {str(aggregate_id)[:8]}"
+
+
+def _history(aggregate_id: UUID) -> list[dict[str, Any]]:
+    """Every recorded event of an aggregate for a template; one that cannot be decoded (the
+    kind an operator comes to look at) shows its raw record and the decoding error."""
+    from framework.codec import codec
+
+    try:
+        recorded = get_application().store.read(aggregate_id)
+    except AggregateNotFoundError:
+        return []
+    events = []
+    for record in recorded:
+        row: dict[str, Any] = {
+            "version": record.version,
+            "type": record.topic,
+            "position": f"{record.partition}:{record.offset}" if record.offset >= 0 else "",
+            "error": None,
+            "metadata": None,
+            "command_id": None,
+            "recorded_at": None,
+        }
+        try:
+            envelope = codec.decode(record)
+            payload = json.loads(record.state)
+        except (FrameworkError, ValueError) as error:
+            row["error"] = f"{type(error).__name__}: {error}"[:2000]
+            row["data"] = record.state[:5000].decode("utf-8", "replace")
+        else:
+            row["data"] = json.dumps(payload.get("data", {}), indent=2, sort_keys=True)
+            row["metadata"] = envelope.metadata
+            row["command_id"] = str(envelope.metadata.command_id or "")
+            row["recorded_at"] = getattr(envelope.event, "timestamp", None)
+        events.append(row)
+    return events
 
 
 class ProjectionAdmin(ReadOnlyAdmin):
@@ -275,6 +392,9 @@ class ProjectionAdmin(ReadOnlyAdmin):
             "opts": self.opts,
             "title": "Projections",
             "projections": operations.status_rows(dead_letters=True),
+            "stale_after": heartbeats.STALE_AFTER,
+            "lag_chart": _lag_chart(),
+            "can_view_events": _has_perm(request, "keel.view_events"),
             "can_rebuild": _has_perm(request, "keel.rebuild_projection"),
             "can_redrive": _has_perm(request, "keel.redrive_deadletter"),
         }
@@ -286,11 +406,18 @@ class ProjectionAdmin(ReadOnlyAdmin):
         from framework.contrib.django import operations
 
         try:
-            summary = operations.rebuild(name)
+            started = operations.rebuild_in_background(name)
         except FrameworkError as error:
-            messages.error(request, f"Rebuild of {name} failed: {error}")
+            messages.error(request, f"Rebuild of {name} could not start: {error}")
         else:
-            messages.success(request, f"Rebuilt {name}: {summary}")
+            if started:
+                messages.success(
+                    request,
+                    f"Rebuilding {name} in the background; queries read the current tables "
+                    "until it swaps. Its progress shows below.",
+                )
+            else:
+                messages.warning(request, f"{name} is being rebuilt already.")
         return redirect(f"{self.admin_site.name}:keel_projection_changelist")
 
     def redrive_view(self, request: HttpRequest, name: str) -> HttpResponse:
@@ -308,11 +435,39 @@ class ProjectionAdmin(ReadOnlyAdmin):
         return redirect(f"{self.admin_site.name}:keel_projection_changelist")
 
 
+def _lag_chart() -> str:
+    from framework.contrib.django.charts import line_chart
+    from framework.contrib.django.conf import get_engine
+
+    try:
+        samples = heartbeats.read_lag(get_engine())
+    except Exception as error:  # the chart is a nicety; the table above is the record
+        log.warning("no lag chart: %s", error)
+        return ""
+    return line_chart(samples, title="Lag per projection, last hour (events)")
+
+
 admin.site.register(keel_models.Command, CommandAdmin)
 admin.site.register(keel_models.Projection, ProjectionAdmin)
 
 
 # -- read models ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RowCommand:
+    """A command offered on a read-model row's page: ``RowCommand(ConfirmOrder, "order_id",
+    when=lambda o: o.status == "open")``. ``when`` hides it for rows it does not apply to;
+    ``destructive`` makes its button red and its form ask "are you sure"."""
+
+    command: type[Command]
+    field: str
+    when: Callable[[Any], bool] | None = None
+    destructive: bool = False
+
+
+def _row_command(entry: RowCommand | tuple[type[Command], str]) -> RowCommand:
+    return entry if isinstance(entry, RowCommand) else RowCommand(*entry)
 
 
 def command_action(
@@ -321,35 +476,108 @@ def command_action(
     *,
     description: str | None = None,
     name: str | None = None,
-) -> Callable[[Any, HttpRequest, QuerySet[Any]], None]:
+    when: Callable[[Any], bool] | None = None,
+    parameters: Sequence[str] = (),
+    confirm: bool = False,
+) -> Callable[[Any, HttpRequest, QuerySet[Any]], HttpResponse | None]:
     """An admin action executing ``command`` once per selected row.
 
-    ``build(row)`` returns the command's input for one row. Each row succeeds or fails on its
-    own (a message per failure, one summary for the successes); all commands of one action share
-    a correlation id. Guarded by ``keel.execute_<command>``::
+    ``build(row)`` returns the command's input for one row. ``when(row)`` says whether the
+    command applies to a row (others are skipped, with a message). ``parameters`` names
+    command fields asked once for all rows on an intermediate page (a cancel reason, a
+    carrier); ``confirm=True`` shows that page even without parameters, for destructive
+    commands. Each row succeeds or fails on its own; all commands of one action share a
+    correlation id, and resubmitting the intermediate page replays rather than repeats.
+    Guarded by ``keel.execute_<command>``::
 
-        actions = [command_action(ConfirmOrder, lambda o: {"order_id": o.order_id})]
+        actions = [command_action(ConfirmOrder, lambda o: {"order_id": o.order_id},
+                                  when=lambda o: o.status == "open")]
     """
     command_type = command.command_type
     permission = f"execute_{command_type.lower()}"
+    label = command.verbose_name
 
-    def action(model_admin: Any, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+    def action(
+        model_admin: Any, request: HttpRequest, queryset: QuerySet[Any]
+    ) -> HttpResponse | None:
+        rows = list(queryset)
+        valid = [r for r in rows if when is None or when(r)]
+        skipped = [r for r in rows if r not in valid]
+        if (parameters or confirm) and valid:
+            return _intermediate(model_admin, request, valid, skipped)
+        _run(request, valid, skipped, {}, None)
+        return None
+
+    def _intermediate(
+        model_admin: Any, request: HttpRequest, valid: list[Any], skipped: list[Any]
+    ) -> HttpResponse | None:
+        form_class = command_form_class(command)
+        sample = build(valid[0])
+        data = None
+        if request.POST.get("keel_confirmed") == "yes":
+            data = request.POST.copy()
+            for key, value in sample.items():
+                data[key] = str(value)
+        form = form_class(data, initial=sample)  # the page shows only the parameters
+        token = request.POST.get("keel_form", "")
+        nonce = form_tokens.nonce(request, command_type, token)
+        if form.is_bound and nonce is not None and form.is_valid():
+            chosen = {k: v for k, v in form.model_input().items() if k in parameters}
+            _run(request, valid, skipped, chosen, nonce)
+            return None
+        context = {
+            **model_admin.admin_site.each_context(request),
+            "title": f"{label}: are you sure?" if not parameters else label,
+            "opts": model_admin.opts,
+            "label": label,
+            "help_text": command.help_text,
+            "rows": valid,
+            "skipped": skipped,
+            "form": form,
+            "action": request.POST.get("action", ""),
+            "fields": [form[n] for n in parameters if n in form.fields],
+            "selected": request.POST.getlist(ACTION_CHECKBOX_NAME),
+            "token": token if nonce is not None else form_tokens.new(request, command_type),
+            "destructive": confirm,
+            "media": model_admin.media + form.media,
+        }
+        return TemplateResponse(request, "keel/action_confirm.html", context)
+
+    def _run(
+        request: HttpRequest,
+        valid: list[Any],
+        skipped: list[Any],
+        chosen: dict[str, Any],
+        nonce: str | None,
+    ) -> None:
+        if skipped:
+            messages.warning(
+                request,
+                f"{label} does not apply to {len(skipped)} of the selected rows; skipped: "
+                + ", ".join(str(r) for r in skipped[:10])
+                + ("…" if len(skipped) > 10 else ""),
+            )
         correlation = uuid4()
         done: list[str] = []
         positions: dict[int, int] = {}
-        for row in queryset:
-            label = str(row)
+        for row in valid:
+            text = str(row)
+            data = {**chosen, **build(row)}
+            if nonce is not None:
+                data["command_id"] = form_tokens.ids(command_type, f"{nonce}.{row.pk}", ["id"])[
+                    "id"
+                ]
             try:
-                result = execute(command.parse(build(row)), request, correlation=correlation)
+                result = execute(command.parse(data), request, correlation=correlation)
             except FrameworkError as error:
-                messages.error(request, f"{label}: {command_type} refused: {error}")
+                messages.error(request, f"{label} refused for {text}: {error}")
                 continue
-            done.append(label)
+            done.append(text)
             for partition, offset in result.positions.items():
                 positions[partition] = max(positions.get(partition, 0), offset)
         if done:
             messages.success(
-                request, f"{command_type} done for {len(done)} row(s): {', '.join(done)}"
+                request, f"{label}: done for {len(done)} row(s): {', '.join(done[:20])}"
             )
             if not wait_for(positions):
                 messages.warning(
@@ -361,7 +589,7 @@ def command_action(
     action.__name__ = name or f"execute_{command_type.lower()}"
     decorated = admin.action(
         permissions=[permission],
-        description=description or f"{command_type} (selected rows)",
+        description=description or f"{label} (selected rows)",
     )(action)
     decorated.keel_command = command_type  # type: ignore[attr-defined]
     return decorated
@@ -371,12 +599,13 @@ class ReadModelAdmin(ReadOnlyAdmin):
     """A read-only admin over a generated read-model model: no add, change or delete.
 
     Set ``aggregate_type`` (``"Order"``) when the model's primary key is an aggregate id: the
-    command forms then redirect to the row, and the change page links to the event history and
-    to ``row_commands`` (``[(ConfirmOrder, "order_id"), ...]``: forms prefilled with the id).
+    command forms then redirect to the row and offer it in a chooser, and the change page
+    links to the event history and to ``row_commands`` (``RowCommand(ConfirmOrder,
+    "order_id", when=...)`` or ``(ConfirmOrder, "order_id")``: forms prefilled with the id).
     """
 
     aggregate_type: str | None = None
-    row_commands: Sequence[tuple[type[Command], str]] = ()
+    row_commands: Sequence[RowCommand | tuple[type[Command], str]] = ()
     change_form_template = "keel/readmodel_change_form.html"
 
     def __init__(self, model: type[models.Model], admin_site: admin.AdminSite) -> None:
@@ -397,7 +626,10 @@ class ReadModelAdmin(ReadOnlyAdmin):
         return actions
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        # The generated fields are not editable, so a form would leave them out: show them all.
+        # The generated fields are not editable, so a form would leave them out: show them all
+        # (or the ``fields`` the admin lists, display methods included).
+        if self.fields:
+            return list(self.fields)
         return [f.name for f in self.model._meta.concrete_fields]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
@@ -407,6 +639,27 @@ class ReadModelAdmin(ReadOnlyAdmin):
     def history_link(self, obj: models.Model) -> str:
         url = reverse(f"{self.admin_site.name}:keel_command_history", args=[obj.pk])
         return format_html('<a href="{}">history</a>', url)
+
+    def row_commands_for(self, request: HttpRequest, obj: Any) -> list[dict[str, Any]]:
+        """The commands offered on ``obj``'s page: permitted, and valid for its state."""
+        found = []
+        for entry in map(_row_command, self.row_commands):
+            cls = entry.command
+            if not _has_perm(request, execute_permission(cls.command_type)):
+                continue
+            if obj is not None and entry.when is not None and not entry.when(obj):
+                continue
+            url = reverse(f"{self.admin_site.name}:keel_command_execute", args=[cls.command_type])
+            found.append(
+                {
+                    "name": cls.command_type,
+                    "label": cls.verbose_name,
+                    "help": cls.help_text,
+                    "url": f"{url}?{urlencode({entry.field: str(obj.pk) if obj else ''})}",
+                    "destructive": entry.destructive,
+                }
+            )
+        return found
 
     def change_view(
         self,
@@ -422,17 +675,8 @@ class ReadModelAdmin(ReadOnlyAdmin):
                 if _has_perm(request, "keel.view_events")
                 else None
             )
-            context["keel_commands"] = [
-                {
-                    "name": cls.command_type,
-                    "url": reverse(
-                        f"{self.admin_site.name}:keel_command_execute", args=[cls.command_type]
-                    )
-                    + f"?{field}={object_id}",
-                }
-                for cls, field in self.row_commands
-                if _has_perm(request, execute_permission(cls.command_type))
-            ]
+            obj = self.get_object(request, object_id)
+            context["keel_commands"] = self.row_commands_for(request, obj) if obj else []
         return super().change_view(request, object_id, form_url, context)
 
 

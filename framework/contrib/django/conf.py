@@ -99,6 +99,13 @@ class KeelSettings(BaseSettings):
         "read model to catch up with a command (read-your-writes).",
     )
 
+    api_prefix: str = Field(
+        "/api/",
+        max_length=200,
+        description="Path prefix of the JSON API: error answers under it are JSON "
+        "(framework.contrib.django.error_pages).",
+    )
+
     @field_validator("application")
     @classmethod
     def _dotted(cls, value: str) -> str:

@@ -24,6 +24,7 @@ from framework.errors import (
     ConcurrencyError,
     CrossShardCommandError,
     DomainError,
+    IdempotencyKeyReusedError,
     OutcomeUnknownError,
     StoreUnavailableError,
     UnknownCommandError,
@@ -32,6 +33,8 @@ from framework.persistence import Positions
 
 __all__ = [
     "CORRELATION_HEADER",
+    "aggregate_type",
+    "check_positions",
     "correlation_id",
     "error_status",
     "execute",
@@ -68,10 +71,24 @@ def execute(
     command: Command, request: HttpRequest, *, correlation: UUID | None = None
 ) -> CommandResult:
     """Execute ``command`` as the request's user; the user name and the correlation id go into
-    every event's metadata (set here, never by the client)."""
-    return get_application().execute(
+    every event's metadata (set here, never by the client). The command goes into the admin's
+    log too (:mod:`framework.contrib.django.audit`)."""
+    from framework.contrib.django.audit import log_command
+
+    app = get_application()
+    result = app.execute(
         command, user=username(request), correlation_id=correlation or correlation_id(request)
     )
+    if not result.replayed:
+        kind = aggregate_type(result.aggregate_id) if result.aggregate_id else None
+        log_command(request, command, result, kind)
+    return result
+
+
+def aggregate_type(aggregate_id: UUID) -> str | None:
+    """The type name of an aggregate (``"Order"``), from its first event."""
+    first = get_application().store.read(aggregate_id, up_to_version=1)
+    return first[0].topic.split(".", 1)[0] if first else None
 
 
 def wait_for(
@@ -114,12 +131,31 @@ def parse_positions(text: str) -> Positions:
         if not part.strip():
             continue
         partition, sep, offset = part.strip().partition(":")
-        if not sep or not partition.isdigit() or not offset.isdigit():
+        if not sep or not _digits(partition) or not _digits(offset):
             raise ValueError(f"{part.strip()!r} is not PARTITION:OFFSET (e.g. after=0:123,1:45)")
         if len(partition) > 6 or len(offset) > 19:
             raise ValueError(f"{part.strip()!r} is out of range")
         positions[int(partition)] = int(offset)
     return positions
+
+
+def _digits(text: str) -> bool:
+    # str.isdigit also accepts superscripts and other scripts' digits, which int() refuses.
+    return text.isascii() and text.isdigit()
+
+
+def check_positions(positions: Mapping[int, int], head: Mapping[int, int]) -> None:
+    """Refuse positions the store cannot reach: a partition it does not have, or an offset past
+    its end (``head``). Waiting for those would only time out. Raises ValueError."""
+    for partition, offset in sorted(positions.items()):
+        if partition not in head:
+            have = ", ".join(str(p) for p in sorted(head)) or "none"
+            raise ValueError(f"partition {partition} does not exist (the store has {have})")
+        if offset > head[partition]:
+            raise ValueError(
+                f"{partition}:{offset} is past the end of partition {partition} "
+                f"({partition}:{head[partition]})"
+            )
 
 
 def format_positions(positions: Mapping[int, int]) -> str:
@@ -132,10 +168,13 @@ def error_status(error: Exception) -> int:
 
     - 400 invalid input (``CommandValidationError``)
     - 404 an unknown command type, or an aggregate the command names does not exist
-    - 409 a domain rule refused it, the id is taken, or it lost a race (retry)
+    - 409 a domain rule refused it, the id is taken, it lost a race (retry), or its
+      ``command_id`` already ran with another payload
     - 503 the event store is unreachable (nothing was written; retry)
     - 504 the outcome is unknown (retry with the same ``command_id``: idempotent)
     """
+    if isinstance(error, IdempotencyKeyReusedError):
+        return 409
     if isinstance(error, CommandValidationError):
         return 400
     if isinstance(error, UnknownCommandError | AggregateNotFoundError):

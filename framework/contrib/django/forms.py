@@ -21,8 +21,10 @@ anything else                   a JSON textarea
 
 Constraints are rendered as HTML attributes for the browser, but **pydantic validates**: the
 form builds the command's input and calls ``Command.parse``, then puts every pydantic error on
-the field (or formset row and field) its ``loc`` names. ``command_id`` is a hidden field chosen
-when the form is first shown, so submitting the same form twice executes the command once.
+the field (or formset row and field) its ``loc`` names, in plain words. Generated ids
+(``command_id``, a new aggregate's id) are read-only: their values come from ``initial`` (the
+admin derives them from a signed per-form token), never from submitted data, so submitting the
+same form twice executes the command once.
 """
 
 from __future__ import annotations
@@ -101,6 +103,12 @@ def _constraints(metadata: list[Any]) -> dict[str, Any]:
             pending[:0] = list(item.metadata)
             if item.description:
                 found.setdefault("description", item.description)
+            extra = item.json_schema_extra
+            if isinstance(extra, dict):
+                if isinstance(extra.get("enum"), list):
+                    found.setdefault("enum", extra["enum"])
+                if isinstance(extra.get("format"), str):
+                    found.setdefault("format", extra["format"])
             continue
         for name in (
             "gt", "ge", "lt", "le", "min_length", "max_length", "max_digits", "decimal_places",
@@ -144,7 +152,7 @@ def _leaves(
         yield _Leaf(
             path,
             annotation,
-            metadata,
+            [*metadata, info],  # the field's own json_schema_extra (choices, format) too
             required and not optional,
             default,
             info.description,
@@ -242,13 +250,20 @@ def _form_field(leaf: _Leaf) -> forms.Field:
         )
     if annotation is uuid.UUID:
         return forms.UUIDField(widget=forms.TextInput(attrs={"size": 40}), **common)
+    if annotation is str and limits.get("enum"):
+        choices = [(str(v), str(v)) for v in limits["enum"]]
+        if not leaf.required:
+            choices.insert(0, ("", "---------"))
+        return forms.ChoiceField(choices=choices, **common)
     if annotation is str:
         if "max_length" in limits:
             attrs["maxlength"] = limits["max_length"]
         if limits.get("min_length"):
             attrs["minlength"] = limits["min_length"]
         widget: forms.Widget = (
-            forms.Textarea(attrs={**attrs, "rows": 3})
+            forms.EmailInput(attrs=attrs)
+            if limits.get("format") == "email"
+            else forms.Textarea(attrs={**attrs, "rows": 3})
             if limits.get("max_length", 0) > 200
             else forms.TextInput(attrs=attrs)
         )
@@ -270,7 +285,21 @@ def _set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None
     target[path[-1]] = value
 
 
-def _clean_message(message: str) -> str:
+def _clean_message(message: str, kind: str = "", leaf: _Leaf | None = None) -> str:
+    """pydantic's message in plain words: no regular expressions, no "Value error, "."""
+    limits = _constraints(leaf.metadata) if leaf is not None else {}
+    if kind == "missing" or (kind == "string_too_short" and limits.get("min_length") == 1):
+        return "This field is required."
+    if kind == "string_too_short" and "min_length" in limits:
+        return f"Use at least {limits['min_length']} characters."
+    if kind == "string_too_long" and "max_length" in limits:
+        return f"Use at most {limits['max_length']} characters."
+    if kind == "string_pattern_mismatch":
+        hint = (leaf.description if leaf is not None else None) or ""
+        # Descriptions are noun phrases ("An e-mail address, e.g. ..."): "Enter an e-mail ...".
+        return (
+            f"Enter {hint[:1].lower()}{hint[1:].rstrip('.')}." if hint else "Enter a valid value."
+        )
     for prefix in ("Value error, ", "Assertion failed, "):
         if message.startswith(prefix):
             return message[len(prefix) :]
@@ -349,6 +378,9 @@ class CommandForm(_LeafForm):
 
     command_class: ClassVar[type[Command]]
     formset_classes: ClassVar[dict[str, type[_RowFormSet]]] = {}
+    generated_ids: ClassVar[tuple[str, ...]] = ()
+    """Fields holding ids generated for the form (``command_id``, a new aggregate's id): shown
+    read-only, their values come from ``initial``, never from submitted data."""
 
     def __init__(
         self,
@@ -393,26 +425,36 @@ class CommandForm(_LeafForm):
             command = self.command_class.parse(data)
         except CommandValidationError as error:
             for problem in error.errors:
-                self._place_error(tuple(problem.get("loc", ())), problem.get("msg", ""), rows)
+                self._place_error(
+                    tuple(problem.get("loc", ())),
+                    problem.get("msg", ""),
+                    rows,
+                    str(problem.get("type", "")),
+                )
             return
         if not self.errors and formsets_valid:
             self.command = command
 
     def _place_error(
-        self, loc: tuple[Any, ...], message: str, rows: dict[str, list[ModelRowForm]]
+        self,
+        loc: tuple[Any, ...],
+        message: str,
+        rows: dict[str, list[ModelRowForm]],
+        kind: str = "",
     ) -> None:
-        message = _clean_message(message)
         if loc and loc[0] in self.formsets:
             formset = self.formsets[loc[0]]
             if len(loc) >= 2 and isinstance(loc[1], int) and loc[1] < len(rows[loc[0]]):
                 row = rows[loc[0]][loc[1]]
                 field = row.field_for(loc[2:]) if len(loc) > 2 else None
+                message = _clean_message(message, kind, row.leaves.get(field or ""))
                 if field is None or field not in row.errors:
                     row.add_error(field, message)
             else:
-                formset.non_form_errors().append(message)
+                formset.non_form_errors().append(_clean_message(message, kind))
             return
         name = self.field_for(loc) if loc else None
+        message = _clean_message(message, kind, self.leaves.get(name or ""))
         if name is not None and name in self.errors:
             return  # Django could not even parse it; its message says more
         if name is None and loc:
@@ -451,6 +493,7 @@ def command_form_class(command_class: type[Command]) -> type[CommandForm]:
     attrs: dict[str, Any] = {}
     leaves: dict[str, _Leaf] = {}
     formsets: dict[str, type[_RowFormSet]] = {}
+    generated: list[str] = []
     for leaf in _leaves(command_class):
         name = SEPARATOR.join(leaf.path)
         item = _model_list_item(_unwrap(leaf.annotation, [])[0]) if len(leaf.path) == 1 else None
@@ -469,14 +512,21 @@ def command_form_class(command_class: type[Command]) -> type[CommandForm]:
         field = _form_field(leaf)
         if callable(leaf.default):
             field.initial = None  # a fresh value per form, in CommandForm.__init__
+        if callable(leaf.default) and _unwrap(leaf.annotation, [])[0] is uuid.UUID:
+            # A generated id (the command id, a new aggregate's id) is chosen with the form and
+            # never taken from the request: a resubmitted form then replays, and a link
+            # cannot choose the id for you.
+            field.disabled = True
+            field.required = False
+            field.help_text = "chosen for you"
+            generated.append(name)
         if name == "command_id":
             field.widget = forms.HiddenInput()
-            field.required = False
-            field.initial = None  # set per form, in __init__
         attrs[name] = field
     attrs["leaves"] = leaves
     attrs["formset_classes"] = formsets
     attrs["command_class"] = command_class
+    attrs["generated_ids"] = tuple(generated)
     attrs["__doc__"] = command_class.__doc__
     return type(f"{command_class.__name__}Form", (CommandForm,), attrs)
 

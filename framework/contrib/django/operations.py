@@ -6,7 +6,10 @@ figures.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +17,7 @@ from typing import Any
 from django.db import close_old_connections
 
 from framework import dead_letters
+from framework.contrib.django import heartbeats
 from framework.contrib.django.conf import (
     consumer_group,
     get_application,
@@ -31,8 +35,10 @@ __all__ = [
     "StatusRow",
     "make_worker",
     "rebuild",
+    "rebuild_in_background",
     "redrive",
     "status_rows",
+    "wait_for_rebuilds",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,25 @@ class StatusRow:
     rebuilding: bool = False
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    worker: heartbeats.Beat | None = None
+    """The last heartbeat of a worker of this projection (None: never seen one)."""
+    rebuild: heartbeats.Beat | None = None
+    """The last report of a rebuild started from the admin."""
+    lag_seconds: float = 0.0
+    """How long ago the oldest event still to apply was recorded (0 when caught up)."""
+
+    @property
+    def worker_alive(self) -> bool:
+        return self.worker is not None and self.worker.alive
+
+    @property
+    def rebuild_running(self) -> bool:
+        return (
+            self.rebuild is not None
+            and self.rebuild.alive
+            and (self.rebuild.progress or 0.0) < 1.0
+            and not (self.rebuild.detail or "").startswith(("done", "failed"))
+        )
 
     @property
     def positions_text(self) -> str:
@@ -72,6 +97,14 @@ class StatusRow:
             "dead_letters": self.dead_letter_count,
             "rebuilding": self.rebuilding,
             "error": self.error,
+            "lag_seconds": round(self.lag_seconds, 3),
+            "worker_alive": self.worker_alive,
+            "worker_beat_at": self.worker.beat_at.isoformat() if self.worker else None,
+            "last_applied_at": (
+                self.worker.applied_at.isoformat()
+                if self.worker and self.worker.applied_at
+                else None
+            ),
         }
 
 
@@ -82,6 +115,11 @@ def status_rows(*, names: list[str] | None = None, dead_letters: bool = False) -
 
     store = get_application().store
     engine = get_engine()
+    try:
+        beats = heartbeats.read_beats(engine)
+    except Exception as error:  # no heartbeats is no reason to hide the positions
+        log.warning("cannot read heartbeats: %s", error)
+        beats = {}
     rows = []
     for name in names or list(get_projections()):
         projection = get_projection(name)
@@ -98,6 +136,9 @@ def status_rows(*, names: list[str] | None = None, dead_letters: bool = False) -
         row.lag = found.lag
         row.dead_letter_count = found.dead_letters
         row.rebuilding = found.rebuilding
+        row.worker = beats.get(name)
+        row.rebuild = beats.get(name + REBUILD_SUFFIX)
+        row.lag_seconds = _lag_seconds(store, row.positions) if row.lag else 0.0
         if dead_letters and found.dead_letters:
             row.dead_letters = [
                 {
@@ -116,17 +157,91 @@ def status_rows(*, names: list[str] | None = None, dead_letters: bool = False) -
     return rows
 
 
+def _lag_seconds(store: Any, positions: dict[int, int]) -> float:
+    """Age of the oldest event not yet applied (reads one event per lagging partition)."""
+    from framework.codec import codec
+
+    oldest: dt.datetime | None = None
+    for partition, position in positions.items():
+        for record in store.read_partition(partition, start=position, limit=1):
+            try:
+                moment = getattr(codec.decode(record).event, "timestamp", None)
+            except FrameworkError:
+                continue
+            if isinstance(moment, dt.datetime) and (oldest is None or moment < oldest):
+                oldest = moment
+    if oldest is None:
+        return 0.0
+    if oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=dt.UTC)
+    return max(0.0, (dt.datetime.now(dt.UTC) - oldest).total_seconds())
+
+
 def _dead_letters(engine: Any, projection: Any, limit: int) -> list[dead_letters.DeadLetter]:
     return dead_letters.list_dead_letters(engine, projection, limit=limit)
 
 
 class DjangoProjectionWorker(ProjectionWorker):
     """A projection worker that releases Django's database connections between batches (a
-    long-running process must not hold on to connections the database has closed)."""
+    long-running process must not hold on to connections the database has closed), and
+    leaves heartbeats for the projections page (:mod:`~framework.contrib.django.heartbeats`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pulse = heartbeats.Pulse(self.engine, self.projection.name)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().run(*args, **kwargs)
+        finally:
+            self.pulse(flush=True)  # the last batches' count, before the worker goes quiet
+
+    def open_feed(self) -> Any:
+        return _BeatingFeed(super().open_feed(), self.pulse, self.sample_lag)
+
+    lag_every = 10.0
+    """Seconds between lag samples (the projections page charts them)."""
 
     def process(self, events: list[RecordedEvent]) -> None:
         super().process(events)
+        self.pulse(len(events))
+        self.sample_lag()
         close_old_connections()
+
+    _sampled = 0.0
+
+    def sample_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._sampled < self.lag_every:
+            return
+        self._sampled = now
+        try:
+            head = self.store.head()
+            lag = 0
+            for partition, position in self.applier.positions.items():  # the owned ones
+                lag += max(0, head.get(partition, 0) - (position or 0))
+            heartbeats.record_lag(self.engine, self.projection.name, lag)
+        except Exception as error:  # a missed sample is no reason to stop applying events
+            log.debug("no lag sample for %s: %s", self.projection.name, error)
+
+
+class _BeatingFeed:
+    """The worker's feed reader, beating on every poll (so an idle worker looks alive)."""
+
+    def __init__(self, reader: Any, pulse: Callable[..., None], sample: Callable[[], None]) -> None:
+        self._reader = reader
+        self._pulse = pulse
+        self._sample = sample
+
+    def poll(self, *args: Any, **kwargs: Any) -> Any:
+        events = self._reader.poll(*args, **kwargs)
+        self._pulse()
+        if not events:
+            self._sample()
+        return events
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
 
 
 def make_worker(name: str, **options: Any) -> DjangoProjectionWorker:
@@ -151,6 +266,65 @@ def rebuild(
         options["progress"] = progress
     result = worker.rebuild(**options)
     return _summary(result)
+
+
+REBUILD_SUFFIX = ":rebuild"
+_running: dict[str, threading.Thread] = {}
+_running_lock = threading.Lock()
+
+
+def rebuild_in_background(name: str) -> bool:
+    """Start rebuilding ``name`` in a thread of this process; its progress goes to the
+    heartbeats (the projections page shows it). False when one is running already."""
+    engine = get_engine()
+    get_projection(name)  # an unknown name fails here, in the request
+    with _running_lock:
+        thread = _running.get(name)
+        if thread is not None and thread.is_alive():
+            return False
+        last = [0.0]
+
+        def report(p: Any) -> None:
+            now = time.monotonic()
+            if not p.finished and now - last[0] < 1.0:
+                return
+            last[0] = now
+            heartbeats.beat(
+                engine,
+                name + REBUILD_SUFFIX,
+                kind="rebuild",
+                progress=p.fraction,
+                detail=f"{p.events_done} events, {p.rate:.0f} events/s",
+            )
+
+        def run() -> None:
+            try:
+                heartbeats.beat(engine, name + REBUILD_SUFFIX, kind="rebuild", progress=0.0)
+                summary = rebuild(name, progress=report)
+            except Exception as error:  # shown on the page; the log has the traceback
+                log.exception("rebuild of %s failed", name)
+                detail = f"failed: {type(error).__name__}: {error}"
+                heartbeats.beat(engine, name + REBUILD_SUFFIX, kind="rebuild", detail=detail)
+            else:
+                heartbeats.beat(
+                    engine,
+                    name + REBUILD_SUFFIX,
+                    kind="rebuild",
+                    progress=1.0,
+                    detail=f"done: {summary}",
+                )
+
+        thread = threading.Thread(target=run, name=f"rebuild-{name}", daemon=True)
+        _running[name] = thread
+        thread.start()
+    return True
+
+
+def wait_for_rebuilds(timeout: float = 30.0) -> None:
+    """Join the background rebuilds of this process (for tests and shutdown)."""
+    deadline = time.monotonic() + timeout
+    for thread in list(_running.values()):
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _summary(result: Any) -> str:

@@ -44,8 +44,9 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 
-from framework.contrib.django.conf import command_classes, get_engine
+from framework.contrib.django.conf import command_classes, get_application, get_engine
 from framework.contrib.django.execution import (
+    check_positions,
     error_status,
     execute,
     format_positions,
@@ -53,14 +54,30 @@ from framework.contrib.django.execution import (
     wait_for,
 )
 from framework.contrib.django.models import execute_permission
+from framework.contrib.django.readmodels import model_for_table
 from framework.database import read_only
 from framework.errors import CommandValidationError, FrameworkError
 
-__all__ = ["Filter", "ReadModelQuery", "command_view", "json_error"]
+__all__ = [
+    "AUTO",
+    "LOGIN_REQUIRED",
+    "PUBLIC",
+    "Filter",
+    "ReadModelQuery",
+    "command_view",
+    "json_error",
+]
 
 log = logging.getLogger(__name__)
 
 MAX_PARAM_LENGTH = 200
+
+AUTO = "auto"
+"""``ReadModelQuery.permission``: the ``view_*`` permission of the read model's Django model."""
+LOGIN_REQUIRED = "login"
+"""``ReadModelQuery.permission``: any logged-in user."""
+PUBLIC = "public"
+"""``ReadModelQuery.permission``: anyone, anonymous users too (opt in only for public data)."""
 
 
 def json_error(status: int, message: str, **extra: Any) -> JsonResponse:
@@ -185,6 +202,12 @@ class ReadModelQuery:
     max_limit: int = 100
     columns: Sequence[str] | None = None
     engine: Callable[[], sa.Engine] = get_engine
+    permission: str = AUTO
+    """Who may read: :data:`AUTO` (a logged-in user with the ``view_*`` permission of the Django
+    model generated over ``table``, e.g. ``shop.view_customer``; superusers only when there is
+    no such model), a permission name (``"shop.view_order"``), :data:`LOGIN_REQUIRED` or
+    :data:`PUBLIC`. Anonymous users get 401, others without it 403, before anything is read
+    or waited for."""
 
     # -- views ---------------------------------------------------------------------------------
 
@@ -206,9 +229,38 @@ class ReadModelQuery:
         view.__name__ = f"{self.table.name}_detail"
         return view
 
+    def required_permission(self) -> str | None:
+        """The permission a user needs: None when being logged in is enough, ``""`` when only
+        superusers may read (AUTO without a generated Django model)."""
+        if self.permission in (LOGIN_REQUIRED, PUBLIC):
+            return None
+        if self.permission != AUTO:
+            return self.permission
+        model = model_for_table(self.table)
+        if model is None:
+            return ""
+        return f"{model._meta.app_label}.view_{model._meta.model_name}"
+
+    def refuse(self, request: HttpRequest) -> HttpResponse | None:
+        """A 401/403 answer when the request's user may not read this, else None."""
+        if self.permission == PUBLIC:
+            return None
+        user: Any = request.user
+        if not user.is_authenticated:
+            return json_error(401, "log in first (session authentication)")
+        needed = self.required_permission()
+        if needed == "" and not user.is_superuser:
+            return json_error(403, f"only superusers may read {self.table.name}")
+        if needed and not user.has_perm(needed):
+            return json_error(403, f"you may not read {self.table.name} (needs {needed})")
+        return None
+
     def _respond(
         self, request: HttpRequest, build: Callable[[HttpRequest, bool], HttpResponse]
     ) -> HttpResponse:
+        refused = self.refuse(request)
+        if refused is not None:
+            return refused
         try:
             caught_up = self._wait(request)
             return build(request, caught_up)
@@ -223,6 +275,7 @@ class ReadModelQuery:
             raise BadParameter("after", "after is too long")
         try:
             positions = parse_positions(raw)
+            check_positions(positions, get_application().store.head())
         except ValueError as error:
             raise BadParameter("after", f"after: {error}") from None
         return wait_for(
@@ -291,7 +344,7 @@ class ReadModelQuery:
         raw = request.GET.get(name)
         if raw is None:
             return default
-        if not raw.isdigit() or len(raw) > 9:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
             raise BadParameter(name, f"{name} must be a whole number from {low} to {high}")
         value = int(raw)
         if not low <= value <= high:
@@ -332,23 +385,24 @@ def command_view(request: HttpRequest, command_type: str) -> HttpResponse:
         response = json_error(405, "use POST with a JSON object")
         response["Allow"] = "POST"
         return response
-    commands = command_classes()
-    if len(command_type) > 100 or command_type not in commands:
-        return json_error(
-            404,
-            f"unknown command {command_type[:100]!r}",
-            known=sorted(commands),
-        )
     if not request.user.is_authenticated:
         return json_error(401, "log in first (session authentication)")
     user: Any = request.user
+    commands = command_classes()
+    if len(command_type) > 100 or command_type not in commands:
+        # Only the commands this user may execute: the list is no map for a stranger.
+        return json_error(
+            404,
+            f"unknown command {command_type[:100]!r}",
+            known=sorted(n for n in commands if user.has_perm(execute_permission(n))),
+        )
     if not user.has_perm(execute_permission(command_type)):
         return json_error(403, f"you may not execute {command_type}")
     content_type = request.content_type or ""
     if content_type != "application/json":
         return json_error(415, "send the command as application/json")
     length = request.headers.get("Content-Length", "0")
-    if not length.isdigit() or int(length) > MAX_BODY:
+    if not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY:
         return json_error(413, f"the body must be at most {MAX_BODY} bytes")
     try:
         body = request.body

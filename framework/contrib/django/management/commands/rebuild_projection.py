@@ -8,8 +8,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from framework.contrib.django import operations
-from framework.contrib.django.conf import get_projections
-from framework.contrib.django.execution import format_positions, parse_positions
+from framework.contrib.django.conf import get_application, get_projections
+from framework.contrib.django.execution import check_positions, format_positions, parse_positions
 from framework.errors import FrameworkError
 
 
@@ -49,6 +49,15 @@ class Command(BaseCommand):
             start = parse_positions(",".join(options["from_position"]))
         except ValueError as error:
             raise CommandError(f"--from-position: {error}") from error
+        if start:
+            # A partition the store lacks would be skipped silently: the rebuild would start
+            # from the beginning and the operator would never know.
+            try:
+                check_positions(start, get_application().store.head())
+            except ValueError as error:
+                raise CommandError(f"--from-position: {error}") from error
+            except FrameworkError as error:
+                raise CommandError(f"cannot read the event store: {error}") from error
         tty = self.stdout.isatty() and not options["no_progress"]
         progress = _RichBar(name, self.stdout) if tty else _Lines(self)
         extra = {"from_positions": start} if start else {}
