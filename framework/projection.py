@@ -37,6 +37,11 @@ module:OrderSummary``). Rules of the road:
   other services): a rebuild must produce the same rows. Use ``event.timestamp`` for times.
 - Events the projection does not handle cost nothing: the worker compares the recorded type name
   with the handled ones before decoding anything.
+- **The fast path**: ``@handles(A, B, batch=True)`` hands the method a list of events (each run
+  of consecutive events it handles in one transaction) so it can fold them per row and write
+  with a few set-based statements (:func:`upsert_many`, :func:`update_many`); a batch handler
+  that takes a parameter named ``envelopes`` also gets their envelopes.
+- Money: :class:`ExactNumeric` columns, not ``sa.Numeric`` (SQLite keeps that as a float).
 """
 
 from __future__ import annotations

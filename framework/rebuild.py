@@ -156,6 +156,13 @@ def rebuild(
         if swap_tables(projection, shadow, engine, applier=applier, store=store):
             swapped = True
             break
+        # The live tables were further ahead, or an event failed in the swap's transaction:
+        # catch up with the whole log (poison events are parked there), then try again.
+        new_target = store.head()
+        progress_state.total += sum(
+            max(0, new_target.get(p, 0) - target.get(p, 0)) for p in partitions
+        )
+        target = new_target
     positions = {p: applier.next_offset(p) for p in partitions}
     elapsed = time.monotonic() - started
     done_events = progress_state.events

@@ -81,7 +81,7 @@ def consumer_group(app: str, projection: str) -> str:
     """The Kafka consumer group of ``projection``'s workers over application ``app``'s events:
     ``<app>.<projection>``, so two applications on one cluster never share a group.
 
-    (Until 0.x it was the projection's name alone. Positions live in the read-model database,
+    (It used to be the projection's name alone. Positions live in the read-model database,
     not in Kafka, so workers in the renamed group start exactly where the old ones stopped.)"""
     return f"{app}.{projection}"
 

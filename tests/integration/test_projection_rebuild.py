@@ -12,12 +12,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from framework import dead_letters
 from framework.persistence import open_store
 from framework.positions import read_positions
 from framework.projection_testing import table_rows
 from framework.rebuild import RebuildProgress, rebuild
+from framework.settings import projection_settings
 from framework.worker import ProjectionWorker, wait_until
-from tests.projection_domain import CartSummary, OpenCart, cart_app
+from tests.projection_domain import AddItem, CartSummary, OpenCart, cart_app
 from tests.support.projection_support import Traffic, pg_database, ready_engine
 
 
@@ -98,5 +100,48 @@ def test_a_row_seen_before_the_swap_is_there_after_it_on_kafka(
     engine = ready_engine(f"sqlite:///{tmp_path}/read.db")
     print("\nREBUILD-SWAP[kafka]: ", end="")
     swap_under_a_reader(store, app, engine, unique_name("live"))
+    store.close()
+    engine.dispose()
+
+
+@pytest.mark.timeout(120)
+def test_a_poison_event_in_the_swap_window_is_parked_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/events.db", name="carts")
+    app = cart_app(store)
+    Traffic(app, seed=13).run(40)
+    engine = ready_engine(f"sqlite:///{tmp_path}/read.db")
+    monkeypatch.setattr(CartSummary, "fail_skus", {"POISON"})
+    settings = projection_settings("cart_summary", max_attempts=1, poll_timeout=0.02)
+    projection = CartSummary()
+    stop = threading.Event()
+    live = ProjectionWorker(projection, store, engine, settings=settings)
+    thread = threading.Thread(target=live.run, args=(stop,), daemon=True)
+    thread.start()
+    wait_until(projection, engine, store.head(), timeout=30)
+    cart = uuid.uuid4()
+    sent: list[bool] = []
+
+    def progress(p: RebuildProgress) -> None:
+        # While the rebuild runs, a poison event lands and the live worker parks it.
+        if sent or p.finished:
+            return
+        sent.append(True)
+        app.execute(OpenCart(cart_id=cart, customer="p"))
+        result = app.execute(AddItem(cart_id=cart, sku="POISON"))
+        wait_until(projection, engine, result.positions, timeout=30)
+
+    try:
+        result = rebuild(projection, store, engine, progress=progress, settings=settings)
+    finally:
+        stop.set()
+        thread.join(30)
+    letters = dead_letters.list_dead_letters(engine, projection)
+    print(
+        f"\nREBUILD-POISON: swapped={result.swapped} rounds={result.rounds} "
+        f"dead_letters={[(d.reason, d.version) for d in letters]}"
+    )
+    assert result.swapped and [(d.aggregate_id, d.version) for d in letters] == [(str(cart), 2)]
     store.close()
     engine.dispose()
