@@ -30,6 +30,8 @@ from bench.domain import Deposit, OpenAccount, build_app, build_peer
 from bench.harness import Context, Row, Section, ServiceMissing, Stopwatch, deciding, percentile
 
 TITLE = "Kafka command path across processes (commands/s, ms)"
+NEEDS_KAFKA = True
+"""Nothing to measure without Kafka: the smoke run (embedded only) reports the section skipped."""
 SPAWN = multiprocessing.get_context("spawn")
 THREADS = 2  # caller threads per sender process
 AMOUNT = Decimal("1.00")

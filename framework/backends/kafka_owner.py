@@ -55,6 +55,8 @@ from framework.backends.kafka_writer import (
     call_bounded,
     close_quietly,
     is_fenced,
+    positions_of,
+    recorded_at,
 )
 from framework.commands import Command, Metadata
 from framework.domain import Aggregate
@@ -66,7 +68,7 @@ from framework.errors import (
     OutcomeUnknownError,
     StoreUnavailableError,
 )
-from framework.persistence import NewEvent, Positions, RecordedEvent
+from framework.persistence import NewEvent, RecordedEvent
 
 if TYPE_CHECKING:
     from framework.application import Application
@@ -400,11 +402,11 @@ class ShardOwner:
                 for event in entry.decision.events
             ]
             for entry, event, future in first:
-                entry.recorded.append(_recorded(event, future.get(timeout=timeout)))
+                entry.recorded.append(recorded_at(event, future.get(timeout=timeout)))
             second = []
             for entry in entries:
                 if entry.decision is not None:
-                    positions = _positions(entry.recorded)
+                    positions = positions_of(entry.recorded)
                     entry.outcome = entry.decision.result(positions)
                     record = entry.decision.record(positions)
                     second.append((entry, record, self._send(producer, record)))
@@ -423,7 +425,7 @@ class ShardOwner:
                     {tp: _offset_and_metadata(max(consumed) + 1)}, store.writer_group
                 )
             for entry, record, future in second:
-                entry.recorded.append(_recorded(record, future.get(timeout=timeout)))
+                entry.recorded.append(recorded_at(record, future.get(timeout=timeout)))
         except Exception as error:
             fenced = is_fenced(producer, error)
             self.stats["fenced"] += int(fenced)
@@ -456,7 +458,7 @@ class ShardOwner:
             self._drop_producer()
         for entry in entries:
             if entry.decision is not None:
-                self.app.committed(entry.decision, _positions(entry.recorded))
+                self.app.committed(entry.decision, positions_of(entry.recorded))
                 for aggregate in entry.decision.touched:
                     if aggregate.id not in spoiled and self._producer is not None:
                         self._remember(aggregate)
@@ -482,24 +484,6 @@ class ShardOwner:
                 return
             if isinstance(item, _Local):
                 self._answer(item, ShardMoved())
-
-
-def _recorded(event: NewEvent, metadata: Any) -> RecordedEvent:
-    return RecordedEvent(
-        event.aggregate_id,
-        event.version,
-        event.topic,
-        event.state,
-        metadata.partition,
-        metadata.offset,
-    )
-
-
-def _positions(recorded: Sequence[RecordedEvent]) -> Positions:
-    positions: Positions = {}
-    for event in recorded:
-        positions[event.partition] = max(positions.get(event.partition, 0), event.offset + 1)
-    return positions
 
 
 def _offset_and_metadata(offset: int) -> Any:
@@ -567,6 +551,8 @@ class WriterMember:
                 max_poll_records=s.max_batch,
                 fetch_max_wait_ms=20,
             )
+            # Metadata first: a leader without it assigns nothing (see kafka_feed).
+            self.consumer.partitions_for_topic(self.store.commands_topic)
             self.consumer.subscribe([self.store.commands_topic], listener=_Listener(self))
         except KafkaError as error:
             raise StoreUnavailableError(

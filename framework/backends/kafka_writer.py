@@ -54,6 +54,8 @@ __all__ = [
     "call_bounded",
     "close_quietly",
     "is_fenced",
+    "positions_of",
+    "recorded_at",
 ]
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,27 @@ def call_bounded(fn: Callable[[], Any], timeout: float, name: str = "kafka-call"
     return value
 
 
+def recorded_at(event: NewEvent, metadata: Any) -> RecordedEvent:
+    """``event`` as written, at the partition and offset a produce response (``metadata``)
+    gave it."""
+    return RecordedEvent(
+        event.aggregate_id,
+        event.version,
+        event.topic,
+        event.state,
+        metadata.partition,
+        metadata.offset,
+    )
+
+
+def positions_of(recorded: Sequence[RecordedEvent]) -> Positions:
+    """For each partition, the offset just past the last of ``recorded`` there."""
+    positions: Positions = {}
+    for event in recorded:
+        positions[event.partition] = max(positions.get(event.partition, 0), event.offset + 1)
+    return positions
+
+
 @dataclass(eq=False)
 class AppendRequest:
     """One caller's append, waiting in a shard writer's queue."""
@@ -103,10 +126,7 @@ class AppendRequest:
     done: threading.Event = field(default_factory=threading.Event)
 
     def succeed(self, recorded: list[RecordedEvent]) -> None:
-        positions: Positions = {}
-        for event in recorded:
-            positions[event.partition] = max(positions.get(event.partition, 0), event.offset + 1)
-        self.recorded, self.positions = recorded, positions
+        self.recorded, self.positions = recorded, positions_of(recorded)
         self.done.set()
 
     def fail(self, error: BaseException) -> None:
@@ -356,16 +376,7 @@ class ShardWriter:
             recorded: dict[int, list[RecordedEvent]] = {id(r): [] for r in accepted}
             for request, event, future in sent:
                 metadata = future.get(timeout=max(0.1, deadline - time.monotonic()))
-                recorded[id(request)].append(
-                    RecordedEvent(
-                        event.aggregate_id,
-                        event.version,
-                        event.topic,
-                        event.state,
-                        metadata.partition,
-                        metadata.offset,
-                    )
-                )
+                recorded[id(request)].append(recorded_at(event, metadata))
         except Exception as error:
             self._abort(producer)
             if is_fenced(producer, error):

@@ -21,6 +21,7 @@ from framework.errors import FrameworkError
 from framework.persistence import open_store
 from framework.projection_testing import table_rows
 from framework.worker import ProjectionWorker
+from framework.writer import writer as serve_commands
 from tests.projection_domain import AddItem, CartSummary, OpenCart, cart_app
 from tests.support.projection_support import ready_engine
 
@@ -82,8 +83,9 @@ def test_a_foreign_record_with_an_out_of_range_version_bricks_nothing(
     writer = stores()
     app = cart_app(writer, name=writer.name)
     carts = [uuid.uuid4() for _ in range(6)]
-    for i, cart in enumerate(carts):
-        app.execute(OpenCart(cart_id=cart, customer=f"c{i}"))
+    with serve_commands(app):
+        for i, cart in enumerate(carts):
+            app.execute(OpenCart(cart_id=cart, customer=f"c{i}"))
     victim = carts[0]
     topic = writer.read(victim)[0].topic
     produce(
@@ -108,9 +110,10 @@ def test_a_foreign_record_with_an_out_of_range_version_bricks_nothing(
             raw_errors += 1
     commands_ok = 0
     fresh_app = cart_app(fresh, name=fresh.name)
-    for cart in (victim, carts[1]):
-        fresh_app.execute(AddItem(cart_id=cart, sku="s"))
-        commands_ok += 1
+    with serve_commands(fresh_app):  # the new process takes the shard over: it decides
+        for cart in (victim, carts[1]):
+            fresh_app.execute(AddItem(cart_id=cart, sku="s"))
+            commands_ok += 1
     foreign = [
         e
         for p in range(fresh.partitions)
@@ -150,8 +153,9 @@ def test_a_foreign_duplicate_of_a_version_loses_everywhere(
     writer = stores()
     app = cart_app(writer, name=writer.name)
     cart = uuid.uuid4()
-    app.execute(OpenCart(cart_id=cart, customer="first"))
-    app.execute(AddItem(cart_id=cart, sku="kept", quantity=1))
+    with serve_commands(app):
+        app.execute(OpenCart(cart_id=cart, customer="first"))
+        app.execute(AddItem(cart_id=cart, sku="kept", quantity=1))
     second = writer.read(cart)[1]
     # Version 2 again, with another item: only a writer around the fencing can do this.
     produce(

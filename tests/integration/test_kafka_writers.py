@@ -185,14 +185,17 @@ def test_no_process_decides_on_stale_state(bank: tuple[str, str]) -> None:
     a, b = (parent for parent, _ in pipes)
     runs = withdrawals_ok = resends_replayed = 0
     try:
+        wait_for_owner(app)
         for conn in (a, b):
             assert conn.poll(90) and conn.recv() == "ready"
         for _ in range(3):
             runs += 1
             account = uuid.uuid4()
-            assert ask(a, OpenAccount(account_id=account, owner=OWNER))[0] == "ok"
+            opened = ask(a, OpenAccount(account_id=account, owner=OWNER))
+            assert opened[0] == "ok", opened
             # B deposits; A, idle since it opened the account, withdraws: never refused.
-            assert ask(b, Deposit(account_id=account, amount=Decimal("100.00")))[0] == "ok"
+            deposited = ask(b, Deposit(account_id=account, amount=Decimal("100.00")))
+            assert deposited[0] == "ok", deposited
             answer = ask(a, Withdraw(account_id=account, amount=Decimal("50.00")))
             withdrawals_ok += answer[0] == "ok"
             assert answer[0] == "ok", answer
@@ -224,6 +227,7 @@ def test_six_senders_withdraw_exactly_the_balance(bank: tuple[str, str]) -> None
     app = build(url, name=name)
     account = uuid.uuid4()
     try:
+        wait_for_owner(app)
         app.execute(OpenAccount(account_id=account, owner=OWNER), timeout=90)
         app.execute(Deposit(account_id=account, amount=Decimal("300.00")))
         with SPAWN.Pool(6) as pool:

@@ -22,6 +22,7 @@ from framework.persistence import open_store
 from framework.positions import read_positions
 from framework.projection_testing import digest
 from framework.worker import ProjectionWorker
+from framework.writer import writer as serve_commands
 from tests.projection_domain import CartSummary, cart_app
 from tests.support.projection_support import (
     PYTHON,
@@ -46,6 +47,8 @@ def test_t3_kafka_worker_sigkilled_and_restarted(
     url = f"kafka://{kafka_bootstrap}?partitions=3"
     writer_store = open_store(url, name=name)
     traffic = Traffic(cart_app(writer_store, name=name), seed=33)
+    serving = serve_commands(traffic.app)  # this process decides the commands
+    serving.__enter__()
     traffic.run(60)
     db_url = f"sqlite:///{tmp_path}/read.db"
     engine = ready_engine(db_url)
@@ -85,6 +88,7 @@ def test_t3_kafka_worker_sigkilled_and_restarted(
             final = time.monotonic() - started
     finally:
         stop_writer.set()
+        serving.__exit__(None, None, None)
     events, dup, missing = check_counts(engine, writer_store)
     equal = digest(engine, CartSummary().tables) == clean_digest(
         writer_store, f"sqlite:///{tmp_path}/clean.db"

@@ -19,6 +19,7 @@ from framework.projection_testing import table_rows
 from framework.rebuild import RebuildProgress, rebuild
 from framework.settings import projection_settings
 from framework.worker import ProjectionWorker, wait_until
+from framework.writer import writer as serve_commands
 from tests.projection_domain import AddItem, CartSummary, OpenCart, cart_app
 from tests.support.projection_support import Traffic, pg_database, ready_engine
 
@@ -96,10 +97,11 @@ def test_a_row_seen_before_the_swap_is_there_after_it_on_kafka(
     name = unique_name("carts").replace("-", "_")
     store = open_store(f"kafka://{kafka_bootstrap}?partitions=3", name=name)
     app = cart_app(store, name=name)
-    Traffic(app, seed=12).run(60)
-    engine = ready_engine(f"sqlite:///{tmp_path}/read.db")
-    print("\nREBUILD-SWAP[kafka]: ", end="")
-    swap_under_a_reader(store, app, engine, unique_name("live"))
+    with serve_commands(app):  # this process decides the commands
+        Traffic(app, seed=12).run(60)
+        engine = ready_engine(f"sqlite:///{tmp_path}/read.db")
+        print("\nREBUILD-SWAP[kafka]: ", end="")
+        swap_under_a_reader(store, app, engine, unique_name("live"))
     store.close()
     engine.dispose()
 
