@@ -122,10 +122,10 @@ class KafkaFeedReader(FeedReader):
                 # session_timeout for it when it stops for good.
                 group_instance_id=settings.instance_id,
             )
-            # With no metadata for the topic yet, the group leader may assign nothing and the
-            # group would wait for a metadata refresh (minutes): fetch it first.
-            self.consumer.partitions_for_topic(topic)
             self.consumer.subscribe([topic], listener=_Listener(self))
+            # With no metadata for the topic yet, the group leader may assign nothing and the
+            # group would wait for a metadata refresh (minutes): have it before joining.
+            self.consumer.partitions_for_topic(topic)
         except KafkaError as error:
             raise StoreUnavailableError(f"cannot subscribe to {topic!r}: {error}") from error
 

@@ -551,9 +551,9 @@ class WriterMember:
                 max_poll_records=s.max_batch,
                 fetch_max_wait_ms=20,
             )
-            # Metadata first: a leader without it assigns nothing (see kafka_feed).
-            self.consumer.partitions_for_topic(self.store.commands_topic)
             self.consumer.subscribe([self.store.commands_topic], listener=_Listener(self))
+            # Metadata before joining: a leader without it assigns nothing (see kafka_feed).
+            self.consumer.partitions_for_topic(self.store.commands_topic)
         except KafkaError as error:
             raise StoreUnavailableError(
                 f"cannot join the writer group {self.store.writer_group!r}: {error}"
