@@ -395,6 +395,11 @@ def test_row_commands_follow_the_rows_state(admin_client: Client, shop: Any, wor
     assert offered() == ["AddOrderLine", "RemoveOrderLine", "ConfirmOrder", "CancelOrder"]
     submit(admin_client, "ConfirmOrder", {"order_id": order_id})
     assert offered() == ["ShipOrder", "CancelOrder"]
+    # A destructive command's form asks first; others do not.
+    cancel = open_form(admin_client, "CancelOrder", {"order_id": order_id}).content.decode()
+    assert "cannot be undone" in cancel and 'value="Yes, cancel order"' in cancel
+    ship = open_form(admin_client, "ShipOrder", {"order_id": order_id}).content.decode()
+    assert "cannot be undone" not in ship and 'value="Ship order"' in ship
     submit(admin_client, "ShipOrder", {"order_id": order_id, "carrier": "dhl"})
     assert offered() == []
 

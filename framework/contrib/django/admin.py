@@ -202,10 +202,21 @@ class CommandAdmin(ReadOnlyAdmin):
             form=form,
             formsets=list(form.formsets.items()),
             error_summary=error_fields(form) if form.is_bound else {},
+            destructive=self._destructive(cls),
             media=self.media + form.media,
             list_url=reverse(f"{self.admin_site.name}:keel_command_changelist"),
         )
         return TemplateResponse(request, "keel/command_form.html", context)
+
+    def _destructive(self, cls: type[Command]) -> bool:
+        """Whether some read-model admin offers ``cls`` as a destructive row command (its form
+        then says so, and its button is red)."""
+        return any(
+            entry.destructive and entry.command is cls
+            for model_admin in self.admin_site._registry.values()
+            if isinstance(model_admin, ReadModelAdmin)
+            for entry in map(_row_command, model_admin.row_commands)
+        )
 
     def _after_command(
         self, request: HttpRequest, cls: type[Command], result: CommandResult
