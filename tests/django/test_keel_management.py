@@ -140,6 +140,9 @@ def test_run_status_and_rebuild(shop: Any) -> None:
     run("run_projections", "--until-caught-up")
     status = json.loads(run("projection_status", "--json"))
     assert all(s["lag"] == 0 and s["dead_letters"] == 0 for s in status)
+    # The workers just ran: their heartbeats say so (the admin's projections page shows it).
+    assert all(s["worker_alive"] and s["last_applied_at"] for s in status)
+    assert "running (" in run("projection_status")
     assert status[0]["positions"] == {"0": shop.head()[0]}
 
     before = digest(shop, orders.orders)
