@@ -63,7 +63,7 @@ def _search_by_short_id(
 @admin.register(models.Customer)
 class CustomerAdmin(ReadModelAdmin):
     aggregate_type = "Customer"
-    list_display = ["name", "email", "city", "country", "status", "registered_at", "history_link"]
+    list_display = ["name", "email", "city", "country", "status", "registered", "history_link"]
     list_filter = ["status", "country"]
     search_fields = ["name", "email", "city", "postcode"]
     ordering = ["name"]
@@ -97,6 +97,10 @@ class CustomerAdmin(ReadModelAdmin):
         RowCommand(ChangeCustomerAddress, "customer_id", when=_active),
         RowCommand(DeactivateCustomer, "customer_id", when=_active, destructive=True),
     ]
+
+    @admin.display(description="registered", ordering="registered_at")
+    def registered(self, obj: Any) -> str:
+        return f"{obj.registered_at:%Y-%m-%d}"
 
     @admin.display(description="orders")
     def orders_link(self, obj: Any) -> str:

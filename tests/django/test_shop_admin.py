@@ -228,7 +228,8 @@ def test_invalid_input_shows_field_errors_and_writes_nothing(
     assert "Select a valid choice" in form.errors["address__country"][0]
     # One summary on top names every problem in plain words.
     assert b"Please correct the 3 errors below" in response.content
-    assert response.context["error_summary"]["email"] == form.errors["email"]
+    assert response.context["error_summary"]["Email"] == form.errors["email"]
+    assert response.context["error_summary"]["Address: country"]
     assert shop.head() == head
 
     customer_id = register(admin_client)

@@ -52,7 +52,7 @@ from framework.contrib.django.execution import (
     username,
     wait_for,
 )
-from framework.contrib.django.forms import command_form_class, error_fields
+from framework.contrib.django.forms import command_form_class, error_summary
 from framework.contrib.django.models import execute_permission
 from framework.errors import AggregateNotFoundError, FrameworkError
 
@@ -201,7 +201,7 @@ class CommandAdmin(ReadOnlyAdmin):
             command_label=cls.verbose_name,
             form=form,
             formsets=list(form.formsets.items()),
-            error_summary=error_fields(form) if form.is_bound else {},
+            error_summary=error_summary(form) if form.is_bound else {},
             destructive=self._destructive(cls),
             media=self.media + form.media,
             list_url=reverse(f"{self.admin_site.name}:keel_command_changelist"),
