@@ -233,6 +233,11 @@ def test_system_checks(shop: Any, settings: Any) -> None:
         assert [m.id for m in checks.check_settings()] == ["keel.E003"]
     with override_settings(DATABASE_ROUTERS=[]):
         assert [m.id for m in checks.check_settings()] == ["keel.W003"]
+    without = [m for m in settings.MIDDLEWARE if m != checks.API_ERRORS]
+    with override_settings(MIDDLEWARE=without):
+        assert [m.id for m in checks.check_settings()] == ["keel.W004"]
+    with override_settings(MIDDLEWARE=without, KEEL={**settings.KEEL, "API_PREFIX": ""}):
+        assert checks.check_settings() == []
     with override_settings(KEEL={**settings.KEEL, "READMODELS_DATABASE": "elsewhere"}):
         assert "keel.E004" in [m.id for m in checks.check_settings()]
     assert checks.check_worker_debug() == []
