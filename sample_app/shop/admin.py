@@ -92,6 +92,11 @@ class CustomerAdmin(ReadModelAdmin):
             confirm=True,
         )
     ]
+    chooser_filters = {  # the customer chooser offers whom the command can apply to
+        "PlaceOrder": {"status": "active"},
+        "ChangeCustomerAddress": {"status": "active"},
+        "DeactivateCustomer": {"status": "active"},
+    }
     row_commands = [
         RowCommand(PlaceOrder, "customer_id", when=_active),
         RowCommand(ChangeCustomerAddress, "customer_id", when=_active),
@@ -169,6 +174,13 @@ class OrderAdmin(ReadModelAdmin):
             confirm=True,
         ),
     ]
+    chooser_filters = {
+        "AddOrderLine": {"status": "open"},
+        "RemoveOrderLine": {"status": "open"},
+        "ConfirmOrder": {"status": "open"},
+        "ShipOrder": {"status": "confirmed"},
+        "CancelOrder": {"status__in": ["open", "confirmed"]},
+    }
     row_commands = [
         RowCommand(AddOrderLine, "order_id", when=_open),
         RowCommand(RemoveOrderLine, "order_id", when=lambda o: _open(o) and o.line_count > 1),

@@ -471,6 +471,14 @@ def test_the_choosers_search_read_models_for_permitted_users(
         "pagination": {"more": False},
     }
     assert admin_client.get(reverse("admin:keel_command_choose", args=["nope"])).status_code == 404
+    # A command's chooser offers only the rows it can apply to.
+    submit(admin_client, "DeactivateCustomer", {"customer_id": grace})
+    worker()
+    assert admin_client.get(url, {"term": "grace"}).json()["results"] != []
+    offered = admin_client.get(url, {"term": "grace", "command": "PlaceOrder"}).json()
+    assert offered["results"] == []
+    form = open_form(admin_client, "PlaceOrder").content.decode()
+    assert f"{url}?command=PlaceOrder" in form
     clerk = Client()
     clerk.force_login(make_user("clerk", "keel.execute_placeorder"))
     assert clerk.get(url, {"term": "grace"}).status_code == 403  # may not view customers

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -182,7 +182,7 @@ class CommandAdmin(ReadOnlyAdmin):
         form = form_class(data, initial={**prefill, **ids})
         from framework.contrib.django.choosers import attach
 
-        attach(form, request, self.admin_site, skip=set(form_class.generated_ids))
+        attach(form, request, self.admin_site, set(form_class.generated_ids), command_type)
         if form.is_bound and form.is_valid():
             assert form.command is not None
             try:
@@ -617,6 +617,9 @@ class ReadModelAdmin(ReadOnlyAdmin):
 
     aggregate_type: str | None = None
     row_commands: Sequence[RowCommand | tuple[type[Command], str]] = ()
+    chooser_filters: Mapping[str, Mapping[str, Any]] = {}
+    """Which rows a command's chooser offers: ``{"PlaceOrder": {"status": "active"}}``
+    (Django filter arguments per command type; all rows for a command not named)."""
     change_form_template = "keel/readmodel_change_form.html"
 
     def __init__(self, model: type[models.Model], admin_site: admin.AdminSite) -> None:
