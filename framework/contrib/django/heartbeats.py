@@ -1,9 +1,11 @@
 """Signs of life of projection workers and background rebuilds, for the projections page.
 
 The framework records where a projection stands (its positions) but not whether anything is
-still moving it. Each Django-run worker writes a row here every few seconds while it polls,
-and on every batch it applies (``applied_at``, ``applied``); a rebuild started from the admin
-writes its progress. The page then shows a stopped worker as stopped, not merely as "lag 0".
+still moving it. Each Django-run worker notes a beat on every poll and the events of every
+batch (:class:`Pulse`); a thread of the process writes them here every two seconds, with a lag
+sample every ten, so the poll loop never waits for this table. A rebuild started from the
+admin writes its progress. The page then shows a stopped worker as stopped (its last beat
+goes stale), not merely as "lag 0".
 
 The table lives in the read-model database next to the positions, and is created on first use
 (it is operational state, not a read model: nothing is lost if it is dropped).
