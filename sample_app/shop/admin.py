@@ -63,7 +63,7 @@ def _search_by_short_id(
 @admin.register(models.Customer)
 class CustomerAdmin(ReadModelAdmin):
     aggregate_type = "Customer"
-    list_display = ["name", "email", "city", "country", "status", "registered_at", "history_link"]
+    list_display = ["name", "email", "city", "country", "status", "registered", "history_link"]
     list_filter = ["status", "country"]
     search_fields = ["name", "email", "city", "postcode"]
     ordering = ["name"]
@@ -92,11 +92,20 @@ class CustomerAdmin(ReadModelAdmin):
             confirm=True,
         )
     ]
+    chooser_filters = {  # the customer chooser offers whom the command can apply to
+        "PlaceOrder": {"status": "active"},
+        "ChangeCustomerAddress": {"status": "active"},
+        "DeactivateCustomer": {"status": "active"},
+    }
     row_commands = [
         RowCommand(PlaceOrder, "customer_id", when=_active),
         RowCommand(ChangeCustomerAddress, "customer_id", when=_active),
         RowCommand(DeactivateCustomer, "customer_id", when=_active, destructive=True),
     ]
+
+    @admin.display(description="registered", ordering="registered_at")
+    def registered(self, obj: Any) -> str:
+        return f"{obj.registered_at:%Y-%m-%d}"
 
     @admin.display(description="orders")
     def orders_link(self, obj: Any) -> str:
@@ -165,6 +174,13 @@ class OrderAdmin(ReadModelAdmin):
             confirm=True,
         ),
     ]
+    chooser_filters = {
+        "AddOrderLine": {"status": "open"},
+        "RemoveOrderLine": {"status": "open"},
+        "ConfirmOrder": {"status": "open"},
+        "ShipOrder": {"status": "confirmed"},
+        "CancelOrder": {"status__in": ["open", "confirmed"]},
+    }
     row_commands = [
         RowCommand(AddOrderLine, "order_id", when=_open),
         RowCommand(RemoveOrderLine, "order_id", when=lambda o: _open(o) and o.line_count > 1),

@@ -140,6 +140,9 @@ def test_run_status_and_rebuild(shop: Any) -> None:
     run("run_projections", "--until-caught-up")
     status = json.loads(run("projection_status", "--json"))
     assert all(s["lag"] == 0 and s["dead_letters"] == 0 for s in status)
+    # The workers just ran: their heartbeats say so (the admin's projections page shows it).
+    assert all(s["worker_alive"] and s["last_applied_at"] for s in status)
+    assert "running (" in run("projection_status")
     assert status[0]["positions"] == {"0": shop.head()[0]}
 
     before = digest(shop, orders.orders)
@@ -233,6 +236,11 @@ def test_system_checks(shop: Any, settings: Any) -> None:
         assert [m.id for m in checks.check_settings()] == ["keel.E003"]
     with override_settings(DATABASE_ROUTERS=[]):
         assert [m.id for m in checks.check_settings()] == ["keel.W003"]
+    without = [m for m in settings.MIDDLEWARE if m != checks.API_ERRORS]
+    with override_settings(MIDDLEWARE=without):
+        assert [m.id for m in checks.check_settings()] == ["keel.W004"]
+    with override_settings(MIDDLEWARE=without, KEEL={**settings.KEEL, "API_PREFIX": ""}):
+        assert checks.check_settings() == []
     with override_settings(KEEL={**settings.KEEL, "READMODELS_DATABASE": "elsewhere"}):
         assert "keel.E004" in [m.id for m in checks.check_settings()]
     assert checks.check_worker_debug() == []

@@ -228,7 +228,8 @@ def test_invalid_input_shows_field_errors_and_writes_nothing(
     assert "Select a valid choice" in form.errors["address__country"][0]
     # One summary on top names every problem in plain words.
     assert b"Please correct the 3 errors below" in response.content
-    assert response.context["error_summary"]["email"] == form.errors["email"]
+    assert response.context["error_summary"]["Email"] == form.errors["email"]
+    assert response.context["error_summary"]["Address: country"]
     assert shop.head() == head
 
     customer_id = register(admin_client)
@@ -395,6 +396,11 @@ def test_row_commands_follow_the_rows_state(admin_client: Client, shop: Any, wor
     assert offered() == ["AddOrderLine", "RemoveOrderLine", "ConfirmOrder", "CancelOrder"]
     submit(admin_client, "ConfirmOrder", {"order_id": order_id})
     assert offered() == ["ShipOrder", "CancelOrder"]
+    # A destructive command's form asks first; others do not.
+    cancel = open_form(admin_client, "CancelOrder", {"order_id": order_id}).content.decode()
+    assert "cannot be undone" in cancel and 'value="Yes, cancel order"' in cancel
+    ship = open_form(admin_client, "ShipOrder", {"order_id": order_id}).content.decode()
+    assert "cannot be undone" not in ship and 'value="Ship order"' in ship
     submit(admin_client, "ShipOrder", {"order_id": order_id, "carrier": "dhl"})
     assert offered() == []
 
@@ -465,6 +471,14 @@ def test_the_choosers_search_read_models_for_permitted_users(
         "pagination": {"more": False},
     }
     assert admin_client.get(reverse("admin:keel_command_choose", args=["nope"])).status_code == 404
+    # A command's chooser offers only the rows it can apply to.
+    submit(admin_client, "DeactivateCustomer", {"customer_id": grace})
+    worker()
+    assert admin_client.get(url, {"term": "grace"}).json()["results"] != []
+    offered = admin_client.get(url, {"term": "grace", "command": "PlaceOrder"}).json()
+    assert offered["results"] == []
+    form = open_form(admin_client, "PlaceOrder").content.decode()
+    assert f"{url}?command=PlaceOrder" in form
     clerk = Client()
     clerk.force_login(make_user("clerk", "keel.execute_placeorder"))
     assert clerk.get(url, {"term": "grace"}).status_code == 403  # may not view customers

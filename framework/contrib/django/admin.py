@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -52,7 +52,7 @@ from framework.contrib.django.execution import (
     username,
     wait_for,
 )
-from framework.contrib.django.forms import command_form_class, error_fields
+from framework.contrib.django.forms import command_form_class, error_summary
 from framework.contrib.django.models import execute_permission
 from framework.errors import AggregateNotFoundError, FrameworkError
 
@@ -182,7 +182,7 @@ class CommandAdmin(ReadOnlyAdmin):
         form = form_class(data, initial={**prefill, **ids})
         from framework.contrib.django.choosers import attach
 
-        attach(form, request, self.admin_site, skip=set(form_class.generated_ids))
+        attach(form, request, self.admin_site, set(form_class.generated_ids), command_type)
         if form.is_bound and form.is_valid():
             assert form.command is not None
             try:
@@ -201,11 +201,22 @@ class CommandAdmin(ReadOnlyAdmin):
             command_label=cls.verbose_name,
             form=form,
             formsets=list(form.formsets.items()),
-            error_summary=error_fields(form) if form.is_bound else {},
+            error_summary=error_summary(form) if form.is_bound else {},
+            destructive=self._destructive(cls),
             media=self.media + form.media,
             list_url=reverse(f"{self.admin_site.name}:keel_command_changelist"),
         )
         return TemplateResponse(request, "keel/command_form.html", context)
+
+    def _destructive(self, cls: type[Command]) -> bool:
+        """Whether some read-model admin offers ``cls`` as a destructive row command (its form
+        then says so, and its button is red)."""
+        return any(
+            entry.destructive and entry.command is cls
+            for model_admin in self.admin_site._registry.values()
+            if isinstance(model_admin, ReadModelAdmin)
+            for entry in map(_row_command, model_admin.row_commands)
+        )
 
     def _after_command(
         self, request: HttpRequest, cls: type[Command], result: CommandResult
@@ -606,6 +617,9 @@ class ReadModelAdmin(ReadOnlyAdmin):
 
     aggregate_type: str | None = None
     row_commands: Sequence[RowCommand | tuple[type[Command], str]] = ()
+    chooser_filters: Mapping[str, Mapping[str, Any]] = {}
+    """Which rows a command's chooser offers: ``{"PlaceOrder": {"status": "active"}}``
+    (Django filter arguments per command type; all rows for a command not named)."""
     change_form_template = "keel/readmodel_change_form.html"
 
     def __init__(self, model: type[models.Model], admin_site: admin.AdminSite) -> None:

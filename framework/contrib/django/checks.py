@@ -8,6 +8,8 @@ keel.E004  the read-model database has no ``DATABASES`` alias
 keel.W001  ``DEBUG = True`` in a long-running worker: Django keeps every query, memory grows
 keel.W002  the read-model database is not at the Alembic head (``alembic upgrade head``)
 keel.W003  the read-model router is not in ``DATABASE_ROUTERS``
+keel.W004  errors under ``KEEL['API_PREFIX']`` would be HTML: ``JsonApiErrors`` is not in
+           ``MIDDLEWARE``
 =========  ====================================================================================
 
 None of the checks registered by default touches a database or the event store; keel.W002 does,
@@ -28,6 +30,7 @@ from framework.errors import ConfigurationError
 __all__ = ["alembic_revisions", "check_alembic_head", "register"]
 
 ROUTER = "framework.contrib.django.routers.ReadModelRouter"
+API_ERRORS = "framework.contrib.django.error_pages.JsonApiErrors"
 VERSION_TABLE = "keel_alembic_version"
 """Where migrations/env.py records the read-model database's revision."""
 
@@ -79,6 +82,16 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 "tables in the default database, and migrate could create tables there.",
                 hint=f"DATABASE_ROUTERS = [{ROUTER!r}]",
                 id="keel.W003",
+            )
+        )
+    if keel.api_prefix and API_ERRORS not in getattr(django_settings, "MIDDLEWARE", []):
+        found.append(
+            checks.Warning(
+                f"Errors under {keel.api_prefix} (unknown URLs, CSRF failures, crashes) are "
+                "HTML pages, which API clients cannot read.",
+                hint=f"Add {API_ERRORS!r} to MIDDLEWARE, or set KEEL['API_PREFIX'] = '' if you "
+                "serve no JSON API.",
+                id="keel.W004",
             )
         )
     return found

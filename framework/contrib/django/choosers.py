@@ -10,6 +10,7 @@ that read model.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin
@@ -95,13 +96,22 @@ class ChooserWidget(forms.Select):
         )
 
 
-def attach(form: forms.Form, request: HttpRequest, site: admin.AdminSite, skip: set[str]) -> None:
-    """Replace the widget of every chooser field of ``form`` the user may look up."""
+def attach(
+    form: forms.Form,
+    request: HttpRequest,
+    site: admin.AdminSite,
+    skip: set[str],
+    command_type: str = "",
+) -> None:
+    """Replace the widget of every chooser field of ``form`` the user may look up; the chooser
+    offers the rows ``ReadModelAdmin.chooser_filters[command_type]`` allows."""
     for name, model_admin in choosers(site).items():
         field = form.fields.get(name)
         if field is None or name in skip or not model_admin.has_view_permission(request):
             continue
         url = reverse(f"{site.name}:keel_command_choose", args=[name])
+        if command_type:
+            url += f"?{urlencode({'command': command_type})}"
         field.widget = ChooserWidget(url, model_admin, request)
         if field.label and field.label.lower().endswith(" id"):
             field.label = model_admin.aggregate_type or field.label[:-3]  # "Customer"
@@ -118,6 +128,9 @@ def choose_view(request: HttpRequest, field: str, site: admin.AdminSite) -> Json
     page = request.GET.get("page", "1")
     number = int(page) if page.isascii() and page.isdigit() and len(page) < 5 else 1
     queryset = model_admin.get_queryset(request)
+    wanted = model_admin.chooser_filters.get(request.GET.get("command", "")[:100])
+    if wanted:
+        queryset = queryset.filter(**wanted)
     queryset, _ = model_admin.get_search_results(request, queryset, term)
     start = (max(number, 1) - 1) * PAGE_SIZE
     rows = list(queryset.order_by(*(model_admin.ordering or ["pk"]))[start : start + PAGE_SIZE + 1])

@@ -50,7 +50,7 @@ from pydantic_core import PydanticUndefined
 from framework.commands import Command
 from framework.errors import CommandValidationError
 
-__all__ = ["CommandForm", "ModelRowForm", "command_form_class", "error_fields"]
+__all__ = ["CommandForm", "ModelRowForm", "command_form_class", "error_fields", "error_summary"]
 
 SEPARATOR = "__"
 """Joins the path of a nested field into a form field name: ``address__country``."""
@@ -294,6 +294,10 @@ def _clean_message(message: str, kind: str = "", leaf: _Leaf | None = None) -> s
         return f"Use at least {limits['min_length']} characters."
     if kind == "string_too_long" and "max_length" in limits:
         return f"Use at most {limits['max_length']} characters."
+    if kind == "decimal_max_places" and "decimal_places" in limits:
+        return f"Use at most {limits['decimal_places']} decimal places."
+    if kind == "decimal_max_digits" and "max_digits" in limits:
+        return f"Use at most {limits['max_digits']} digits."
     if kind == "string_pattern_mismatch":
         hint = (leaf.description if leaf is not None else None) or ""
         # Descriptions are noun phrases ("An e-mail address, e.g. ..."): "Enter an e-mail ...".
@@ -465,6 +469,25 @@ class CommandForm(_LeafForm):
     def all_errors(self) -> dict[str, list[str]]:
         """Every error, keyed by the pydantic-style dotted location (for tests and APIs)."""
         return error_fields(self)
+
+
+def error_summary(form: CommandForm) -> dict[str, list[str]]:
+    """Every error of a bound form keyed by where people see it: ``"Lines, row 2: unit
+    price"``, ``"Address: country"``, ``"Email"`` (``""`` for the form as a whole)."""
+    found: dict[str, list[str]] = {}
+    for key, messages in error_fields(form).items():
+        parts = key.split(".")
+        if key == "__all__":
+            label = ""
+        elif len(parts) >= 2 and parts[0] in form.formsets and parts[1].isdigit():
+            rest = " ".join(p.replace("_", " ") for p in parts[2:])
+            label = f"{_label((parts[0],))}, row {int(parts[1]) + 1}" + (
+                f": {rest}" if rest else ""
+            )
+        else:
+            label = _label((parts[0],)) + "".join(f": {p.replace('_', ' ')}" for p in parts[1:])
+        found.setdefault(label, []).extend(messages)
+    return found
 
 
 def error_fields(form: CommandForm) -> dict[str, list[str]]:

@@ -1,9 +1,11 @@
 """Signs of life of projection workers and background rebuilds, for the projections page.
 
 The framework records where a projection stands (its positions) but not whether anything is
-still moving it. Each Django-run worker writes a row here every few seconds while it polls,
-and on every batch it applies (``applied_at``, ``applied``); a rebuild started from the admin
-writes its progress. The page then shows a stopped worker as stopped, not merely as "lag 0".
+still moving it. Each Django-run worker notes a beat on every poll and the events of every
+batch (:class:`Pulse`); a thread of the process writes them here every two seconds, with a lag
+sample every ten, so the poll loop never waits for this table. A rebuild started from the
+admin writes its progress. The page then shows a stopped worker as stopped (its last beat
+goes stale), not merely as "lag 0".
 
 The table lives in the read-model database next to the positions, and is created on first use
 (it is operational state, not a read model: nothing is lost if it is dropped).
@@ -12,10 +14,13 @@ The table lives in the read-model database next to the positions, and is created
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import socket
 import threading
 import time
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +36,8 @@ __all__ = [
     "record_lag",
     "table",
 ]
+
+log = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
 
@@ -147,27 +154,122 @@ def read_beats(engine: sa.Engine) -> dict[str, Beat]:
 
 
 class Pulse:
-    """A throttled beater for one worker: call it on every poll; it writes at most every
-    ``interval`` seconds, or at once when events were applied."""
+    """One worker's heartbeat. Calling it (on every poll, with the events applied) only notes
+    the time in memory; a background thread of the process writes every pulse's last beat
+    every ``interval`` seconds and takes the lag samples, so the worker's poll loop never
+    waits for the database. A worker that stops polling stops beating: its row goes stale."""
 
-    def __init__(self, engine: sa.Engine, name: str, interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        name: str,
+        *,
+        sample: Callable[[], int | None] | None = None,
+        interval: float = 2.0,
+        sample_every: float = 10.0,
+    ) -> None:
         self.engine = engine
         self.name = name
+        self.sample = sample
         self.interval = interval
-        self.last = 0.0
+        self.sample_every = sample_every
+        self.beat_at: dt.datetime | None = None
         self.pending = 0
+        self.written: dt.datetime | None = None
+        self.sampled = 0.0
+        self._lock = threading.Lock()
+        _writer.add(self)
 
-    def __call__(self, applied: int = 0, *, flush: bool = False) -> None:
-        self.pending += applied
-        now = time.monotonic()
-        if now - self.last < self.interval and not (flush and self.pending):
-            return
-        self.last = now
-        try:
-            beat(self.engine, self.name, applied=self.pending)
+    def __call__(self, applied: int = 0) -> None:
+        with self._lock:
+            self.beat_at = dt.datetime.now(dt.UTC)
+            self.pending += applied
+
+    def flush(self) -> None:
+        """Write the last beat now (the writer thread calls this; so does a stopping worker)."""
+        with self._lock:
+            beat_at, applied = self.beat_at, self.pending
             self.pending = 0
-        except sa.exc.SQLAlchemyError:  # the worker's own transactions report the outage
-            pass
+        if beat_at is None or (beat_at == self.written and not applied):
+            return
+        try:
+            _write(self.engine, self.name, beat_at, applied)
+            self.written = beat_at
+        except Exception as error:  # the worker's own transactions report outages
+            with self._lock:
+                self.pending += applied
+            log.debug("no heartbeat for %s: %s", self.name, error)
+        now = time.monotonic()
+        if self.sample is not None and now - self.sampled >= self.sample_every:
+            self.sampled = now
+            try:
+                lag = self.sample()
+                if lag is not None:
+                    record_lag(self.engine, self.name, lag)
+            except Exception as error:  # a missed sample is no reason to stop
+                log.debug("no lag sample for %s: %s", self.name, error)
+
+    def close(self) -> None:
+        self.flush()
+        _writer.discard(self)
+
+
+def _write(engine: sa.Engine, name: str, beat_at: dt.datetime, applied: int) -> None:
+    _ensure(engine)
+    values: dict[str, Any] = {"kind": "worker", "owner": _owner(), "beat_at": beat_at}
+    with engine.begin() as conn:
+        updated = conn.execute(
+            table.update()
+            .where(table.c.name == name)
+            .values(
+                **values,
+                progress=None,
+                detail=None,
+                applied=table.c.applied + applied,
+                **({"applied_at": beat_at} if applied else {}),
+            )
+        ).rowcount
+        if not updated:
+            conn.execute(
+                table.insert().values(
+                    name=name, applied=applied, applied_at=beat_at if applied else None, **values
+                )
+            )
+
+
+class _Writer:
+    """The process's heartbeat thread: flushes every registered pulse every second or two."""
+
+    def __init__(self) -> None:
+        self.pulses: weakref.WeakSet[Pulse] = weakref.WeakSet()
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def add(self, pulse: Pulse) -> None:
+        with self.lock:
+            self.pulses.add(pulse)
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self.run, name="keel-heartbeats", daemon=True)
+                self.thread.start()
+
+    def discard(self, pulse: Pulse) -> None:
+        with self.lock:
+            self.pulses.discard(pulse)
+
+    def run(self) -> None:
+        while True:
+            with self.lock:
+                pulses = list(self.pulses)
+            wait = min((p.interval for p in pulses), default=2.0)
+            for pulse in pulses:
+                try:
+                    pulse.flush()
+                except Exception as error:  # this thread must outlive any one database
+                    log.debug("heartbeat of %s failed: %s", pulse.name, error)
+            time.sleep(wait)
+
+
+_writer = _Writer()
 
 
 def record_lag(engine: sa.Engine, name: str, lag: int) -> None:

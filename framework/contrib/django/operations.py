@@ -184,60 +184,47 @@ def _dead_letters(engine: Any, projection: Any, limit: int) -> list[dead_letters
 class DjangoProjectionWorker(ProjectionWorker):
     """A projection worker that releases Django's database connections between batches (a
     long-running process must not hold on to connections the database has closed), and
-    leaves heartbeats for the projections page (:mod:`~framework.contrib.django.heartbeats`)."""
+    leaves heartbeats and lag samples for the projections page
+    (:mod:`~framework.contrib.django.heartbeats`; written by a background thread, so the poll
+    loop never waits for them)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.pulse = heartbeats.Pulse(self.engine, self.projection.name)
+        self.pulse = heartbeats.Pulse(self.engine, self.projection.name, sample=self._lag)
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().run(*args, **kwargs)
         finally:
-            self.pulse(flush=True)  # the last batches' count, before the worker goes quiet
+            self.pulse.close()  # the last beat, with the last batches' count
 
     def open_feed(self) -> Any:
-        return _BeatingFeed(super().open_feed(), self.pulse, self.sample_lag)
-
-    lag_every = 10.0
-    """Seconds between lag samples (the projections page charts them)."""
+        return _BeatingFeed(super().open_feed(), self.pulse)
 
     def process(self, events: list[RecordedEvent]) -> None:
         super().process(events)
         self.pulse(len(events))
-        self.sample_lag()
         close_old_connections()
 
-    _sampled = 0.0
-
-    def sample_lag(self) -> None:
-        now = time.monotonic()
-        if now - self._sampled < self.lag_every:
-            return
-        self._sampled = now
-        try:
-            head = self.store.head()
-            lag = 0
-            for partition, position in self.applier.positions.items():  # the owned ones
-                lag += max(0, head.get(partition, 0) - (position or 0))
-            heartbeats.record_lag(self.engine, self.projection.name, lag)
-        except Exception as error:  # a missed sample is no reason to stop applying events
-            log.debug("no lag sample for %s: %s", self.projection.name, error)
+    def _lag(self) -> int | None:
+        """Events between this worker's positions and the head, over its partitions."""
+        positions = dict(self.applier.positions)
+        if not positions:
+            return None
+        head = self.store.head()
+        return sum(max(0, head.get(p, 0) - (o or 0)) for p, o in positions.items())
 
 
 class _BeatingFeed:
     """The worker's feed reader, beating on every poll (so an idle worker looks alive)."""
 
-    def __init__(self, reader: Any, pulse: Callable[..., None], sample: Callable[[], None]) -> None:
+    def __init__(self, reader: Any, pulse: Callable[..., None]) -> None:
         self._reader = reader
         self._pulse = pulse
-        self._sample = sample
 
     def poll(self, *args: Any, **kwargs: Any) -> Any:
         events = self._reader.poll(*args, **kwargs)
         self._pulse()
-        if not events:
-            self._sample()
         return events
 
     def __getattr__(self, name: str) -> Any:

@@ -1,12 +1,15 @@
 """JSON views: queries over read models, and commands.
 
-**Queries** (:class:`ReadModelQuery`): ``GET`` a list with whitelisted filters and ordering,
-pagination by ``limit``/``offset`` (``limit`` at most ``max_limit``) with a ``next`` link, or one
-row by key (404 when unknown). Bad parameters get a 400 with a JSON message naming the parameter.
-``?after=0:123,1:45`` (the positions a command returned) makes the view wait, at most
-``KEEL['WAIT_TIMEOUT']`` seconds, until the read model has applied them: read-your-writes. The
-answer says whether it caught up (``"caught_up": false`` after a timeout: the data may be
-stale, ask again).
+**Queries** (:class:`ReadModelQuery`) need a logged-in user with the read model's ``view_*``
+permission by default (401 anonymous, 403 without it, checked before anything is read or
+waited for; ``permission=`` changes it per view). ``GET`` a list with whitelisted filters and
+ordering, pagination by ``limit``/``offset`` (``limit`` at most ``max_limit``) with a ``next``
+link, or one row by key (404 when unknown). Bad parameters get a 400 with a JSON message
+naming the parameter. ``?after=0:123,1:45`` (the positions a command returned) makes the view
+wait, at most ``KEEL['WAIT_TIMEOUT']`` seconds, until the read model has applied them:
+read-your-writes (a partition the store lacks, or an offset past its end, is a 400 rather
+than a wait). The answer says whether it caught up (``"caught_up": false`` after a timeout:
+the data may be stale, ask again).
 
 **Commands** (:func:`command_view`): ``POST /api/commands/<CommandType>`` with a JSON object.
 
@@ -16,7 +19,8 @@ stale, ask again).
 400    not JSON, not an object, or invalid: ``errors`` lists pydantic's field errors
 401    not logged in
 403    no ``keel.execute_<command>`` permission
-404    unknown command type, or the aggregate the command names does not exist
+404    unknown command type (``known`` lists those the user may execute), or the aggregate
+       the command names does not exist
 405    not a POST
 409    a domain rule refused it, the id is taken, or it lost a race
 413    the body is larger than ``max_body`` bytes

@@ -14,8 +14,10 @@ from framework.errors import FrameworkError
 
 class Command(BaseCommand):
     help = (
-        "Show each projection's positions, the store's head, the lag (events not yet applied) "
-        "and its dead letters. Exits 0 even when projections lag; --json for scripts."
+        "Show each projection's positions, the store's head, the lag (events not yet applied), "
+        "its dead letters and whether a worker is running (its heartbeat: a worker started by "
+        "run_projections beats every few seconds). Exits 0 even when projections lag; --json "
+        "for scripts."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -37,7 +39,7 @@ class Command(BaseCommand):
         if options["json"]:
             self.stdout.write(json.dumps([r.as_json() for r in rows], indent=2))
             return
-        header = ("projection", "version", "positions", "head", "lag", "dead letters")
+        header = ("projection", "version", "positions", "head", "lag", "dead letters", "worker")
         table = [
             (
                 r.name,
@@ -48,6 +50,7 @@ class Command(BaseCommand):
                 r.head_text or "-",
                 str(r.lag) if r.error is None else "?",
                 str(r.dead_letter_count),
+                _worker(r),
             )
             for r in rows
         ]
@@ -61,3 +64,11 @@ class Command(BaseCommand):
                 self.stdout.write(self.style.WARNING(line))
             else:
                 self.stdout.write(line)
+
+
+def _worker(row: operations.StatusRow) -> str:
+    if row.worker is None:
+        return "never seen"
+    if row.worker_alive:
+        return f"running ({row.worker.owner})"
+    return f"stopped (last beat {row.worker.beat_at:%Y-%m-%d %H:%M:%S})"
