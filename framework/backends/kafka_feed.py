@@ -73,6 +73,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             return
         for partition in parts:
             # A partition the worker has no position for starts at the beginning of the log.
+            self._reader.read_to.pop(partition, None)
             consumer.seek(TopicPartition(self._reader.topic, partition), starts.get(partition, 0))
 
 
@@ -106,6 +107,9 @@ class KafkaFeedReader(FeedReader):
         self.callback_error: Exception | None = None
         self.unstarted: set[Any] = set()  # assigned partitions on_assign failed for
         self.stats: Counter[str] = Counter()
+        # Where each partition's previous batch ended (the consumer's position after it, past
+        # any commit markers); forgotten on every seek.
+        self.read_to: dict[int, int] = {}
         try:
             self.consumer = new_consumer(
                 group_id=group,
@@ -157,9 +161,12 @@ class KafkaFeedReader(FeedReader):
             for r in batch[tp]
         ]
         index = self.index or TopicIndex.live(self.topic)
+        started = {tp.partition: self.read_to.get(tp.partition) for tp in batch}
+        for tp in batch:
+            self.read_to[tp.partition] = int(self.consumer.position(tp))
         if index is not None and events:
             try:
-                events = self._first_wins(index, events)
+                events = self._first_wins(index, events, started)
             except BaseException:
                 # Nothing of this batch was handed out: read it again next time.
                 for p, offset in _first_offsets(events).items():
@@ -179,7 +186,9 @@ class KafkaFeedReader(FeedReader):
                 )
         return events
 
-    def _first_wins(self, index: TopicIndex, events: list[RecordedEvent]) -> list[RecordedEvent]:
+    def _first_wins(
+        self, index: TopicIndex, events: list[RecordedEvent], started: dict[int, int | None]
+    ) -> list[RecordedEvent]:
         """Apply the index's rule to a polled batch: a record that repeats a version another
         record took first is handed out as a problem record, as the index serves it."""
         offsets: dict[int, list[int]] = {}
@@ -195,11 +204,11 @@ class KafkaFeedReader(FeedReader):
             if start > max(offs):
                 continue
             batch = [e for e in events if e.partition == p]
-            if batch[0].offset <= start:
+            begun = started.get(p)
+            if batch[0].offset <= start or (begun is not None and begun <= start):
                 # The batch continues the index: add it, instead of reading it twice.
-                index.index.apply(
-                    [e for e in batch if e.offset >= start], {p: batch[-1].offset + 1}
-                )
+                end = self.read_to.get(p, batch[-1].offset + 1)
+                index.index.apply([e for e in batch if e.offset >= start], {p: end})
             else:
                 behind.append(p)
         if behind:
@@ -230,6 +239,7 @@ class KafkaFeedReader(FeedReader):
             self.unstarted.update(held)
             raise
         for tp in held:
+            self.read_to.pop(tp.partition, None)
             self.consumer.seek(tp, starts.get(tp.partition, 0))
         self.consumer.resume(*held)
 
@@ -240,6 +250,7 @@ class KafkaFeedReader(FeedReader):
 
     def seek(self, partition: int, offset: int) -> None:
         """Make the next poll of ``partition`` start at ``offset``."""
+        self.read_to.pop(partition, None)
         self.consumer.seek(TopicPartition(self.topic, partition), offset)
 
     def assignment(self) -> set[int]:

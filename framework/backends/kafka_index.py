@@ -581,15 +581,17 @@ def _is_damage(error: sqlite3.DatabaseError) -> bool:
 
 
 def _crc(*values: int | str | bytes) -> int:
-    """A CRC-32 of ``values`` in one unambiguous encoding."""
-    crc = 0
-    for value in values:
-        data = value.encode("utf-8") if isinstance(value, str) else value
-        if isinstance(data, int):
-            data = str(data).encode("ascii")
-        crc = zlib.crc32(len(data).to_bytes(8, "big"), crc)
-        crc = zlib.crc32(data, crc)
-    return crc
+    """A CRC-32 of ``values`` in one unambiguous encoding (each value's length, then it)."""
+    parts = [
+        value.encode("utf-8")
+        if isinstance(value, str)
+        else value
+        if isinstance(value, bytes)
+        else b"%d" % value
+        for value in values
+    ]
+    lengths = b",".join(b"%d" % len(part) for part in parts)
+    return zlib.crc32(b"".join(parts), zlib.crc32(lengths))
 
 
 def _row(event: RecordedEvent) -> Row:

@@ -27,6 +27,9 @@ class FaultProxy:
         """Seconds each chunk waits before it is forwarded (both directions)."""
         self.response_delay = 0.0
         """Extra seconds each chunk from the server waits (a slow answer to a sent request)."""
+        self.delay_api: dict[int, float] = {}
+        """Kafka API key -> seconds its responses are held (26 = EndTxn: a slow commit)."""
+        self.delayed = 0
         self.blackhole = False
         """While True, bytes are read and dropped (a partition: no error, no answer)."""
         self.refuse = False
@@ -60,9 +63,10 @@ class FaultProxy:
         pair = (writer, up_writer)
         self._open.add(pair)
         try:
+            asked: dict[int, float] = {}  # correlation id -> hold, for this connection
             await asyncio.gather(
-                self._pump(reader, up_writer, answers=False),
-                self._pump(up_reader, writer, answers=True),
+                self._pump(reader, up_writer, answers=False, asked=asked),
+                self._pump(up_reader, writer, answers=True, asked=asked),
             )
         finally:
             self._open.discard(pair)
@@ -71,16 +75,43 @@ class FaultProxy:
                     w.close()
 
     async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, answers: bool
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        answers: bool,
+        asked: dict[int, float],
     ) -> None:
+        buffer = b""
+        framed = True  # until a blackhole drops bytes mid-frame; then bytes pass as they are
         try:
             while chunk := await reader.read(65536):
                 delay = self.latency + (self.response_delay if answers else 0.0)
                 if delay:
                     await asyncio.sleep(delay)
                 if self.blackhole:
+                    buffer, framed = b"", False
                     continue
-                writer.write(chunk)
+                if not framed:
+                    writer.write(chunk)
+                    await writer.drain()
+                    continue
+                # Kafka frames: a 4-byte size, then (request) api key, version, correlation id
+                # or (response) correlation id. Hold the responses to the chosen APIs.
+                buffer += chunk
+                while len(buffer) >= 4 and len(buffer) >= 4 + int.from_bytes(buffer[:4], "big"):
+                    size = 4 + int.from_bytes(buffer[:4], "big")
+                    frame, buffer = buffer[:size], buffer[size:]
+                    if answers and len(frame) >= 8:
+                        hold = asked.pop(int.from_bytes(frame[4:8], "big"), 0.0)
+                        if hold:
+                            self.delayed += 1
+                            await asyncio.sleep(hold)
+                    elif not answers and len(frame) >= 12:
+                        api = int.from_bytes(frame[4:6], "big")
+                        if api in self.delay_api:
+                            asked[int.from_bytes(frame[8:12], "big")] = self.delay_api[api]
+                    writer.write(frame)
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
@@ -106,6 +137,7 @@ class FaultProxy:
         """Remove every toxic."""
         self.latency = 0.0
         self.response_delay = 0.0
+        self.delay_api = {}
         self.blackhole = False
         self.refuse = False
 
