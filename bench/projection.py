@@ -26,14 +26,20 @@ TITLE = "Projection throughput (events/s into a read model, exactly-once positio
 
 
 def project(
-    ctx: Context, store: Any, db: str, records: int, reached: dict[int, int]
+    ctx: Context,
+    store: Any,
+    db: str,
+    records: int,
+    reached: dict[int, int],
+    projection: Any = None,
 ) -> dict[str, Any]:
-    """Run a fresh Balances projection over ``store`` into database ``db`` (sqlite|postgres)
-    in a thread, as a live worker runs, until its stored positions reach ``reached``."""
+    """Run a fresh projection (default: Balances) over ``store`` into database ``db``
+    (sqlite|postgres) in a thread, as a live worker runs, until its stored positions reach
+    ``reached``."""
     from bench.readmodel import balances_projection, drop_schema, open_engine
     from framework.worker import ProjectionWorker, setup_tables, wait_until
 
-    projection = balances_projection(ctx.name("bal"))
+    projection = projection or balances_projection(ctx.name("bal"))
     if db == "sqlite":
         engine = open_engine(f"sqlite:///{ctx.path(projection.name + '.db')}")
     else:

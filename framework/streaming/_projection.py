@@ -95,12 +95,26 @@ class StreamContext:
         self.times: dict[int, datetime] = {}
         self.partitions = type(projection).partitions
         self.cache: dict[str, Any] = {}
+        self.dirty: dict[int, datetime] = {}
+        self.transaction = conn.get_transaction()
+        # Stream times that moved are written once per transaction, just before it commits
+        # (inside it, with the positions): one statement per partition, not one per event.
+        sa.event.listen(conn, "commit", self._flush, once=True)
         table = projection._keel_stream_time
         for row in conn.execute(sa.select(table)):
             if row.max_event_time is not None:
                 self.times[row.partition] = utc(row.max_event_time)
             if row.partitions and type(projection).partitions is None:
                 self.partitions = max(self.partitions or 0, row.partitions)
+
+    def _flush(self, conn: Connection) -> None:
+        if not self.dirty or conn.get_transaction() is not self.transaction:
+            return  # nothing moved, or a stale listener of a transaction rolled back
+        conn.execute(
+            self.projection._time_update(),
+            [{"p": p, "t": moment} for p, moment in sorted(self.dirty.items())],
+        )
+        self.dirty.clear()
 
     def late_by(self, partition: int, moment: datetime, grace: timedelta) -> timedelta | None:
         """How late ``moment`` is in ``partition`` (``None``: on time)."""
@@ -136,7 +150,10 @@ class StreamContext:
         table = self.projection._keel_stream_time
         if was is None:
             self.conn.execute(table.insert().values(partition=partition, **values))
+        elif partitions is None:
+            self.dirty[partition] = now  # written once, as the transaction commits
         else:
+            self.dirty.pop(partition, None)
             self.conn.execute(table.update().where(table.c.partition == partition).values(values))
         self.times[partition] = now
         return moved
@@ -246,6 +263,20 @@ class StreamProjection(Projection):
         super().__init__()
         self._context: tuple[RootTransaction, StreamContext] | None = None
         self._closers = [s for s in self._streams.values() if s.closes]
+
+    def _time_update(self) -> Any:
+        """The per-event stream-time update, built once (per table: a shadow has its own)."""
+        table = self._keel_stream_time
+        cached = self.__dict__.get("_keel_time_update")
+        if cached is None or cached[0] is not table:
+            statement = (
+                table.update()
+                .where(table.c.partition == sa.bindparam("p"))
+                .values(max_event_time=sa.bindparam("t"))
+            )
+            cached = (table, statement)
+            self.__dict__["_keel_time_update"] = cached
+        return cached[1]
 
     def stream_context(self, conn: Connection) -> StreamContext:
         """The stream state of ``conn``'s transaction (read once per transaction)."""
