@@ -27,6 +27,7 @@ are keyed by window, never by position. Idle partitions advance through tick rec
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -96,6 +97,7 @@ class StreamContext:
         self.partitions = type(projection).partitions
         self.cache: dict[str, Any] = {}
         self.dirty: dict[int, datetime] = {}
+        _serialize(conn, projection.key)
         self.transaction = conn.get_transaction()
         # Stream times that moved are written once per transaction, just before it commits
         # (inside it, with the positions): one statement per partition, not one per event.
@@ -183,6 +185,20 @@ class StreamContext:
                 payload=recorded.state if action == "dead_letter" else None,
             )
         )
+
+
+def _serialize(conn: Connection, key: str) -> None:
+    """Take the projection's lock for this transaction, before reading any stream state.
+
+    Windows, sessions and joins read rows that events of *other* partitions also change, so two
+    workers applying concurrently could each miss the other's uncommitted change (a lost update,
+    a session that should have merged, a join that never matched, a window nobody closes). On
+    PostgreSQL a transaction-scoped advisory lock makes one streaming projection's transactions
+    take turns across workers (its rebuild has its own key, so it runs beside them); SQLite
+    serializes writers by itself. More workers then give availability, not parallel writes."""
+    if conn.dialect.name == "postgresql":
+        lock = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": lock})
 
 
 def _framework_tables(name: str, metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:

@@ -246,7 +246,9 @@ class Windowed(Stream):
         elif cls in self._replaces:
             previous = self._retract(projection, ctx, event, envelope, retracted=False)
             if counts:
-                self._contribute(projection, ctx, event, envelope, previous=previous)
+                self._contribute(
+                    projection, ctx, event, envelope, previous=previous, replacing=True
+                )
         elif counts:
             self._contribute(projection, ctx, event, envelope)
 
@@ -267,13 +269,19 @@ class Windowed(Stream):
         envelope: EventEnvelope,
         *,
         previous: tuple[dict[str, Any], dict[str, Any]] | None = None,
+        replacing: bool = False,
     ) -> None:
-        quiet = previous is not None
+        quiet = replacing
         cid = self._cid(event)
         moment = self._time(projection, event)
         old_key, old_values = previous or ({}, {})
-        key = {k: _pick(fn, event, k, old_key) for k, (_type, fn) in self.key.items()}
-        values = {n: _pick(a.value, event, n, old_values) for n, a in self.aggregates.items()}
+        try:
+            key = {k: _pick(fn, event, k, old_key) for k, (_type, fn) in self.key.items()}
+            values = {n: _pick(a.value, event, n, old_values) for n, a in self.aggregates.items()}
+        except AttributeError:
+            if quiet:
+                return  # a partial correction of what never counted (dropped as late): nothing
+            raise
         late_by = ctx.late_by(envelope.recorded.partition, moment, self.grace)
         late = late_by is not None
         if late_by is not None:
