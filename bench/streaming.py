@@ -121,12 +121,13 @@ def _named(cls: type[Projection], name: str) -> Projection:
 
 
 def _feed(count: int) -> Iterator[list[NewEvent]]:
-    """Deposits one second apart (stamped from one encoded event), each with its command
-    record; about ``count`` records."""
+    """Deposits one second apart (stamped from one encoded event; an account's opening at
+    the time of its first deposit), each with its command record; about ``count`` records."""
     meta = Metadata(command_id=uuid.uuid4(), command_type="BenchDeposit", user="bench")
     account = Account(id=uuid.uuid4(), owner="Ada Lovelace", email="ada@example.org")
     account.deposit(Decimal("10.00"))
     opened, deposited = (codec.encode(e, meta) for e in account.collect_events())
+    opened_marker = opened.state.split(b'"timestamp":"', 1)[1].split(b'"', 1)[0]
     marker = deposited.state.split(b'"timestamp":"', 1)[1].split(b'"', 1)[0]
     written, second = 0, 0
     while written < count:
@@ -134,10 +135,11 @@ def _feed(count: int) -> Iterator[list[NewEvent]]:
         for version in range(1, 21):
             if written >= count:
                 return
+            moment = (START + timedelta(seconds=second)).isoformat().replace("+00:00", "Z")
             if version == 1:
-                topic, state = "BenchAccount.Opened", opened.state
+                topic = "BenchAccount.Opened"
+                state = opened.state.replace(opened_marker, moment.encode())
             else:
-                moment = (START + timedelta(seconds=second)).isoformat().replace("+00:00", "Z")
                 topic = "BenchAccount.Deposited"
                 state = deposited.state.replace(marker, moment.encode())
                 second += 1
