@@ -294,7 +294,7 @@ class Windowed(Stream):
                 return
         if self.ledgered:
             ctx.conn.execute(
-                self.current(projection, "contrib").insert(),
+                self._ledger_insert(self.current(projection, "contrib")),
                 {
                     "contribution_id": cid,
                     "event_time": moment,
@@ -392,6 +392,15 @@ class Windowed(Stream):
             "closed": closed,
         }
         ctx.conn.execute(self._upsert(ctx.conn, table), params)
+
+    def _ledger_insert(self, ledger: sa.Table) -> Any:
+        cached = self._statements.get((ledger.name, "insert"))
+        if cached is None or cached[0] is not ledger:
+            columns = ["contribution_id", "event_time", "late", "contributed", *self.key]
+            statement = ledger.insert().values({c: sa.bindparam(c) for c in columns})
+            cached = (ledger, statement)
+            self._statements[(ledger.name, "insert")] = cached
+        return cached[1]
 
     def _upsert(self, conn: sa.Connection, table: sa.Table) -> Any:
         """The fast path's one statement (built once per table and dialect: building a
