@@ -42,15 +42,17 @@ def project(
     db: str,
     records: int,
     reached: dict[int, int],
+    projection: Any = None,
     *,
     per_event: bool = False,
 ) -> dict[str, Any]:
-    """Run a fresh Balances projection over ``store`` into database ``db`` (sqlite|postgres)
-    in a thread, as a live worker runs, until its stored positions reach ``reached``."""
+    """Run a fresh projection (default: Balances) over ``store`` into database ``db``
+    (sqlite|postgres) in a thread, as a live worker runs, until its stored positions reach
+    ``reached``."""
     from bench.readmodel import balances_projection, drop_schema, open_engine
     from framework.worker import ProjectionWorker, setup_tables, wait_until
 
-    projection = balances_projection(ctx.name("bal"), per_event=per_event)
+    projection = projection or balances_projection(ctx.name("bal"), per_event=per_event)
     if db == "sqlite":
         engine = open_engine(f"sqlite:///{ctx.path(projection.name + '.db')}")
     else:

@@ -26,6 +26,7 @@ SECTIONS: dict[str, str] = {
     "load": "bench.loading",
     "latency": "bench.latency",
     "memory": "bench.memory",
+    "streaming": "bench.streaming",
 }
 """Section name (for ``--only``) -> module with ``run(ctx) -> Section``, in running order."""
 
@@ -132,6 +133,13 @@ def _goals(smoke: bool, quick: bool = False) -> list[Goal]:
             60.0,
             at_most=True,
             absolute="s",
+        ),
+        Goal(
+            "windowed_vs_plain_projection",
+            "Windowed(Tumbling) projection into SQLite >= 0.7x the plain per-event projection",
+            "streaming",
+            "windowed_sqlite",
+            0.7,
         ),
         Goal(
             "load_100k_vs_10",

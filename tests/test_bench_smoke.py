@@ -35,6 +35,7 @@ EXPECTED_ROWS = {
         "sqlite_visible_p99",
     },
     "memory": {"keel_writer", "bare_producer", "keel_worker", "bare_consumer"},
+    "streaming": {"bare_reader", "plain_sqlite", "hand_sqlite", "windowed_sqlite", "ledger_sqlite"},
 }
 
 

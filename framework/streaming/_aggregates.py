@@ -121,6 +121,7 @@ class Aggregate(ABC):
         return state
 
     # The fast path: a single UPSERT with SQL arithmetic, when every aggregate of a table has it.
+    # ``value`` is a bound parameter of the aggregate's type (statements are built once).
     def sql_add(self, column: ColumnElement[Any], value: Any) -> ColumnElement[Any] | None:
         return None
 
@@ -238,7 +239,7 @@ class _Extreme(Aggregate):
 
     def sql_add(self, column: ColumnElement[Any], value: Any) -> ColumnElement[Any]:
         beaten = column > value if self._smaller else column < value
-        return sa.case((column.is_(None) | beaten, sa.literal(value, self.type)), else_=column)
+        return sa.case((column.is_(None) | beaten, value), else_=column)
 
 
 class Min(_Extreme):

@@ -27,6 +27,7 @@ are keyed by window, never by position. Idle partitions advance through tick rec
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -95,12 +96,27 @@ class StreamContext:
         self.times: dict[int, datetime] = {}
         self.partitions = type(projection).partitions
         self.cache: dict[str, Any] = {}
+        self.dirty: dict[int, datetime] = {}
+        _serialize(conn, projection.key)
+        self.transaction = conn.get_transaction()
+        # Stream times that moved are written once per transaction, just before it commits
+        # (inside it, with the positions): one statement per partition, not one per event.
+        sa.event.listen(conn, "commit", self._flush, once=True)
         table = projection._keel_stream_time
         for row in conn.execute(sa.select(table)):
             if row.max_event_time is not None:
                 self.times[row.partition] = utc(row.max_event_time)
             if row.partitions and type(projection).partitions is None:
                 self.partitions = max(self.partitions or 0, row.partitions)
+
+    def _flush(self, conn: Connection) -> None:
+        if not self.dirty or conn.get_transaction() is not self.transaction:
+            return  # nothing moved, or a stale listener of a transaction rolled back
+        conn.execute(
+            self.projection._time_update(),
+            [{"p": p, "t": moment} for p, moment in sorted(self.dirty.items())],
+        )
+        self.dirty.clear()
 
     def late_by(self, partition: int, moment: datetime, grace: timedelta) -> timedelta | None:
         """How late ``moment`` is in ``partition`` (``None``: on time)."""
@@ -136,7 +152,10 @@ class StreamContext:
         table = self.projection._keel_stream_time
         if was is None:
             self.conn.execute(table.insert().values(partition=partition, **values))
+        elif partitions is None:
+            self.dirty[partition] = now  # written once, as the transaction commits
         else:
+            self.dirty.pop(partition, None)
             self.conn.execute(table.update().where(table.c.partition == partition).values(values))
         self.times[partition] = now
         return moved
@@ -166,6 +185,20 @@ class StreamContext:
                 payload=recorded.state if action == "dead_letter" else None,
             )
         )
+
+
+def _serialize(conn: Connection, key: str) -> None:
+    """Take the projection's lock for this transaction, before reading any stream state.
+
+    Windows, sessions and joins read rows that events of *other* partitions also change, so two
+    workers applying concurrently could each miss the other's uncommitted change (a lost update,
+    a session that should have merged, a join that never matched, a window nobody closes). On
+    PostgreSQL a transaction-scoped advisory lock makes one streaming projection's transactions
+    take turns across workers (its rebuild has its own key, so it runs beside them); SQLite
+    serializes writers by itself. More workers then give availability, not parallel writes."""
+    if conn.dialect.name == "postgresql":
+        lock = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": lock})
 
 
 def _framework_tables(name: str, metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
@@ -246,6 +279,20 @@ class StreamProjection(Projection):
         super().__init__()
         self._context: tuple[RootTransaction, StreamContext] | None = None
         self._closers = [s for s in self._streams.values() if s.closes]
+
+    def _time_update(self) -> Any:
+        """The per-event stream-time update, built once (per table: a shadow has its own)."""
+        table = self._keel_stream_time
+        cached = self.__dict__.get("_keel_time_update")
+        if cached is None or cached[0] is not table:
+            statement = (
+                table.update()
+                .where(table.c.partition == sa.bindparam("p"))
+                .values(max_event_time=sa.bindparam("t"))
+            )
+            cached = (table, statement)
+            self.__dict__["_keel_time_update"] = cached
+        return cached[1]
 
     def stream_context(self, conn: Connection) -> StreamContext:
         """The stream state of ``conn``'s transaction (read once per transaction)."""

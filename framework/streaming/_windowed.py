@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from framework.codec import EventEnvelope
 from framework.domain import DomainEvent
 from framework.errors import ConfigurationError
-from framework.projection import Projection, upsert
+from framework.projection import Projection
 from framework.streaming._aggregates import RECOMPUTE, Aggregate, Order
 from framework.streaming._projection import Stream, StreamContext, StreamProjection
 from framework.streaming._values import dumps, loads, utc
@@ -145,9 +145,12 @@ class Windowed(Stream):
         self.retention = retention
         self.on_close = on_close
         self.session = isinstance(window, Session)
+        # The ledger is what retractions and replacements undo; without them it is not kept.
+        self.ledgered = bool(self._retracts or self._replaces)
         self._check()
         self.fast = not self.session and all(a.has_sql for a in self.aggregates.values())
         self.closes = True
+        self._statements: dict[tuple[str, str], tuple[sa.Table, Any]] = {}
         self.tables = {"rows": self._rows_table(name, metadata), "contrib": self._ledger(metadata)}
         if emit == "final":
             self.tables["open"] = self._rows_table(f"{name}__open", metadata)
@@ -243,7 +246,9 @@ class Windowed(Stream):
         elif cls in self._replaces:
             previous = self._retract(projection, ctx, event, envelope, retracted=False)
             if counts:
-                self._contribute(projection, ctx, event, envelope, previous=previous)
+                self._contribute(
+                    projection, ctx, event, envelope, previous=previous, replacing=True
+                )
         elif counts:
             self._contribute(projection, ctx, event, envelope)
 
@@ -264,13 +269,19 @@ class Windowed(Stream):
         envelope: EventEnvelope,
         *,
         previous: tuple[dict[str, Any], dict[str, Any]] | None = None,
+        replacing: bool = False,
     ) -> None:
-        quiet = previous is not None
+        quiet = replacing
         cid = self._cid(event)
         moment = self._time(projection, event)
         old_key, old_values = previous or ({}, {})
-        key = {k: _pick(fn, event, k, old_key) for k, (_type, fn) in self.key.items()}
-        values = {n: _pick(a.value, event, n, old_values) for n, a in self.aggregates.items()}
+        try:
+            key = {k: _pick(fn, event, k, old_key) for k, (_type, fn) in self.key.items()}
+            values = {n: _pick(a.value, event, n, old_values) for n, a in self.aggregates.items()}
+        except AttributeError:
+            if quiet:
+                return  # a partial correction of what never counted (dropped as late): nothing
+            raise
         late_by = ctx.late_by(envelope.recorded.partition, moment, self.grace)
         late = late_by is not None
         if late_by is not None:
@@ -281,17 +292,17 @@ class Windowed(Stream):
                 ctx.record_late(self, envelope, moment, window, late_by, action)
             if action != "amend":
                 return
-        ctx.conn.execute(
-            self.current(projection, "contrib")
-            .insert()
-            .values(
-                contribution_id=cid,
-                event_time=moment,
-                late=late,
-                contributed=dumps(values),
-                **key,
+        if self.ledgered:
+            ctx.conn.execute(
+                self._ledger_insert(self.current(projection, "contrib")),
+                {
+                    "contribution_id": cid,
+                    "event_time": moment,
+                    "late": late,
+                    "contributed": dumps(values),
+                    **key,
+                },
             )
-        )
         order: Order = (moment, cid)
         if self.session:
             self._session_add(projection, ctx, key, moment, values, order, late)
@@ -370,30 +381,79 @@ class Windowed(Stream):
             self._write(ctx, table, row, key, start, end, states, late, closed, delta=1)
             return
         first = {n: a.result(a.add(a.init(), values[n], order)) for n, a in self.aggregates.items()}
-        insert = {
+        params = {
             **key,
             "window_start": start,
             "window_end": end,
             **first,
-            "contributions": 1,
-            "revision": 1,
-            "late_events": int(late),
-            "amended_after_close": late,
+            **{f"v_{n}": values[n] for n in self.aggregates},
+            "late_n": int(late),
+            "late_b": late,
             "closed": closed,
         }
+        ctx.conn.execute(self._upsert(ctx.conn, table), params)
+
+    def _ledger_insert(self, ledger: sa.Table) -> Any:
+        cached = self._statements.get((ledger.name, "insert"))
+        if cached is None or cached[0] is not ledger:
+            columns = ["contribution_id", "event_time", "late", "contributed", *self.key]
+            statement = ledger.insert().values({c: sa.bindparam(c) for c in columns})
+            cached = (ledger, statement)
+            self._statements[(ledger.name, "insert")] = cached
+        return cached[1]
+
+    def _upsert(self, conn: sa.Connection, table: sa.Table) -> Any:
+        """The fast path's one statement (built once per table and dialect: building a
+        statement per event costs more than running it)."""
+        cache_key = (table.name, conn.dialect.name)
+        cached = self._statements.get(cache_key)
+        if cached is not None and cached[0] is table:
+            return cached[1]
+        from sqlalchemy.dialects import postgresql, sqlite
+
         c = table.c
+        late_n = sa.bindparam("late_n", type_=sa.Integer())
+        late_b = sa.bindparam("late_b", type_=sa.Boolean())
+        insert_values: dict[str, Any] = {k: sa.bindparam(k) for k in self.key}
+        insert_values.update(
+            window_start=sa.bindparam("window_start"),
+            window_end=sa.bindparam("window_end"),
+            contributions=1,
+            revision=1,
+            late_events=late_n,
+            amended_after_close=late_b,
+            closed=sa.bindparam("closed"),
+        )
         update: dict[str, Any] = {
             "contributions": c.contributions + 1,
             "revision": c.revision + 1,
+            "late_events": c.late_events + late_n,
+            "amended_after_close": sa.or_(c.amended_after_close, late_b),
         }
         for n, a in self.aggregates.items():
-            expression = a.sql_add(c[n], values[n])
+            insert_values[n] = sa.bindparam(n, type_=a.type)
+            expression = a.sql_add(c[n], sa.bindparam(f"v_{n}", type_=a.type))
             if expression is not None and expression is not c[n]:
                 update[n] = expression
-        if late:
-            update["late_events"] = c.late_events + 1
-            update["amended_after_close"] = True
-        upsert(ctx.conn, table, insert, update=update)
+        dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+        statement = (
+            dialect.insert(table)
+            .values(insert_values)
+            .on_conflict_do_update(
+                index_elements=[col.name for col in table.primary_key.columns], set_=update
+            )
+        )
+        # Neither dialect's INSERT ... ON CONFLICT has a cache key (SQLAlchemy compiles it on
+        # every execution): compile it once into a text statement with typed parameters.
+        compiled = statement.compile(dialect=dialect.dialect(paramstyle="named"))
+        text = sa.text(str(compiled)).bindparams(
+            *(
+                sa.bindparam(name, value=bind.value, type_=bind.type)
+                for bind, name in compiled.bind_names.items()
+            )
+        )
+        self._statements[cache_key] = (table, text)
+        return text
 
     def _remove(
         self,

@@ -303,7 +303,7 @@ class Partitions:
     ) -> Interleavings:
         """Draw ``examples`` interleavings (with batch sizes and duplicate deliveries) and check
         each gives the tables of a rebuild, byte for byte."""
-        from hypothesis import HealthCheck, given, settings
+        from hypothesis import HealthCheck, Phase, given, settings
         from hypothesis import strategies as st
 
         sizes = {p: len(events) for p, events in self.recorded().items()}
@@ -315,6 +315,8 @@ class Partitions:
             max_examples=examples,
             deadline=None,
             database=None,
+            # No shrinking: every run builds a database; the first differing schedule is shown.
+            phases=[Phase.explicit, Phase.generate],
             suppress_health_check=list(HealthCheck),
         )
         @given(st.data())

@@ -357,3 +357,16 @@ def test_streams_every_interleaving_and_a_rebuild_give_identical_tables():
         differing += report.differing
     print(f"STREAMS: examples={examples} interleavings={interleavings} differing={differing}")
     assert differing == 0 and examples >= 100 and interleavings > 50
+
+
+def test_the_tick_command_appends_a_tick_to_every_partition(tmp_path, capsys):
+    from framework.persistence import open_store
+    from framework.streaming.__main__ import main
+
+    url = f"sqlite:///{tmp_path}/events.db"
+    assert main(["tick", "--name", "shop", "--store", url]) == 0
+    assert main(["tick", "--name", "shop", "--store", url]) == 0
+    with open_store(url, name="shop") as store:
+        topics = [e.topic for e in store.iter_partition(0)]
+    assert topics == ["keel.Clock.Started", "keel.Clock.Ticked", "keel.Clock.Ticked"]
+    assert "ticked 1 partition(s)" in capsys.readouterr().out
