@@ -63,6 +63,7 @@ __all__ = [
     "Loader",
     "StoreLoader",
     "UnitOfWork",
+    "a_an",
     "command_record_id",
     "replayed_result",
 ]
@@ -141,7 +142,7 @@ class UnitOfWork:
             self._seen[aggregate_id] = (aggregate, aggregate.version)
             return aggregate
         if not isinstance(found[0], cls):
-            raise AggregateNotFoundError(f"{aggregate_id} is a {type(found[0]).__name__}")
+            raise AggregateNotFoundError(f"{aggregate_id} is {a_an(type(found[0]).__name__)}")
         return found[0]
 
     def add(self, aggregate: Aggregate) -> None:
@@ -256,6 +257,7 @@ class Application:
         self._lock = threading.Lock()
         self._router: CommandRouter | None = None
         self._router_ready = False
+        self._turns = [threading.RLock() for _ in range(64)]  # striped by routing id
         # Test hook: framework.testing checks the state handlers leave against a replay. It
         # gets every aggregate the handler touched, changed or not.
         self.on_commit: Callable[[list[Aggregate]], None] | None = None
@@ -269,6 +271,7 @@ class Application:
             max_conflict_retries=self.max_conflict_retries,
         )
         copy._handlers = self._handlers
+        copy._turns = self._turns  # the same process: same-aggregate commands still take turns
         return copy
 
     # -- registration -------------------------------------------------------------------------
@@ -382,7 +385,15 @@ class Application:
 
     def execute_here(self, command: Command, metadata: Metadata) -> CommandResult:
         """Decide ``command`` in this process and append through the store's version check
-        (what :meth:`execute` does on the embedded stores)."""
+        (what :meth:`execute` does on the embedded stores).
+
+        Commands for the same aggregate (by routing id) take turns within this process, so
+        threads hammering one aggregate never race each other into exhausted retries; other
+        processes still meet the store's version check."""
+        with self._turns[hash(command.routing_id()) % len(self._turns)]:
+            return self._execute_here(command, metadata)
+
+    def _execute_here(self, command: Command, metadata: Metadata) -> CommandResult:
         for _attempt in range(self.max_conflict_retries + 1):
             previous = self.previous_result(command)
             if previous is not None:
@@ -470,7 +481,7 @@ class Application:
             raise AggregateNotFoundError(f"no {cls.__name__} has id {aggregate_id}")
         if not isinstance(aggregate, cls):
             raise AggregateNotFoundError(
-                f"{aggregate_id} is a {type(aggregate).__name__}, not a {cls.__name__}"
+                f"{aggregate_id} is {a_an(type(aggregate).__name__)}, not {a_an(cls.__name__)}"
             )
         return aggregate
 
@@ -516,6 +527,11 @@ class Application:
         self.store.close()
 
 
+def a_an(noun: str) -> str:
+    """``"an Order"``, ``"a Customer"``: the noun with its indefinite article."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
 def replayed_result(store: EventStore, command: Command, record: RecordedEvent) -> CommandResult:
     """The result a command record stands for; refuses a re-used id with another payload."""
     body = pydantic_core.from_json(record.state)
@@ -524,8 +540,9 @@ def replayed_result(store: EventStore, command: Command, record: RecordedEvent) 
         or body.get("fingerprint", command.fingerprint()) != command.fingerprint()
     ):
         raise IdempotencyKeyReusedError(
-            f"command id {command.command_id} already ran as a {body.get('command_type')} with "
-            f"another payload; nothing was written. Give a new command a new id"
+            f"command id {command.command_id} already ran as "
+            f"{a_an(str(body.get('command_type')))} with another payload; nothing was written. "
+            "Give a new command a new id"
         )
     primary = body.get("aggregate_id")
     stored = body.get("positions")

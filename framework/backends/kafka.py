@@ -432,6 +432,12 @@ class KafkaEventStore(EventStore):
         """The events-topic partitions writer shard ``shard`` owns."""
         return [p for p in range(self.partitions) if self.shard_of(p) == shard]
 
+    @property
+    def max_record_bytes(self) -> int:
+        """The largest record (key, value and headers) the store writes: ``max_event_bytes``,
+        at most the topic's ``max.message.bytes`` (and 1 MiB) less 512 bytes of overhead."""
+        return self._max_record
+
     def check_size(self, event: NewEvent) -> None:
         """Refuse an event larger than the store accepts (before anything is sent)."""
         if record_size(event) > self._max_record:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
-from framework.application import CommandResult, Decision, UnitOfWork
+from framework.application import CommandResult, Decision, UnitOfWork, a_an
 from framework.backends.kafka_client import (
     ConsumerRebalanceListener,
     KafkaError,
@@ -153,7 +153,7 @@ class _BatchLoader:
             self.used_overlay = True
             if not isinstance(found, cls):
                 raise AggregateNotFoundError(
-                    f"{aggregate_id} is a {type(found).__name__}, not a {cls.__name__}"
+                    f"{aggregate_id} is {a_an(type(found).__name__)}, not {a_an(cls.__name__)}"
                 )
             return found
         if owner.store.partition_for(aggregate_id) not in owner.partitions:

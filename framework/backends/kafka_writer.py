@@ -61,6 +61,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _STOP = object()
+DEADLINE_SLACK = 5.0  # seconds past the append deadline before a caller stops waiting
 
 
 class BoundedCallTimeout(Exception):
@@ -195,9 +196,18 @@ class ShardWriter:
             raise StoreError("the event store is closed")
         request = AppendRequest(events, partitions)
         self._queue.put(request)
-        while not request.done.wait(1.0):
+        # The writer works to append_timeout per batch (a queued append may wait for the batch
+        # before it): past both, and a little slack, the caller hears "unknown" at once.
+        deadline = time.monotonic() + 2 * self._settings.append_timeout + DEADLINE_SLACK
+        while not request.done.wait(0.5):
             if not self._thread.is_alive():
                 raise StoreError("the shard writer thread stopped")
+            if time.monotonic() > deadline:
+                raise OutcomeUnknownError(
+                    f"the append got no outcome within {2 * self._settings.append_timeout:g} s "
+                    "(the cluster is slow or out of reach); it may or may not be written: "
+                    "retry with the same command id"
+                )
         if request.error is not None:
             raise request.error
         assert request.positions is not None

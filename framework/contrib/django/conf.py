@@ -84,8 +84,8 @@ class KeelSettings(BaseSettings):
     consumer_group_prefix: str = Field(
         "",
         max_length=100,
-        description="Prepended to each projection's name to form its Kafka consumer group "
-        "(e.g. 'shop.' when several applications share a broker).",
+        description="Prepended to each projection's name to form its Kafka consumer group; "
+        "empty (the default): the group is '<application>.<projection>'.",
     )
     alembic_config: str = Field(
         "alembic.ini",
@@ -306,8 +306,15 @@ def get_projections() -> dict[str, Projection]:
 
 
 def consumer_group(name: str) -> str:
-    """The Kafka consumer group of projection ``name``'s workers."""
-    return get_settings().consumer_group_prefix + name
+    """The Kafka consumer group of projection ``name``'s workers: ``<application>.<name>``
+    (``framework.worker.consumer_group``), or ``CONSUMER_GROUP_PREFIX + name`` when a prefix
+    is configured."""
+    prefix = get_settings().consumer_group_prefix
+    if prefix:
+        return prefix + name
+    from framework.worker import consumer_group as default_group
+
+    return default_group(get_application().name, name)
 
 
 def get_projection(name: str) -> Projection:
