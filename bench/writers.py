@@ -64,14 +64,18 @@ def _sender_main(
 
     logging.getLogger("kafka").setLevel(logging.ERROR)
     logging.getLogger("framework.backends.kafka_topic").setLevel(logging.ERROR)
-    app: Any = build_app(url, name) if kind == "keel" else build_peer(name, env)
-    accounts = [uuid.uuid4() for _ in range(THREADS)]
-    for account in accounts:
-        command = OpenAccount(account_id=account, owner="Ada", email="ada@example.org")
-        if kind == "keel":
-            app.execute(command, timeout=120)
-        else:
-            app.open_account(command)
+    try:
+        app: Any = build_app(url, name) if kind == "keel" else build_peer(name, env)
+        accounts = [uuid.uuid4() for _ in range(THREADS)]
+        for account in accounts:
+            command = OpenAccount(account_id=account, owner="Ada", email="ada@example.org")
+            if kind == "keel":
+                app.execute(command, timeout=120)
+            else:
+                app.open_account(command)
+    except BaseException as error:
+        out.put(("failed", 0.0, 0.0, repr(error)))
+        raise
     out.put(("ready", 0.0, 0.0, 0))
     start.wait()
     spans: list[tuple[float, float]] = []
@@ -148,7 +152,10 @@ def drive(kind: str, url: str, env: dict[str, str], name: str, senders: int, tot
     for process in processes:
         process.start()
     for _ in processes:
-        assert out.get(timeout=300)[0] == "ready"
+        report = out.get(timeout=300)
+        if report[0] != "ready":
+            start.set()
+            raise RuntimeError(f"a {kind} sender process failed: {report[3]}")
     _cpu_percent()
     start.set()
     reports = [out.get(timeout=900) for _ in processes]
@@ -182,7 +189,7 @@ def _peer_env(ctx: Context, name: str) -> dict[str, str]:
     env.update(POSTGRES_POOL_SIZE="5", POSTGRES_MAX_OVERFLOW="5", POSTGRES_PRE_PING="y")
     ctx.drop_postgres_tables_later(f"{name.lower()}_events", f"{name.lower()}_snapshots")
     build_peer(name, env).close()  # create its tables once, before the processes race
-    return env
+    return {**env, "CREATE_TABLE": "false"}  # concurrent DDL from the processes would clash
 
 
 def senders_rows(ctx: Context, section: Section, counts: tuple[int, ...], total: int) -> None:
