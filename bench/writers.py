@@ -114,7 +114,9 @@ def _first_command_main(url: str, name: str, spawned_at: float, out: Any) -> Non
 
 
 class Writers:
-    """``count`` writer processes for ``name`` (stopped by ``close``)."""
+    """``count`` writer processes for ``name``, started and settled: every shard owned and
+    every writer owning one, so no rebalance falls inside a timed window (stopped by
+    ``close``)."""
 
     def __init__(self, url: str, name: str, count: int) -> None:
         self.stop = SPAWN.Event()
@@ -126,6 +128,30 @@ class Writers:
             if not ready.wait(120):
                 raise RuntimeError("a writer process did not start")
             self.processes.append(process)
+        self._settle(url, name, count)
+
+    @staticmethod
+    def _settle(url: str, name: str, count: int, timeout: float = 120.0) -> None:
+        from framework.writer import writer_status
+
+        app = build_app(url, name)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                report = writer_status(app)
+                owned = [m["shards"] for m in report["members"]]
+                shards = {s for m in owned for s in m}
+                if (
+                    report["state"] == "Stable"
+                    and len(owned) == count
+                    and all(owned)
+                    and shards == set(range(len(report["shards"])))
+                ):
+                    return
+                time.sleep(0.2)
+            raise RuntimeError(f"the writer group did not settle: {report}")
+        finally:
+            app.close()
 
     def close(self) -> None:
         self.stop.set()

@@ -34,7 +34,8 @@ from tests.support.fault_proxy import FaultProxy
 pytestmark = pytest.mark.kafka
 
 REPO = Path(__file__).resolve().parents[2]
-BROKER_PORT, CONTROLLER_PORT, PROXY_PORT = 39092, 39093, 39094
+# Below Linux's ephemeral range (32768-60999): a client's outgoing connection can never hold them.
+BROKER_PORT, CONTROLLER_PORT, PROXY_PORT = 18092, 18093, 18094
 
 
 @pytest.fixture(scope="module")
