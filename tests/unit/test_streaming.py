@@ -370,3 +370,17 @@ def test_the_tick_command_appends_a_tick_to_every_partition(tmp_path, capsys):
         topics = [e.topic for e in store.iter_partition(0)]
     assert topics == ["keel.Clock.Started", "keel.Clock.Ticked", "keel.Clock.Ticked"]
     assert "ticked 1 partition(s)" in capsys.readouterr().out
+
+
+def test_pull_queries_filter_on_keys_and_window_bounds():
+    outcome = given_partitions(
+        {0: [made(A, 5, "1.00", "CH"), made(B, 65, "2.00", "CH"), made(C, 70, "3.00", "DE")]}
+    ).project(SalesStreams)
+    live = next(t for t in outcome.projection.tables if t.name == "t_sales_hourly")
+    with outcome.engine.connect() as conn:
+        rows = SalesStreams.hourly.query(conn, table=live, country="CH", window_start__gte=hour(1))
+        assert [(r["country"], r["sales"]) for r in rows] == [("CH", 1)]
+        both = SalesStreams.hourly.query(conn, table=live, country__in=["CH", "DE"])
+        assert [r["country"] for r in both] == ["CH", "CH", "DE"]
+        with pytest.raises(ConfigurationError, match="cannot filter"):
+            SalesStreams.hourly.query(conn, colour="red")
