@@ -384,3 +384,15 @@ def test_pull_queries_filter_on_keys_and_window_bounds():
         assert [r["country"] for r in both] == ["CH", "CH", "DE"]
         with pytest.raises(ConfigurationError, match="cannot filter"):
             SalesStreams.hourly.query(conn, colour="red")
+
+
+def test_stream_status_reports_watermark_open_windows_and_late_events():
+    outcome = given_partitions(
+        {0: [made(A, 90, "3.00"), made(B, 5, "8.00")], 1: [made(C, 95, "1.00")]}
+    ).project(SalesStreams)
+    status = streaming.stream_status(outcome.projection, outcome.engine)
+    assert status.partitions is None and status.watermark is None  # no tick yet: nothing closes
+    assert status.stream_times == {0: T0 + timedelta(minutes=90), 1: T0 + timedelta(minutes=95)}
+    assert status.open_windows["hourly"] == 2 and status.amended_after_close["hourly"] == 1
+    assert status.late_events["stats"] == {"drop": 1}
+    assert status.late_events["daily"] == {"dead_letter": 1}
