@@ -23,6 +23,7 @@ from framework.streaming._aggregates import (
 from framework.streaming._clock import Clock, tick
 from framework.streaming._joins import IntervalJoin, Join, Lookup
 from framework.streaming._projection import Stream, StreamContext, StreamProjection
+from framework.streaming._status import StreamStatus, stream_status
 from framework.streaming._windowed import CloseContext, Windowed
 from framework.streaming._windows import Calendar, Hopping, Session, Tumbling, WindowShape
 
@@ -48,9 +49,11 @@ __all__ = [
     "Stream",
     "StreamContext",
     "StreamProjection",
+    "StreamStatus",
     "Sum",
     "Tumbling",
     "WindowShape",
     "Windowed",
+    "stream_status",
     "tick",
 ]

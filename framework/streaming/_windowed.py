@@ -1,9 +1,10 @@
 """Windowed tables: grouped aggregates per window, with a contribution ledger.
 
 Each contributing event is a *contribution* with an id (default: the event's aggregate id and
-version), an event time, group-by key values and one value per aggregate. The ledger
-``<table>__contrib`` remembers every live contribution, so a retraction removes it from exactly
-the windows it was counted in and a replacement can move it to other windows. Rows carry
+version), an event time, group-by key values and one value per aggregate. When the table
+retracts or replaces, the ledger ``<table>__contrib`` remembers every live contribution, so a
+retraction removes it from exactly the windows it was counted in and a replacement can move it
+to other windows. Rows carry
 ``contributions``, ``revision`` (changes applied), ``late_events``, ``amended_after_close`` and
 ``closed``; rows of tables whose aggregates have no SQL arithmetic (mean, latest, collect,
 custom) also keep the aggregate states as JSON in ``state``.
@@ -233,6 +234,32 @@ class Windowed(Stream):
 
     def events(self) -> set[type[DomainEvent]]:
         return self._contributes | self._retracts | self._replaces
+
+    def query(
+        self, conn: sa.Connection, *, table: sa.Table | None = None, **filters: Any
+    ) -> list[dict[str, Any]]:
+        """A pull query (the ksqlDB subset): ``sales.query(conn, country="CH",
+        window_start__gte=t0, window_start__lt=t1)``, rows in key and window order. Filters
+        are ``column=value`` or ``column__gt|gte|lt|lte|in=value``; ``table`` is the table to
+        read (default: the live one)."""
+        target = table if table is not None else self.table
+        operators = {"gt": "__gt__", "gte": "__ge__", "lt": "__lt__", "lte": "__le__"}
+        where = []
+        for name, value in filters.items():
+            column_name, _, op = name.partition("__")
+            if column_name not in target.c or (op and op not in (*operators, "in")):
+                raise ConfigurationError(
+                    f"{self.name}: cannot filter on {name!r}: give a column of "
+                    f"{sorted(target.c.keys())} with an optional __gt, __gte, __lt, __lte or __in"
+                )
+            column = target.c[column_name]
+            if op == "in":
+                where.append(column.in_(list(value)))
+            else:
+                where.append(getattr(column, operators.get(op, "__eq__"))(value))
+        order = [*(target.c[k] for k in self.key), target.c.window_start]
+        rows = conn.execute(sa.select(target).where(*where).order_by(*order))
+        return [{k: v for k, v in r._mapping.items() if k != "state"} for r in rows]
 
     # -- applying -------------------------------------------------------------------------------
 

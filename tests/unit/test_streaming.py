@@ -370,3 +370,29 @@ def test_the_tick_command_appends_a_tick_to_every_partition(tmp_path, capsys):
         topics = [e.topic for e in store.iter_partition(0)]
     assert topics == ["keel.Clock.Started", "keel.Clock.Ticked", "keel.Clock.Ticked"]
     assert "ticked 1 partition(s)" in capsys.readouterr().out
+
+
+def test_pull_queries_filter_on_keys_and_window_bounds():
+    outcome = given_partitions(
+        {0: [made(A, 5, "1.00", "CH"), made(B, 65, "2.00", "CH"), made(C, 70, "3.00", "DE")]}
+    ).project(SalesStreams)
+    live = next(t for t in outcome.projection.tables if t.name == "t_sales_hourly")
+    with outcome.engine.connect() as conn:
+        rows = SalesStreams.hourly.query(conn, table=live, country="CH", window_start__gte=hour(1))
+        assert [(r["country"], r["sales"]) for r in rows] == [("CH", 1)]
+        both = SalesStreams.hourly.query(conn, table=live, country__in=["CH", "DE"])
+        assert [r["country"] for r in both] == ["CH", "CH", "DE"]
+        with pytest.raises(ConfigurationError, match="cannot filter"):
+            SalesStreams.hourly.query(conn, colour="red")
+
+
+def test_stream_status_reports_watermark_open_windows_and_late_events():
+    outcome = given_partitions(
+        {0: [made(A, 90, "3.00"), made(B, 5, "8.00")], 1: [made(C, 95, "1.00")]}
+    ).project(SalesStreams)
+    status = streaming.stream_status(outcome.projection, outcome.engine)
+    assert status.partitions is None and status.watermark is None  # no tick yet: nothing closes
+    assert status.stream_times == {0: T0 + timedelta(minutes=90), 1: T0 + timedelta(minutes=95)}
+    assert status.open_windows["hourly"] == 2 and status.amended_after_close["hourly"] == 1
+    assert status.late_events["stats"] == {"drop": 1}
+    assert status.late_events["daily"] == {"dead_letter": 1}
