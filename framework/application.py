@@ -200,8 +200,13 @@ class Decision:
             version=1,
             topic=COMMAND_RECORD_TOPIC,
             state=pydantic_core.to_json(body),
-            route_with=self.primary or self.command.routing_id(),
+            route_with=self.record_route,
         )
+
+    @property
+    def record_route(self) -> UUID:
+        """Where the command record goes: beside the command's primary aggregate."""
+        return self.primary or self.command.routing_id()
 
     def result(self, positions: Positions) -> CommandResult:
         return CommandResult(self.command.command_id, self.primary, self.versions, positions)

@@ -9,6 +9,7 @@ Import kafka-python through this module (``from framework.backends.kafka_client 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 
 with warnings.catch_warnings():
     warnings.filterwarnings(
@@ -45,4 +46,18 @@ __all__ = [
     "TopicAlreadyExistsError",
     "TopicPartition",
     "murmur2",
+    "add_partitions_to_transaction",
 ]
+
+
+def add_partitions_to_transaction(producer: KafkaProducer, partitions: Iterable[TopicPartition]) -> None:
+    """Name every partition a transaction will write before its first record is sent, so one
+    AddPartitionsToTxn request covers them all: kafka-python adds a partition only when a record
+    for it is appended, which costs a broker round trip for each later round of records. Only an
+    optimisation: a kafka-python without this hook still adds each partition on its first record."""
+    manager = getattr(producer, "_transaction_manager", None)
+    add = getattr(manager, "maybe_add_partition_to_transaction", None)
+    if add is None:
+        return
+    for tp in partitions:
+        add(tp)

@@ -41,6 +41,7 @@ from framework.backends.kafka_client import (
     KafkaError,
     KafkaProducer,
     TopicPartition,
+    add_partitions_to_transaction,
 )
 from framework.backends.kafka_commands import (
     KafkaCommandRouter,
@@ -395,6 +396,7 @@ class ShardOwner:
         timeout = store.commit_timeout
         try:
             producer.begin_transaction()
+            add_partitions_to_transaction(producer, self._partitions_written(entries))
             first = [
                 (entry, event, self._send(producer, event))
                 for entry in entries
@@ -403,6 +405,13 @@ class ShardOwner:
             ]
             for entry, event, future in first:
                 entry.recorded.append(recorded_at(event, future.get(timeout=timeout)))
+            # The offsets go in now, beside the second round (its partitions are in already).
+            consumed = [e.item.offset for e in entries if isinstance(e.item, _Consumed)]
+            if consumed:
+                tp = TopicPartition(store.commands_topic, self.shard)
+                producer.send_offsets_to_transaction(
+                    {tp: _offset_and_metadata(max(consumed) + 1)}, store.writer_group
+                )
             second = []
             for entry in entries:
                 if entry.decision is not None:
@@ -417,13 +426,6 @@ class ShardOwner:
                         value=encode_result(entry.command.command_id, entry.outcome),
                         partition=entry.reply % store.results_partitions,
                     )
-            # The offsets go in while the records above are still on their way.
-            consumed = [e.item.offset for e in entries if isinstance(e.item, _Consumed)]
-            if consumed:
-                tp = TopicPartition(store.commands_topic, self.shard)
-                producer.send_offsets_to_transaction(
-                    {tp: _offset_and_metadata(max(consumed) + 1)}, store.writer_group
-                )
             for entry, record, future in second:
                 entry.recorded.append(recorded_at(record, future.get(timeout=timeout)))
         except Exception as error:
@@ -439,6 +441,20 @@ class ShardOwner:
             raise _Retry(f"the commit got no definite answer: {error!r}") from error
         self.stats["transactions"] += 1
         self.stats["commands"] += len(entries)
+
+    def _partitions_written(self, entries: Sequence[_Entry]) -> set[TopicPartition]:
+        """Every partition the transaction will write: events, command records and results."""
+        store = self.store
+        written: set[TopicPartition] = set()
+        for entry in entries:
+            if entry.decision is not None:
+                routes = [e.route_with or e.aggregate_id for e in entry.decision.events]
+                routes.append(entry.decision.record_route)
+                written.update(TopicPartition(store.topic, store.partition_for(r)) for r in routes)
+            if entry.reply is not None:
+                partition = entry.reply % store.results_partitions
+                written.add(TopicPartition(store.results_topic, partition))
+        return written
 
     def _send(self, producer: KafkaProducer, event: NewEvent) -> Any:
         key, value, headers = encode_event(event)
