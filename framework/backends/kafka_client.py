@@ -45,8 +45,8 @@ __all__ = [
     "ProducerFencedError",
     "TopicAlreadyExistsError",
     "TopicPartition",
-    "murmur2",
     "add_partitions_to_transaction",
+    "murmur2",
 ]
 
 

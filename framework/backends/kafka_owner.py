@@ -69,7 +69,7 @@ from framework.errors import (
     OutcomeUnknownError,
     StoreUnavailableError,
 )
-from framework.persistence import NewEvent, RecordedEvent
+from framework.persistence import NewEvent, Positions, RecordedEvent
 
 if TYPE_CHECKING:
     from framework.application import Application
@@ -191,7 +191,16 @@ class ShardOwner:
         self.ready = threading.Event()
         self.stopping = threading.Event()
         self.cache: OrderedDict[UUID, Aggregate] = OrderedDict()
-        self.stats = {"transactions": 0, "commands": 0, "fenced": 0, "retries": 0, "expired": 0}
+        self.stats = {
+            "transactions": 0,
+            "commands": 0,
+            "fenced": 0,
+            "retries": 0,
+            "expired": 0,
+            "mispredicted": 0,
+        }
+        # The next offset of each partition this owner has written since it fenced the shard.
+        self._ends: dict[int, int] = {}
         self._producer: KafkaProducer | None = None
         self._thread = threading.Thread(
             target=self._run, name=f"keel-owner-{self.transactional_id}", daemon=True
@@ -273,6 +282,7 @@ class ShardOwner:
     def _drop_producer(self) -> None:
         producer, self._producer = self._producer, None
         self.cache.clear()
+        self._ends.clear()
         if producer is not None:
             close_quietly(producer)
 
@@ -389,45 +399,28 @@ class ShardOwner:
             self.store.check_size(event)
 
     def _transact(self, entries: Sequence[_Entry]) -> None:
-        """Write a decided batch in one transaction (raises _Retry unless it committed)."""
+        """Write a decided batch in one transaction (raises _Retry unless it committed).
+
+        The owner is its partitions' only writer, so once a committed transaction has shown
+        where its records landed, it knows where the next ones will (each transaction ends with
+        one commit marker per partition). With those offsets known up front, the events, the
+        command records and the results all go out in one round of produce requests; the
+        offsets are checked when the broker answers, and a transaction whose records landed
+        elsewhere (something wrote around the owner) is aborted and written in two rounds."""
         producer = self._producer
         assert producer is not None
-        store = self.store
-        timeout = store.commit_timeout
+        timeout = self.store.commit_timeout
+        plan = self._plan(entries)
         try:
-            producer.begin_transaction()
-            add_partitions_to_transaction(producer, self._partitions_written(entries))
-            first = [
-                (entry, event, self._send(producer, event))
-                for entry in entries
-                if entry.decision is not None
-                for event in entry.decision.events
-            ]
-            for entry, event, future in first:
-                entry.recorded.append(recorded_at(event, future.get(timeout=timeout)))
-            # The offsets go in now, beside the second round (its partitions are in already).
-            consumed = [e.item.offset for e in entries if isinstance(e.item, _Consumed)]
-            if consumed:
-                tp = TopicPartition(store.commands_topic, self.shard)
-                producer.send_offsets_to_transaction(
-                    {tp: _offset_and_metadata(max(consumed) + 1)}, store.writer_group
-                )
-            second = []
-            for entry in entries:
-                if entry.decision is not None:
-                    positions = positions_of(entry.recorded)
-                    entry.outcome = entry.decision.result(positions)
-                    record = entry.decision.record(positions)
-                    second.append((entry, record, self._send(producer, record)))
-                if entry.reply is not None and entry.command is not None and entry.outcome:
-                    producer.send(
-                        store.results_topic,
-                        key=str(entry.command.command_id).encode("ascii"),
-                        value=encode_result(entry.command.command_id, entry.outcome),
-                        partition=entry.reply % store.results_partitions,
-                    )
-            for entry, record, future in second:
-                entry.recorded.append(recorded_at(record, future.get(timeout=timeout)))
+            while True:
+                producer.begin_transaction()
+                add_partitions_to_transaction(producer, self._partitions_written(entries))
+                if self._write(producer, entries, plan):
+                    break
+                self.stats["mispredicted"] += 1
+                call_bounded(producer.abort_transaction, timeout, "abort")
+                self._ends.clear()
+                plan = None
         except Exception as error:
             fenced = is_fenced(producer, error)
             self.stats["fenced"] += int(fenced)
@@ -439,8 +432,90 @@ class ShardOwner:
             call_bounded(producer.commit_transaction, timeout, "commit")
         except (KafkaError, BoundedCallTimeout) as error:
             raise _Retry(f"the commit got no definite answer: {error!r}") from error
+        for event in (e for entry in entries for e in entry.recorded):
+            self._ends[event.partition] = max(self._ends.get(event.partition, 0), event.offset + 2)
         self.stats["transactions"] += 1
         self.stats["commands"] += len(entries)
+
+    def _plan(self, entries: Sequence[_Entry]) -> list[tuple[int, int]] | None:
+        """Where each record this batch writes to the events topic will land, in the order
+        :meth:`_write` sends them (events, then command records); None while some partition's
+        next offset is not known yet."""
+        ends = dict(self._ends)
+        plan = []
+        routes = [
+            e.route_with or e.aggregate_id
+            for entry in entries
+            if entry.decision is not None
+            for e in entry.decision.events
+        ]
+        routes += [entry.decision.record_route for entry in entries if entry.decision is not None]
+        for route in routes:
+            partition = self.store.partition_for(route)
+            if partition not in ends:
+                return None
+            plan.append((partition, ends[partition]))
+            ends[partition] += 1
+        return plan
+
+    def _write(
+        self, producer: KafkaProducer, entries: Sequence[_Entry], plan: list[tuple[int, int]] | None
+    ) -> bool:
+        """Send the batch's records and offsets inside the open transaction; False when the
+        records did not land where ``plan`` said they would."""
+        timeout = self.store.commit_timeout
+        events = [
+            (entry, event)
+            for entry in entries
+            if entry.decision is not None
+            for event in entry.decision.events
+        ]
+        futures = [self._send(producer, event) for _, event in events]
+        if plan is not None:
+            records = self._send_answers(producer, entries, _positions(events, plan))
+        consumed = [e.item.offset for e in entries if isinstance(e.item, _Consumed)]
+        if consumed:
+            tp = TopicPartition(self.store.commands_topic, self.shard)
+            producer.send_offsets_to_transaction(
+                {tp: _offset_and_metadata(max(consumed) + 1)}, self.store.writer_group
+            )
+        landed = [
+            recorded_at(event, future.get(timeout=timeout))
+            for (_, event), future in zip(events, futures, strict=True)
+        ]
+        if plan is None:
+            places = [(r.partition, r.offset) for r in landed]
+            records = self._send_answers(producer, entries, _positions(events, places))
+        landed += [recorded_at(rec, future.get(timeout=timeout)) for _, rec, future in records]
+        if plan is not None and [(r.partition, r.offset) for r in landed] != plan:
+            return False
+        owners = [entry for entry, _ in events] + [entry for entry, _, _ in records]
+        for entry in owners:
+            entry.recorded.clear()
+        for entry, recorded in zip(owners, landed, strict=True):
+            entry.recorded.append(recorded)
+        return True
+
+    def _send_answers(
+        self, producer: KafkaProducer, entries: Sequence[_Entry], positions: dict[int, Positions]
+    ) -> list[tuple[_Entry, NewEvent, Any]]:
+        """Each decided command's record and each sender's result, given where the events land."""
+        store = self.store
+        records = []
+        for entry in entries:
+            if entry.decision is not None:
+                at = positions.get(id(entry), {})
+                entry.outcome = entry.decision.result(at)
+                record = entry.decision.record(at)
+                records.append((entry, record, self._send(producer, record)))
+            if entry.reply is not None and entry.command is not None and entry.outcome:
+                producer.send(
+                    store.results_topic,
+                    key=str(entry.command.command_id).encode("ascii"),
+                    value=encode_result(entry.command.command_id, entry.outcome),
+                    partition=entry.reply % store.results_partitions,
+                )
+        return records
 
     def _partitions_written(self, entries: Sequence[_Entry]) -> set[TopicPartition]:
         """Every partition the transaction will write: events, command records and results."""
@@ -500,6 +575,17 @@ class ShardOwner:
                 return
             if isinstance(item, _Local):
                 self._answer(item, ShardMoved())
+
+
+def _positions(
+    events: Sequence[tuple[_Entry, NewEvent]], places: Sequence[tuple[int, int]]
+) -> dict[int, Positions]:
+    """Each entry's positions (by ``id``): past the last of its events in every partition."""
+    out: dict[int, Positions] = {}
+    for (entry, _), (partition, offset) in zip(events, places, strict=False):
+        at = out.setdefault(id(entry), {})
+        at[partition] = max(at.get(partition, 0), offset + 1)
+    return out
 
 
 def _offset_and_metadata(offset: int) -> Any:

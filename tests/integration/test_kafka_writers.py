@@ -20,6 +20,7 @@ import pytest
 
 from framework.application import Application, command_record_id
 from framework.backends.kafka import KafkaEventStore
+from framework.backends.kafka_client import KafkaProducer
 from framework.errors import (
     AggregateNotFoundError,
     CrossShardCommandError,
@@ -111,6 +112,44 @@ def test_owner_decides_in_place_and_routes_for_others(bank: tuple[str, str]) -> 
             assert opened.positions and routed.positions
     finally:
         sender.close()
+        app.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_record_written_around_the_owner_is_found_before_anything_commits(
+    bank: tuple[str, str], kafka_bootstrap: str
+) -> None:
+    """The owner predicts where its records land so that one produce round carries events,
+    records and results; a record it did not write moves the offsets, and the batch must be
+    aborted and written again in two rounds, with the results' positions where the events are."""
+    url, name = bank
+    app = build(url, name=name)
+    try:
+        with writer(app) as member:
+            account = uuid.uuid4()
+            app.execute(OpenAccount(account_id=account, owner=OWNER))
+            app.execute(Deposit(account_id=account, amount=Decimal("1.00")))
+            store = app.store
+            assert isinstance(store, KafkaEventStore)
+            partition = store.partition_for(account)
+            foreign = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+            foreign.send(store.topic, key=b"legacy", value=b"{}", partition=partition).get(30)
+            foreign.close()
+            moved = app.execute(Deposit(account_id=account, amount=Decimal("2.00")))
+            after = app.execute(Deposit(account_id=account, amount=Decimal("4.00")))
+            stats = member.stats()
+            mispredicted = sum(s["mispredicted"] for s in stats.values())
+            events = store.read(account)
+            print(
+                f"PREDICT: transactions={sum(s['transactions'] for s in stats.values())} "
+                f"mispredicted={mispredicted} versions={[e.version for e in events]}"
+            )
+            assert mispredicted == 1
+            assert [e.version for e in events] == [1, 2, 3, 4]
+            assert moved.positions[partition] == events[2].offset + 1
+            assert after.positions[partition] == events[3].offset + 1
+            assert app.load(Account, account).balance == Decimal("7.00")
+    finally:
         app.close()
 
 
