@@ -23,6 +23,7 @@ with warnings.catch_warnings():
     )
     from kafka.admin import ConfigResource, ConfigResourceType
     from kafka.consumer.subscription_state import ConsumerRebalanceListener
+    from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
     from kafka.errors import (
         InvalidProducerEpochError,
         KafkaError,
@@ -36,6 +37,7 @@ __all__ = [
     "ConfigResource",
     "ConfigResourceType",
     "ConsumerRebalanceListener",
+    "CooperativeStickyAssignor",
     "InvalidProducerEpochError",
     "KafkaAdminClient",
     "KafkaConsumer",
@@ -50,7 +52,9 @@ __all__ = [
 ]
 
 
-def add_partitions_to_transaction(producer: KafkaProducer, partitions: Iterable[TopicPartition]) -> None:
+def add_partitions_to_transaction(
+    producer: KafkaProducer, partitions: Iterable[TopicPartition]
+) -> None:
     """Name every partition a transaction will write before its first record is sent, so one
     AddPartitionsToTxn request covers them all: kafka-python adds a partition only when a record
     for it is appended, which costs a broker round trip for each later round of records. Only an

@@ -38,6 +38,7 @@ from uuid import UUID
 from framework.application import CommandResult, Decision, UnitOfWork, a_an
 from framework.backends.kafka_client import (
     ConsumerRebalanceListener,
+    CooperativeStickyAssignor,
     KafkaError,
     KafkaProducer,
     TopicPartition,
@@ -652,6 +653,9 @@ class WriterMember:
                 max_poll_interval_ms=int(s.max_poll_interval * 1000),
                 max_poll_records=s.max_batch,
                 fetch_max_wait_ms=20,
+                # Incremental rebalances: a shard that stays with its member keeps its owner
+                # (fenced, caught up, cache warm) when another writer joins or leaves.
+                partition_assignment_strategy=(CooperativeStickyAssignor,),
             )
             self.consumer.subscribe([self.store.commands_topic], listener=_Listener(self))
             # Metadata before joining: a leader without it assigns nothing (see kafka_feed).

@@ -27,6 +27,7 @@ from framework.errors import (
     IdempotencyKeyReusedError,
     OutcomeUnknownError,
 )
+from framework.backends.kafka_owner import WriterMember
 from framework.writer import writer, writer_status
 from tests.integration.writer_processes import (
     WriterProcess,
@@ -210,6 +211,48 @@ def ask(conn: Any, command: Any) -> tuple[Any, ...]:
     assert conn.poll(90), "the sender did not answer"
     answer: tuple[Any, ...] = conn.recv()
     return answer
+
+
+@pytest.mark.timeout(180)
+def test_a_writer_joining_takes_shards_without_disturbing_the_ones_that_stay(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    """Incremental (cooperative) rebalancing: the shards that stay with a member keep their
+    owner, fenced and caught up, while another member takes its share."""
+    name = unique_name("bank4").replace("-", "_")
+    url = f"kafka://{kafka_bootstrap}?partitions=4&shards=4"
+    first, second = build(url, name=name), build(url, name=name)
+    try:
+        with writer(first) as a:
+            before = dict(a.owners)
+            accounts: dict[int, uuid.UUID] = {}
+            store = first.store
+            assert isinstance(store, KafkaEventStore)
+            while len(accounts) < 4:
+                candidate = uuid.uuid4()
+                accounts.setdefault(store.shard_for(candidate), candidate)
+            for account in accounts.values():
+                first.execute(OpenAccount(account_id=account, owner=OWNER))
+            b = WriterMember(second).start()
+            try:
+                deadline = time.monotonic() + 60
+                while not (b.owned() and len(a.owned()) + len(b.owned()) == 4):
+                    assert time.monotonic() < deadline, (a.owned(), b.owned())
+                    time.sleep(0.1)
+                kept = a.owned()
+                same = [s for s in kept if a.owners[s] is before[s]]
+                for account in accounts.values():  # every shard answers, wherever it is
+                    second.execute(Deposit(account_id=account, amount=Decimal("1.00")))
+                print(f"REBALANCE: kept={kept} moved={b.owned()} same_owner={same}")
+                assert 1 <= len(b.owned()) <= 3
+                assert same == kept
+            finally:
+                b.close()
+            for account in accounts.values():
+                assert first.load(Account, account).balance == Decimal("1.00")
+    finally:
+        second.close()
+        first.close()
 
 
 @pytest.mark.timeout(240)
