@@ -279,7 +279,9 @@ class ResultsReader:
                 enable_auto_commit=False,
                 isolation_level="read_committed",
                 auto_offset_reset="latest",
-                fetch_max_wait_ms=20,
+                # The broker answers a fetch as soon as a record (or a commit marker) arrives;
+                # a long wait only saves the idle polling (5 % of a core per process at 20 ms).
+                fetch_max_wait_ms=500,
             )
             tp = TopicPartition(self.topic, self.partition)
             consumer.assign([tp])
