@@ -16,8 +16,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from framework.errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
@@ -99,7 +101,17 @@ def projection_settings(
                 values[field] = env[key]
                 break
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return ProjectionSettings.model_validate(values)
+    try:
+        return ProjectionSettings.model_validate(values)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+            for e in error.errors()
+        )
+        raise ConfigurationError(
+            f"the worker settings of projection {name!r} are not valid ({problems}); fix the "
+            f"{prefix}<FIELD> / KEEL_PROJECTION_<FIELD> variables or the options given"
+        ) from error
 
 
 def normalise_database_url(url: str) -> str:

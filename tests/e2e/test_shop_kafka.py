@@ -24,6 +24,7 @@ import pytest
 import sqlalchemy as sa
 
 from framework.backends.kafka import open_store
+from framework.backends.kafka_client import KafkaAdminClient
 from framework.database import create_engine
 from framework.worker import setup_tables, wait_until
 from projections.customers import CustomersProjection
@@ -95,7 +96,7 @@ def test_the_shop_on_kafka_end_to_end(
         "PYTHONUNBUFFERED": "1",
     }
     worker = subprocess.Popen(
-        [sys.executable, str(REPO / "manage.py"), "run_projections"],
+        [sys.executable, str(REPO / "manage.py"), "run_projections", "--instance-id", "e2e-w1"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -174,6 +175,17 @@ def test_the_shop_on_kafka_end_to_end(
         assert history == sum(len(app.history(_id("order", n))) for n in range(20))
 
         live = digest(engine, OrdersProjection.orders, OrdersProjection.order_customers)
+        # Static membership: the worker is a member of each projection's group as e2e-w1.
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        try:
+            groups = [f"{topic}.{p.name}" for p in PROJECTIONS]
+            described = admin.describe_groups(groups)
+        finally:
+            admin.close()
+        instances = {
+            g: [m.get("group_instance_id") for m in d["members"]] for g, d in described.items()
+        }
+        assert all(ids == ["e2e-w1"] for ids in instances.values()), instances
         worker.send_signal(signal.SIGTERM)
         out, err = worker.communicate(timeout=60)
         assert worker.returncode == 0, err

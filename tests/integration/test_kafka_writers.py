@@ -21,13 +21,13 @@ import pytest
 from framework.application import Application, command_record_id
 from framework.backends.kafka import KafkaEventStore
 from framework.backends.kafka_client import KafkaProducer
+from framework.backends.kafka_owner import WriterMember
 from framework.errors import (
     AggregateNotFoundError,
     CrossShardCommandError,
     IdempotencyKeyReusedError,
     OutcomeUnknownError,
 )
-from framework.backends.kafka_owner import WriterMember
 from framework.writer import writer, writer_status
 from tests.integration.writer_processes import (
     WriterProcess,

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from framework import codec as codec_module
 from framework import dead_letters
 from framework.database import Backoff, create_engine, is_connectivity_error
-from framework.errors import ProjectionError, ProjectionTimeoutError
+from framework.errors import ConfigurationError, ProjectionError, ProjectionTimeoutError
 from framework.persistence import NewEvent, open_store
 from framework.positions import read_positions, write_positions
 from framework.projection import Projection, handles
@@ -235,6 +235,13 @@ def test_settings_fall_back_from_projection_to_global() -> None:
     assert projection_settings("orders", env).batch_size == 9
     assert projection_settings("other", env).batch_size == 7
     assert projection_settings("other", env, batch_size=3).batch_size == 3
+
+
+def test_worker_settings_that_contradict_each_other_are_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match=r"heartbeat_interval \(2\.0\) must be below"):
+        projection_settings("orders", {}, session_timeout=1.5)
+    with pytest.raises(ConfigurationError, match="KEEL_PROJECTION_ORDERS_<FIELD>"):
+        projection_settings("orders", {"KEEL_PROJECTION_BATCH_SIZE": "none"})
 
 
 def test_connectivity_errors_are_told_apart_from_handler_errors() -> None:

@@ -1,4 +1,4 @@
-"""``manage.py run_projections [NAME ...] [--until-caught-up]``."""
+"""``manage.py run_projections [NAME ...] [--until-caught-up] [--instance-id ID]``."""
 
 from __future__ import annotations
 
@@ -44,6 +44,20 @@ class Command(BaseCommand):
         parser.add_argument(
             "--batch-size", type=int, default=None, help="events per SQL transaction"
         )
+        parser.add_argument(
+            "--instance-id",
+            metavar="ID",
+            help="Kafka static group membership: a worker restarted with the same ID gets its "
+            "partitions back at once instead of after the session timeout. Give each worker "
+            "process its own stable ID (a pod or host name); each projection's group uses it",
+        )
+        parser.add_argument(
+            "--session-timeout",
+            type=float,
+            metavar="SECONDS",
+            help="seconds without a heartbeat before Kafka gives a dead worker's partitions to "
+            "another (default: KEEL_PROJECTION_SESSION_TIMEOUT or 10)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         checks.running_worker = True
@@ -70,17 +84,24 @@ class Command(BaseCommand):
             )
         if not names:
             raise CommandError("no projections are configured: set KEEL['PROJECTIONS']")
-        overrides = {"batch_size": options["batch_size"]} if options["batch_size"] else {}
+        chosen = {
+            "batch_size": options["batch_size"],
+            "instance_id": options["instance_id"],
+            "session_timeout": options["session_timeout"],
+        }
+        overrides = {key: value for key, value in chosen.items() if value is not None}
         stop = threading.Event()
         try:
             store = get_application().store
             engine = get_engine()
+            workers = [
+                DjangoProjectionWorker(
+                    known[n], store, engine, group=consumer_group(n), **overrides
+                )
+                for n in names
+            ]
         except FrameworkError as error:
             raise CommandError(str(error)) from error
-        workers = [
-            DjangoProjectionWorker(known[n], store, engine, group=consumer_group(n), **overrides)
-            for n in names
-        ]
         failures: dict[str, BaseException] = {}
 
         def run(worker: DjangoProjectionWorker) -> None:
