@@ -21,7 +21,8 @@ from framework.streaming._aggregates import (
     Sum,
 )
 from framework.streaming._clock import Clock, tick
-from framework.streaming._joins import IntervalJoin, Join, Lookup
+from framework.streaming._interval import IntervalJoin
+from framework.streaming._joins import Join, Lookup
 from framework.streaming._projection import Stream, StreamContext, StreamProjection
 from framework.streaming._status import StreamStatus, stream_status
 from framework.streaming._windowed import CloseContext, Windowed
