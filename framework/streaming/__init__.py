@@ -20,9 +20,10 @@ from framework.streaming._aggregates import (
     Retractions,
     Sum,
 )
-from framework.streaming._clock import Clock, tick
+from framework.streaming._clock import Clock, accept_late, tick
 from framework.streaming._interval import IntervalJoin
 from framework.streaming._joins import Join, Lookup
+from framework.streaming._late import LateEvent, late_events, redrive_late
 from framework.streaming._projection import Stream, StreamContext, StreamProjection
 from framework.streaming._status import StreamStatus, stream_status
 from framework.streaming._windowed import CloseContext, Windowed
@@ -40,6 +41,7 @@ __all__ = [
     "Hopping",
     "IntervalJoin",
     "Join",
+    "LateEvent",
     "Latest",
     "Lookup",
     "Max",
@@ -55,6 +57,9 @@ __all__ = [
     "Tumbling",
     "WindowShape",
     "Windowed",
+    "accept_late",
+    "late_events",
+    "redrive_late",
     "stream_status",
     "tick",
 ]

@@ -136,8 +136,9 @@ class IntervalJoin(Stream):
         key = self.key_of(event)
         late_by = ctx.late_by(envelope.recorded.partition, moment, self.grace)
         if late_by is not None:
-            ctx.record_late(self, envelope, moment, None, late_by, self.late)
-            if self.late != "amend":
+            action = ctx.policy(self.late, envelope)
+            ctx.record_late(self, envelope, moment, None, late_by, action)
+            if action != "amend":
                 return
         if type(event) is self.left:
             self._left(projection, ctx, key, moment)

@@ -313,7 +313,7 @@ class Windowed(Stream):
         late = late_by is not None
         if late_by is not None:
             # A replacement is a correction: it always applies, like a retraction.
-            action = "amend" if quiet else self.late
+            action = "amend" if quiet else ctx.policy(self.late, envelope)
             if not ctx.cache.get(self._late_key(envelope)):
                 window = self.window.windows(moment)[0][0]
                 ctx.record_late(self, envelope, moment, window, late_by, action)
