@@ -173,7 +173,7 @@ def test_the_shop_on_kafka_end_to_end(
         )
         assert history == sum(len(app.history(_id("order", n))) for n in range(20))
 
-        live = digest(engine, OrdersProjection.orders, OrdersProjection.order_customers)
+        live = digest(engine, OrdersProjection.joined.table, OrdersProjection.customers.table)
         worker.send_signal(signal.SIGTERM)
         out, err = worker.communicate(timeout=60)
         assert worker.returncode == 0, err
@@ -181,7 +181,7 @@ def test_the_shop_on_kafka_end_to_end(
 
         rebuilt_out = manage(env, "rebuild_projection", "orders")
         assert "rebuilt orders: events=" in rebuilt_out
-        rebuilt = digest(engine, OrdersProjection.orders, OrdersProjection.order_customers)
+        rebuilt = digest(engine, OrdersProjection.joined.table, OrdersProjection.customers.table)
         status = manage(env, "projection_status", "orders", "--json")
         print(
             f"\nE2E kafka: offsets={sum(head.values())} partitions=3 caught_up_s={caught_up:.1f} "
