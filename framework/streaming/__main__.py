@@ -160,17 +160,7 @@ def _tick(args: argparse.Namespace, stop: threading.Event) -> int:
 
 
 def _status_json(projection: StreamProjection, engine: Any) -> dict[str, Any]:
-    status = stream_status(projection, engine)
-    return {
-        "projection": projection.name,
-        "partitions": status.partitions,
-        "stream_times": {str(p): t.isoformat() for p, t in sorted(status.stream_times.items())},
-        "watermark": status.watermark.isoformat() if status.watermark else None,
-        "watermark_lag_seconds": status.watermark_lag_seconds,
-        "open_windows": status.open_windows,
-        "amended_after_close": status.amended_after_close,
-        "late_events": status.late_events,
-    }
+    return {"projection": projection.name, **stream_status(projection, engine).as_json()}
 
 
 def _status_text(data: dict[str, Any]) -> list[str]:

@@ -30,6 +30,7 @@ from projections.customers import CustomersProjection
 from projections.order_history import OrderHistoryProjection
 from projections.orders import OrdersProjection
 from projections.sales import SalesPerHourProjection
+from projections.streams import ShopStreams
 from sample_app.shop.application import build
 from sample_app.shop.commands import ChangeCustomerAddress
 from sample_app.shop.management.commands.seed_demo import CUSTOMERS, _id, demo_commands
@@ -40,6 +41,7 @@ PROJECTIONS = [
     OrdersProjection(),
     SalesPerHourProjection(),
     OrderHistoryProjection(),
+    ShopStreams(),
 ]
 
 

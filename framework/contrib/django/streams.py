@@ -89,7 +89,7 @@ def push_view(
         if refused is not None:
             return refused
         known = set(query.filters)
-        for name, raw in request.GET.items():
+        for name in request.GET:
             if name not in known:
                 return json_error(
                     400, f"unknown parameter {name!r}; use {', '.join(sorted(known))}"
@@ -126,9 +126,7 @@ def _events(
     yield b"retry: 2000\n\n"
     while True:
         with query.engine().connect() as conn, read_only(conn).begin():
-            rows = [
-                {k: _jsonable(v) for k, v in r._mapping.items()} for r in conn.execute(select)
-            ]
+            rows = [{k: _jsonable(v) for k, v in r._mapping.items()} for r in conn.execute(select)]
         changed = False
         for row in rows:
             identity = tuple(row[k] for k in pk)
