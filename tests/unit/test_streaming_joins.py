@@ -182,8 +182,8 @@ def test_every_interleaving_of_an_outer_join_gives_the_same_rows_and_effects():
 
 
 def test_an_interval_join_refuses_an_unknown_how():
-    import sqlalchemy as sa
     import pytest
+    import sqlalchemy as sa
 
     from framework.errors import ConfigurationError
     from framework.streaming import IntervalJoin

@@ -89,7 +89,20 @@ def test_late_events_are_listed_shown_in_the_status_and_re_driven_once(shop, cap
 def test_the_cli_refuses_a_malformed_position_and_a_projection_without_streams(shop, capsys):
     url, database, _engine = shop
     with pytest.raises(SystemExit):
-        main(["redrive", TARGET, "--database", database, "--name", "shop", "--store", url, "--at", "x1"])
+        main(
+            [
+                "redrive",
+                TARGET,
+                "--database",
+                database,
+                "--name",
+                "shop",
+                "--store",
+                url,
+                "--at",
+                "x1",
+            ]
+        )
     assert "give PARTITION:OFFSET" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["status", "tests.projection_domain:CartSummary", "--database", database])
