@@ -122,10 +122,6 @@ class IntervalJoin(Stream):
             ),
         }
 
-    @property
-    def table(self) -> sa.Table:
-        return self.tables["rows"]
-
     def events(self) -> set[type[DomainEvent]]:
         return {self.left, self.right}
 

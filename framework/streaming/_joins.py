@@ -99,10 +99,6 @@ class Lookup(Stream):
         cols += [sa.Column(c, t, nullable=True) for c, t in self.columns.items()]
         self.tables = {"rows": sa.Table(name, metadata, *cols)}
 
-    @property
-    def table(self) -> sa.Table:
-        return self.tables["rows"]
-
     def events(self) -> set[type[DomainEvent]]:
         return set(self.feeds)
 
@@ -229,10 +225,6 @@ class Join(Stream):
         self.tables = {
             "rows": sa.Table(name, metadata, *cols, sa.Index(f"ix_{name}_{fk}", fk), *indexes)
         }
-
-    @property
-    def table(self) -> sa.Table:
-        return self.tables["rows"]
 
     def events(self) -> set[type[DomainEvent]]:
         return set(self.feeds)

@@ -68,6 +68,11 @@ class Stream:
             raise ConfigurationError(f"{self!r} is declared twice ({self.attr} and {attr})")
         self.attr = attr
 
+    @property
+    def table(self) -> sa.Table:
+        """The declaration's (live) table of rows, the one queries read."""
+        return self.tables["rows"]
+
     def table_attr(self, role: str) -> str:
         return f"_{self.attr}__{role}"
 

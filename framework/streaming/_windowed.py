@@ -223,11 +223,6 @@ class Windowed(Stream):
         )
 
     @property
-    def table(self) -> sa.Table:
-        """The (live) table of rows."""
-        return self.tables["rows"]
-
-    @property
     def ledger(self) -> sa.Table:
         """The (live) contribution ledger."""
         return self.tables["contrib"]

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from framework.projection import Projection, handles, upsert
+from projections.orders import _lines, _totals  # the line arithmetic, not the join
 from sample_app.shop.domain import Customer, Order, OrderStatus
 
 # -- sales per hour: a tumbling window by hand ----------------------------------------------------
@@ -129,22 +130,6 @@ order_customers = sa.Table(
     sa.Column("city", sa.String(100), nullable=False),
     sa.Column("country", sa.String(2), nullable=False),
 )
-
-
-def _lines(lines: list[Any]) -> list[dict[str, Any]]:
-    return [
-        {"product": x.product, "quantity": x.quantity, "unit_price": str(x.unit_price)}
-        for x in lines
-    ]
-
-
-def _totals(lines: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "lines": lines,
-        "line_count": len(lines),
-        "item_count": sum(x["quantity"] for x in lines),
-        "total": sum((Decimal(x["unit_price"]) * x["quantity"] for x in lines), Decimal("0")),
-    }
 
 
 class HandOrdersProjection(Projection):

@@ -16,6 +16,7 @@ from django.urls import URLPattern, path
 from django.views.decorators.http import require_POST
 
 from framework.contrib.django import models as keel_models
+from framework.contrib.django.admin import ReadOnlyAdmin
 from framework.contrib.django.conf import get_application, get_engine, get_projections
 from framework.errors import FrameworkError
 from framework.streaming import StreamProjection, late_events, redrive_late, stream_status
@@ -30,19 +31,10 @@ def _streaming() -> dict[str, StreamProjection]:
     return {n: p for n, p in get_projections().items() if isinstance(p, StreamProjection)}
 
 
-class StreamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class StreamAdmin(ReadOnlyAdmin):
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         user: Any = request.user
         return bool(user.has_perm("keel.view_projection"))
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def get_urls(self) -> list[URLPattern]:
         site = self.admin_site
