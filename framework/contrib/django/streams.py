@@ -21,7 +21,9 @@
 then each row that changes (a window's new ``revision``, a join row's new values) as an
 ``event: row``, a ``: keep-alive`` comment while nothing changes, and ``event: end`` after
 ``seconds`` (the browser's ``EventSource`` reconnects by itself). It polls the read model:
-rows change only when a worker commits, and the view needs nothing beside the database.
+rows change only when a worker commits, and the view needs nothing beside the database. Each
+open stream holds one thread of a WSGI server for up to ``seconds``: size the server's threads
+for the listeners you expect, or serve it under ASGI.
 """
 
 from __future__ import annotations
