@@ -142,7 +142,11 @@ def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None)
                 written = redrive_late(
                     store, projection, engine, stream=args.stream, positions=positions or None
                 )
-            print(f"re-drive records appended: {dict(sorted(written.items())) or 'none'}")
+            appended = {str(p): o for p, o in sorted(written.items())}
+            if args.json:
+                print(json.dumps({"appended": appended}))
+            else:
+                print(f"re-drive records appended: {dict(sorted(written.items())) or 'none'}")
     except FrameworkError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
