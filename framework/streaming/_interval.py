@@ -170,7 +170,7 @@ class IntervalJoin(Stream):
             )
         )
         if first is not None:
-            self._write(projection, ctx, key, moment, utc(first), "matched")
+            self._write(projection, ctx, self._row(key, moment, utc(first), "matched"))
         elif ctx.closed(closes, self.grace):
             self._unmatched(projection, ctx, key, moment)
         else:
@@ -185,6 +185,17 @@ class IntervalJoin(Stream):
             values["emitted"] = False
             ctx.cache.pop(f"{self.attr}:next_right", None)
         upsert(ctx.conn, rt, values, update={})
+        self._match(projection, ctx, key, moment)
+        mark = ctx.watermark()
+        if self.how == "outer" and ctx.closed(moment, self.grace) and mark is not None:
+            # A late right event no close would come back for: decide about it now.
+            self._close_rights(projection, ctx, mark - self.grace)
+
+    def _match(
+        self, projection: Projection, ctx: StreamContext, key: Any, moment: datetime
+    ) -> None:
+        """Pair the right event at ``moment`` with the key's left event, if it falls in its
+        interval and comes before the right event the row shows."""
         lt = self.current(projection, "left")
         left = ctx.conn.execute(sa.select(lt).where(lt.c[self.key_name] == key)).first()
         if left is None:
@@ -197,27 +208,20 @@ class IntervalJoin(Stream):
         if row is not None and row.right_time is not None and utc(row.right_time) <= moment:
             return
         ctx.conn.execute(lt.update().where(lt.c[self.key_name] == key).values(emitted=True))
-        self._write(projection, ctx, key, start, moment, "matched")
+        self._write(projection, ctx, self._row(key, start, moment, "matched"))
 
-    def _write(
-        self,
-        projection: Projection,
-        ctx: StreamContext,
-        key: Any,
-        left_time: datetime | None,
-        right_time: datetime | None,
-        status: str,
-    ) -> None:
-        upsert(
-            ctx.conn,
-            self.current(projection, "rows"),
-            {
-                self.key_name: key,
-                "left_time": left_time,
-                "right_time": right_time,
-                "status": status,
-            },
-        )
+    def _row(
+        self, key: Any, left_time: datetime | None, right_time: datetime | None, status: str
+    ) -> dict[str, Any]:
+        return {
+            self.key_name: key,
+            "left_time": left_time,
+            "right_time": right_time,
+            "status": status,
+        }
+
+    def _write(self, projection: Projection, ctx: StreamContext, row: dict[str, Any]) -> None:
+        upsert(ctx.conn, self.current(projection, "rows"), row)
 
     def _unmatched(
         self, projection: Projection, ctx: StreamContext, key: Any, at: datetime
@@ -225,31 +229,26 @@ class IntervalJoin(Stream):
         lt = self.current(projection, "left")
         ctx.conn.execute(lt.update().where(lt.c[self.key_name] == key).values(emitted=True))
         if self.how != "inner":
-            self._emit(projection, ctx, key, at, None, "unmatched")
+            row = self._row(key, at, None, "unmatched")
+            self._write(projection, ctx, row)
+            self._trigger(projection, ctx, row, [self.name, key])
 
-    def _emit(
-        self,
-        projection: Projection,
-        ctx: StreamContext,
-        key: Any,
-        left_time: datetime | None,
-        right_time: datetime | None,
-        status: str,
+    def _trigger(
+        self, projection: Projection, ctx: StreamContext, row: dict[str, Any], effect: list[Any]
     ) -> None:
-        """Write a row that only closing decides (once per key), then run the hook."""
-        self._write(projection, ctx, key, left_time, right_time, status)
+        """Run the hook for a row only closing decides, keyed by ``uuid5(effect)``."""
         if self.on_unmatched is not None:
-            effect = uuid.uuid5(_EFFECTS, dumps([self.name, key]))
-            row = {
-                self.key_name: key,
-                "left_time": left_time,
-                "right_time": right_time,
-                "status": status,
-            }
-            self.on_unmatched(row, CloseContext(ctx.conn, effect, projection))
+            effect_id = uuid.uuid5(_EFFECTS, dumps(effect))
+            self.on_unmatched(dict(row), CloseContext(ctx.conn, effect_id, projection))
 
     def close(self, projection: Projection, ctx: StreamContext, watermark: datetime) -> None:
         limit = watermark - self.grace
+        self._close_lefts(projection, ctx, limit)
+        if self.how == "outer":
+            self._close_rights(projection, ctx, limit)
+
+    def _close_lefts(self, projection: Projection, ctx: StreamContext, limit: datetime) -> None:
+        """Left events whose interval every partition has passed with no right event in it."""
         name = f"{self.attr}:next_close"
         lt = self.current(projection, "left")
         if name not in ctx.cache:
@@ -268,8 +267,6 @@ class IntervalJoin(Stream):
         for key, left_time in due:
             self._unmatched(projection, ctx, key, utc(left_time))
         ctx.cache.pop(name, None)
-        if self.how == "outer":
-            self._close_rights(projection, ctx, limit)
 
     def _close_rights(self, projection: Projection, ctx: StreamContext, limit: datetime) -> None:
         """Right events no left event claims. A left event at ``l`` claims a right one at ``t``
@@ -308,12 +305,8 @@ class IntervalJoin(Stream):
             )
             row = ctx.conn.execute(sa.select(rows).where(rows.c[self.key_name] == key)).first()
             shown = row is None or (row.status == "right_only" and utc(row.right_time) > moment)
+            unclaimed = self._row(key, None, moment, "right_only")
             if shown:
-                self._write(projection, ctx, key, None, moment, "right_only")
-            if self.on_unmatched is not None:
-                effect = uuid.uuid5(_EFFECTS, dumps([self.name, key, moment.isoformat()]))
-                found = {self.key_name: key, "left_time": None, "right_time": moment}
-                self.on_unmatched(
-                    {**found, "status": "right_only"}, CloseContext(ctx.conn, effect, projection)
-                )
+                self._write(projection, ctx, unclaimed)
+            self._trigger(projection, ctx, unclaimed, [self.name, key, moment.isoformat()])
         ctx.cache.pop(name, None)

@@ -135,7 +135,8 @@ def test_an_outer_interval_join_writes_unpaid_sales_and_unclaimed_payments_once_
         0: [sale(S1, 0), sale(S2, 5)],
         1: [paid(P1, S1, 20), paid(P2, S3, 25)],
     }
-    before = given_partitions(events).tick(None, at(30)).project(OuterJoinStreams)
+    # Every partition at 10:22: S2's 30 minutes run on, and a sale at 10:25 could still claim P2.
+    before = given_partitions(events).tick(None, at(22)).project(OuterJoinStreams)
     before.then_rows(OuterJoinStreams.payments, [{"sale_id": S1, "status": "matched"}])
     before.then_rows(OuterJoinStreams.effects, [])
     closed = given_partitions(events).tick(None, at(40)).project(OuterJoinStreams)
@@ -198,3 +199,17 @@ def test_an_interval_join_refuses_an_unknown_how():
             within=timedelta(minutes=5),
             how="full",
         )
+
+
+def test_a_late_unclaimed_payment_after_the_last_close_still_gets_its_row():
+    # P2 (10:20, for a sale nobody made) is recorded after partition 1's tick at 11:40: late,
+    # amended. Whether partition 0's tick closes everything before or after it, the row comes.
+    given = given_partitions({0: [sale(S1, 0)], 1: [paid(P1, S1, 10)]}).tick(None, at(100))
+    given.items[1].append(paid(P2, S3, 20))
+    outcome = given.project(OuterJoinStreams)
+    outcome.then_rows(
+        OuterJoinStreams.payments,
+        [{"sale_id": S1, "status": "matched"}, {"sale_id": S3, "status": "right_only"}],
+    )
+    report = given.all_interleavings(OuterJoinStreams, examples=10)
+    assert report.differing == 0
