@@ -26,7 +26,7 @@ from framework.streaming._joins import Join, Lookup
 from framework.streaming._late import LateEvent, late_events, redrive_late
 from framework.streaming._projection import Stream, StreamContext, StreamProjection
 from framework.streaming._status import StreamStatus, stream_status
-from framework.streaming._windowed import CloseContext, Windowed
+from framework.streaming._windowed import CloseContext, CloseHook, Windowed
 from framework.streaming._windows import Calendar, Hopping, Session, Tumbling, WindowShape
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "Calendar",
     "Clock",
     "CloseContext",
+    "CloseHook",
     "Collect",
     "Count",
     "Earliest",

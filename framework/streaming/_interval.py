@@ -23,7 +23,7 @@ from framework.errors import ConfigurationError
 from framework.projection import Projection, upsert
 from framework.streaming._projection import Stream, StreamContext
 from framework.streaming._values import dumps, utc
-from framework.streaming._windowed import LATE_POLICIES, CloseContext
+from framework.streaming._windowed import LATE_POLICIES, CloseContext, CloseHook
 
 __all__ = ["IntervalJoin"]
 
@@ -76,7 +76,7 @@ class IntervalJoin(Stream):
         grace: timedelta = timedelta(0),
         late: str = "amend",
         time: Callable[[Any], datetime] | None = None,
-        on_unmatched: Callable[[dict[str, Any], CloseContext], None] | None = None,
+        on_unmatched: CloseHook | None = None,
     ) -> None:
         super().__init__()
         if how not in ("inner", "left", "outer"):
