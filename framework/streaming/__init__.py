@@ -3,8 +3,9 @@
 Declarative tables a :class:`StreamProjection` owns, maintained in the same SQL transaction as
 its positions (exactly-once), on event time only. See the README's "Stream processing" section
 and :mod:`framework.streaming._projection` for the rules that make every interleaving of the
-partitions, and every rebuild, give the same rows. The test kit is
-:mod:`framework.streaming.testing`.
+partitions, and every rebuild, give the same rows. Late events are listed and re-driven
+through the log (:mod:`framework.streaming._late`, ``python -m framework.streaming late`` and
+``redrive``). The test kit is :mod:`framework.streaming.testing`.
 """
 
 from framework.streaming._aggregates import (
