@@ -2,9 +2,11 @@
 
 =====================  ==========================================================================
 ``customers``          one row per customer (name, e-mail, address, status)
-``orders``             orders enriched with the customer's name and country (a stream-table join:
-                       the projection keeps the customer data it needs in its own table)
-``sales_per_hour``     a tumbling window: confirmed orders and revenue per hour of confirmation
+``orders``             orders enriched with the customer's name and country (a declared
+                       foreign-key join against a customer lookup it keeps itself)
+``sales_per_hour``     declared windows: confirmed orders and revenue per hour of confirmation,
+                       and per country per calendar day in Europe/Zurich
+``shop_streams``       shopping sessions (a session window), orders not shipped in 24 hours
 ``order_history``      every event of every order (version, type, payload, metadata, time)
 =====================  ==========================================================================
 

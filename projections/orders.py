@@ -1,7 +1,7 @@
-"""Orders enriched with their customer's name and country: a stream-table join.
+"""Orders enriched with their customer's name and address: a foreign-key join, declared.
 
-The projection keeps the customer data it needs in a table of its own
-(``shop_order_customers``), fed by customer events, and copies it onto each order row:
+A customer lookup (``shop_order_customers``), fed by customer events, is joined onto the order
+rows (``shop_orders``) that order events feed:
 
 - An order placed for a customer shows that customer's name, city and country.
 - **An address change updates the customer's orders that were never confirmed** (the open ones,
@@ -19,49 +19,11 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
-from framework.projection import Projection, handles, upsert
+from framework.streaming import Join, Lookup, StreamProjection
 from sample_app.shop.domain import Customer, Order, OrderStatus
 
 metadata = sa.MetaData()
-
-orders = sa.Table(
-    "shop_orders",
-    metadata,
-    sa.Column("order_id", sa.Uuid, primary_key=True),
-    sa.Column("customer_id", sa.Uuid, nullable=False),
-    sa.Column("customer_name", sa.String(100), nullable=True),
-    sa.Column("customer_city", sa.String(100), nullable=True),
-    sa.Column("customer_country", sa.String(2), nullable=True),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("line_count", sa.Integer, nullable=False),
-    sa.Column("item_count", sa.Integer, nullable=False),
-    sa.Column("total", sa.Numeric(14, 2), nullable=False),
-    sa.Column("lines", sa.JSON, nullable=False),
-    sa.Column("gift_wrap", sa.Boolean, nullable=False),
-    sa.Column("requested_delivery", sa.Date, nullable=True),
-    sa.Column("carrier", sa.String(20), nullable=True),
-    sa.Column("tracking_number", sa.String(40), nullable=True),
-    sa.Column("placed_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("confirmed_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("shipped_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("cancelled_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Index("ix_shop_orders_customer", "customer_id"),
-    sa.Index("ix_shop_orders_status", "status"),
-    sa.Index("ix_shop_orders_placed_at", "placed_at"),
-)
-
-order_customers = sa.Table(
-    "shop_order_customers",
-    metadata,
-    sa.Column("customer_id", sa.Uuid, primary_key=True),
-    sa.Column("name", sa.String(100), nullable=False),
-    sa.Column("city", sa.String(100), nullable=False),
-    sa.Column("country", sa.String(2), nullable=False),
-)
 
 
 def _lines(lines: list[Any]) -> list[dict[str, Any]]:
@@ -80,109 +42,131 @@ def _totals(lines: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-class OrdersProjection(Projection):
+def _stamp(event: Any, **values: Any) -> dict[str, Any]:
+    return {"updated_at": event.timestamp, "version": event.originator_version, **values}
+
+
+def _placed(e: Any) -> dict[str, Any]:
+    return _stamp(
+        e,
+        customer_id=e.customer_id,
+        status=OrderStatus.OPEN.value,
+        gift_wrap=e.gift_wrap,
+        requested_delivery=e.requested_delivery,
+        placed_at=e.timestamp,
+        **_totals(_lines(e.lines)),
+    )
+
+
+def _line_added(e: Any, row: dict[str, Any]) -> dict[str, Any]:
+    return _stamp(e, **_totals([*row["lines"], *_lines([e.line])]))
+
+
+def _line_removed(e: Any, row: dict[str, Any]) -> dict[str, Any]:
+    return _stamp(e, **_totals([x for x in row["lines"] if x["product"] != e.product]))
+
+
+def _confirmed(e: Any) -> dict[str, Any]:
+    return _stamp(
+        e,
+        status=OrderStatus.CONFIRMED.value,
+        confirmed_at=e.timestamp,
+        ship_city=e.ship_to.city,
+        ship_country=e.ship_to.country,
+    )
+
+
+def _shipped(e: Any) -> dict[str, Any]:
+    return _stamp(
+        e,
+        status=OrderStatus.SHIPPED.value,
+        shipped_at=e.timestamp,
+        carrier=e.carrier.value,
+        tracking_number=e.tracking_number,
+    )
+
+
+def _cancelled(e: Any) -> dict[str, Any]:
+    return _stamp(e, status=OrderStatus.CANCELLED.value, cancelled_at=e.timestamp)
+
+
+def _ship_to_or_customer(ship: str, home: str) -> Any:
+    # From confirmation on an order shows where it goes; before, where its customer lives.
+    def pick(left: dict[str, Any], right: dict[str, Any] | None) -> Any:
+        if left.get(ship) is not None:
+            return left[ship]
+        return None if right is None else right[home]
+
+    return pick
+
+
+class OrdersProjection(StreamProjection):
     name = "orders"
-    version = 1
+    version = 2  # 1 was the hand-written join
     metadata = metadata
-    orders = orders
-    order_customers = order_customers
 
-    # -- the customer side of the join ------------------------------------------------------
+    customers = Lookup(
+        "shop_order_customers",
+        metadata,
+        key=("customer_id", sa.Uuid()),
+        columns={"name": sa.String(100), "city": sa.String(100), "country": sa.String(2)},
+        fed_by={
+            Customer.Registered: lambda e: {
+                "name": e.name,
+                "city": e.address.city,
+                "country": e.address.country,
+            },
+            Customer.AddressChanged: lambda e: {
+                "city": e.address.city,
+                "country": e.address.country,
+            },
+        },
+    )
+    joined = Join(
+        "shop_orders",
+        metadata,
+        key=("order_id", sa.Uuid()),
+        columns={
+            "customer_id": sa.Uuid(),
+            "status": sa.String(20),
+            "line_count": sa.Integer(),
+            "item_count": sa.Integer(),
+            "total": sa.Numeric(14, 2),
+            "lines": sa.JSON(),
+            "gift_wrap": sa.Boolean(),
+            "requested_delivery": sa.Date(),
+            "carrier": sa.String(20),
+            "tracking_number": sa.String(40),
+            "placed_at": sa.DateTime(timezone=True),
+            "confirmed_at": sa.DateTime(timezone=True),
+            "shipped_at": sa.DateTime(timezone=True),
+            "cancelled_at": sa.DateTime(timezone=True),
+            "updated_at": sa.DateTime(timezone=True),
+            "version": sa.Integer(),
+            "ship_city": sa.String(100),
+            "ship_country": sa.String(2),
+        },
+        fed_by={
+            Order.Placed: _placed,
+            Order.LineAdded: _line_added,
+            Order.LineRemoved: _line_removed,
+            Order.Confirmed: _confirmed,
+            Order.Shipped: _shipped,
+            Order.Cancelled: _cancelled,
+        },
+        right=customers,
+        fk="customer_id",
+        enrich={
+            "customer_name": ("name", sa.String(100)),
+            "customer_city": (_ship_to_or_customer("ship_city", "city"), sa.String(100)),
+            "customer_country": (_ship_to_or_customer("ship_country", "country"), sa.String(2)),
+        },
+        indexes=(
+            sa.Index("ix_shop_orders_status", "status"),
+            sa.Index("ix_shop_orders_placed_at", "placed_at"),
+        ),
+    )
 
-    @handles(Customer.Registered, Customer.AddressChanged)
-    def customer_changed(self, event: Any, conn: Connection) -> None:
-        values: dict[str, Any] = {"city": event.address.city, "country": event.address.country}
-        if hasattr(event, "name"):
-            values["name"] = event.name
-            upsert(conn, self.order_customers, {"customer_id": event.originator_id, **values})
-        else:
-            conn.execute(
-                self.order_customers.update()
-                .where(self.order_customers.c.customer_id == event.originator_id)
-                .values(**values)
-            )
-        table = self.orders
-        mine = table.c.customer_id == event.originator_id
-        if "name" in values:  # orders seen before their customer get the name now
-            conn.execute(table.update().where(mine).values(customer_name=values["name"]))
-        conn.execute(
-            table.update()
-            .where(mine, table.c.confirmed_at.is_(None))
-            .values(customer_city=values["city"], customer_country=values["country"])
-        )
 
-    # -- orders ------------------------------------------------------------------------------
-
-    @handles(Order.Placed)
-    def placed(self, event: Any, conn: Connection) -> None:
-        customer = conn.execute(
-            sa.select(self.order_customers).where(
-                self.order_customers.c.customer_id == event.customer_id
-            )
-        ).first()
-        conn.execute(
-            self.orders.insert().values(
-                order_id=event.originator_id,
-                customer_id=event.customer_id,
-                customer_name=customer.name if customer else None,
-                customer_city=customer.city if customer else None,
-                customer_country=customer.country if customer else None,
-                status=OrderStatus.OPEN.value,
-                gift_wrap=event.gift_wrap,
-                requested_delivery=event.requested_delivery,
-                placed_at=event.timestamp,
-                updated_at=event.timestamp,
-                version=event.originator_version,
-                **_totals(_lines(event.lines)),
-            )
-        )
-
-    @handles(Order.LineAdded)
-    def line_added(self, event: Any, conn: Connection) -> None:
-        lines = [*self._current_lines(conn, event), *_lines([event.line])]
-        self._update(conn, event, **_totals(lines))
-
-    @handles(Order.LineRemoved)
-    def line_removed(self, event: Any, conn: Connection) -> None:
-        lines = [x for x in self._current_lines(conn, event) if x["product"] != event.product]
-        self._update(conn, event, **_totals(lines))
-
-    @handles(Order.Confirmed)
-    def confirmed(self, event: Any, conn: Connection) -> None:
-        self._update(
-            conn,
-            event,
-            status=OrderStatus.CONFIRMED.value,
-            confirmed_at=event.timestamp,
-            customer_city=event.ship_to.city,
-            customer_country=event.ship_to.country,
-        )
-
-    @handles(Order.Shipped)
-    def shipped(self, event: Any, conn: Connection) -> None:
-        self._update(
-            conn,
-            event,
-            status=OrderStatus.SHIPPED.value,
-            shipped_at=event.timestamp,
-            carrier=event.carrier.value,
-            tracking_number=event.tracking_number,
-        )
-
-    @handles(Order.Cancelled)
-    def cancelled(self, event: Any, conn: Connection) -> None:
-        self._update(conn, event, status=OrderStatus.CANCELLED.value, cancelled_at=event.timestamp)
-
-    def _current_lines(self, conn: Connection, event: Any) -> list[dict[str, Any]]:
-        found = conn.execute(
-            sa.select(self.orders.c.lines).where(self.orders.c.order_id == event.originator_id)
-        ).scalar_one()
-        return list(found)
-
-    def _update(self, conn: Connection, event: Any, **values: Any) -> None:
-        table = self.orders
-        conn.execute(
-            table.update()
-            .where(table.c.order_id == event.originator_id)
-            .values(updated_at=event.timestamp, version=event.originator_version, **values)
-        )
+orders = OrdersProjection.joined.table
+order_customers = OrdersProjection.customers.table

@@ -106,6 +106,7 @@ KEEL = {
         "projections.orders:OrdersProjection",
         "projections.sales:SalesPerHourProjection",
         "projections.order_history:OrderHistoryProjection",
+        "projections.streams:ShopStreams",
     ],
 }
 

@@ -3,8 +3,9 @@
 Declarative tables a :class:`StreamProjection` owns, maintained in the same SQL transaction as
 its positions (exactly-once), on event time only. See the README's "Stream processing" section
 and :mod:`framework.streaming._projection` for the rules that make every interleaving of the
-partitions, and every rebuild, give the same rows. The test kit is
-:mod:`framework.streaming.testing`.
+partitions, and every rebuild, give the same rows. Late events are listed and re-driven
+through the log (:mod:`framework.streaming._late`, ``python -m framework.streaming late`` and
+``redrive``). The test kit is :mod:`framework.streaming.testing`.
 """
 
 from framework.streaming._aggregates import (
@@ -20,11 +21,13 @@ from framework.streaming._aggregates import (
     Retractions,
     Sum,
 )
-from framework.streaming._clock import Clock, tick
-from framework.streaming._joins import IntervalJoin, Join, Lookup
+from framework.streaming._clock import Clock, accept_late, tick
+from framework.streaming._interval import IntervalJoin
+from framework.streaming._joins import Join, Lookup
+from framework.streaming._late import LateEvent, late_events, redrive_late
 from framework.streaming._projection import Stream, StreamContext, StreamProjection
 from framework.streaming._status import StreamStatus, stream_status
-from framework.streaming._windowed import CloseContext, Windowed
+from framework.streaming._windowed import CloseContext, CloseHook, Windowed
 from framework.streaming._windows import Calendar, Hopping, Session, Tumbling, WindowShape
 
 __all__ = [
@@ -33,12 +36,14 @@ __all__ = [
     "Calendar",
     "Clock",
     "CloseContext",
+    "CloseHook",
     "Collect",
     "Count",
     "Earliest",
     "Hopping",
     "IntervalJoin",
     "Join",
+    "LateEvent",
     "Latest",
     "Lookup",
     "Max",
@@ -54,6 +59,9 @@ __all__ = [
     "Tumbling",
     "WindowShape",
     "Windowed",
+    "accept_late",
+    "late_events",
+    "redrive_late",
     "stream_status",
     "tick",
 ]

@@ -9,11 +9,7 @@
   column, and a version that arrives late (valid from before, recorded after) corrects the rows
   it applies to. Either way a row is a function of the final left row and the right side, so
   any order of left and right events gives the same table.
-- :class:`IntervalJoin`: pairs a left event with the first right event of the same key within
-  ``within`` after it ("confirmed, then paid within 30 minutes"). Matched rows appear when the
-  pair is seen; with ``how="left"`` an unmatched left row appears once, when its interval has
-  closed by the close rule (every partition past it), and ``on_unmatched`` runs then: a
-  process-manager trigger keyed by ``ctx.effect_id``.
+- The interval join is :mod:`framework.streaming._interval`.
 
 State is in the shared SQL database, so no co-partitioning is needed: the two sides may come
 from topics with different partition counts.
@@ -22,9 +18,8 @@ from topics with different partition counts.
 from __future__ import annotations
 
 import inspect
-import uuid
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -35,11 +30,8 @@ from framework.errors import ConfigurationError
 from framework.projection import Projection, upsert
 from framework.streaming._projection import Stream, StreamContext
 from framework.streaming._values import dumps, loads, utc
-from framework.streaming._windowed import LATE_POLICIES, CloseContext
 
-__all__ = ["IntervalJoin", "Join", "Lookup"]
-
-_EFFECTS = uuid.UUID("6d2f7c1a-3b8e-4f5d-a9c2-1e4b7d8f0a63")
+__all__ = ["Join", "Lookup"]
 
 Feed = Callable[..., Mapping[str, Any]]
 
@@ -106,10 +98,6 @@ class Lookup(Stream):
             ]
         cols += [sa.Column(c, t, nullable=True) for c, t in self.columns.items()]
         self.tables = {"rows": sa.Table(name, metadata, *cols)}
-
-    @property
-    def table(self) -> sa.Table:
-        return self.tables["rows"]
 
     def events(self) -> set[type[DomainEvent]]:
         return set(self.feeds)
@@ -238,10 +226,6 @@ class Join(Stream):
             "rows": sa.Table(name, metadata, *cols, sa.Index(f"ix_{name}_{fk}", fk), *indexes)
         }
 
-    @property
-    def table(self) -> sa.Table:
-        return self.tables["rows"]
-
     def events(self) -> set[type[DomainEvent]]:
         return set(self.feeds)
 
@@ -289,211 +273,3 @@ class Join(Stream):
                     .where(table.c[self.key_name] == left[self.key_name])
                     .values(enriched)
                 )
-
-
-class IntervalJoin(Stream):
-    """A left event and the first right event of the same key within ``within`` after it::
-
-        unpaid = IntervalJoin(
-            "shop_unpaid_orders", metadata,
-            left=Order.Confirmed, right=Payment.Received,
-            key=("order_id", sa.Uuid, lambda e: e.originator_id),
-            within=timedelta(minutes=30), how="left",
-            on_unmatched=start_reminder,        # optional: (row, ctx) -> None, once per left
-        )
-
-    Rows: ``key, left_time, right_time, status`` (``"matched"`` or, for ``how="left"``,
-    ``"unmatched"``, written once the interval has closed). ``late`` decides about late right
-    (or left) events as for :class:`Windowed`, and each is recorded.
-    """
-
-    closes = True
-
-    def __init__(
-        self,
-        name: str,
-        metadata: sa.MetaData,
-        *,
-        left: type[DomainEvent],
-        right: type[DomainEvent],
-        key: tuple[str, sa.types.TypeEngine[Any], Callable[[Any], Any]],
-        within: timedelta,
-        how: str = "left",
-        grace: timedelta = timedelta(0),
-        late: str = "amend",
-        time: Callable[[Any], datetime] | None = None,
-        on_unmatched: Callable[[dict[str, Any], CloseContext], None] | None = None,
-    ) -> None:
-        super().__init__()
-        if how not in ("inner", "left"):
-            raise ConfigurationError(f"{name}: how= must be 'inner' or 'left'")
-        if late not in LATE_POLICIES:
-            raise ConfigurationError(f"{name}: late= must be one of {LATE_POLICIES}")
-        if within <= timedelta(0):
-            raise ConfigurationError(f"{name}: within= must be positive")
-        self.name = name
-        self.left, self.right = left, right
-        self.key_name, key_type, self.key_of = key
-        self.within, self.how, self.grace, self.late = within, how, grace, late
-        self.time = time
-        self.on_unmatched = on_unmatched
-
-        def key_column() -> sa.Column[Any]:
-            return sa.Column(self.key_name, key_type, primary_key=True)
-
-        self.tables = {
-            "rows": sa.Table(
-                name,
-                metadata,
-                key_column(),
-                sa.Column("left_time", sa.DateTime(timezone=True), nullable=False),
-                sa.Column("right_time", sa.DateTime(timezone=True), nullable=True),
-                sa.Column("status", sa.String(10), nullable=False),
-            ),
-            "left": sa.Table(
-                f"{name}__left",
-                metadata,
-                key_column(),
-                sa.Column("left_time", sa.DateTime(timezone=True), nullable=False),
-                sa.Column("closes_at", sa.DateTime(timezone=True), nullable=False),
-                sa.Column("emitted", sa.Boolean, nullable=False),
-                sa.Index(f"ix_{name}__left_open", "emitted", "closes_at"),
-            ),
-            "right": sa.Table(
-                f"{name}__right",
-                metadata,
-                key_column(),
-                sa.Column("right_time", sa.DateTime(timezone=True), primary_key=True),
-            ),
-        }
-
-    @property
-    def table(self) -> sa.Table:
-        return self.tables["rows"]
-
-    def events(self) -> set[type[DomainEvent]]:
-        return {self.left, self.right}
-
-    def apply(
-        self, projection: Projection, ctx: StreamContext, event: Any, envelope: EventEnvelope
-    ) -> None:
-        moment = utc(self.time(event) if self.time else type(projection).event_time(event))  # type: ignore[attr-defined]
-        key = self.key_of(event)
-        late_by = ctx.late_by(envelope.recorded.partition, moment, self.grace)
-        if late_by is not None:
-            ctx.record_late(self, envelope, moment, None, late_by, self.late)
-            if self.late != "amend":
-                return
-        if type(event) is self.left:
-            self._left(projection, ctx, key, moment)
-        else:
-            self._right(projection, ctx, key, moment)
-
-    def _left(self, projection: Projection, ctx: StreamContext, key: Any, moment: datetime) -> None:
-        lt = self.current(projection, "left")
-        found = ctx.conn.execute(sa.select(lt).where(lt.c[self.key_name] == key)).first()
-        if found is not None and utc(found.left_time) <= moment:
-            return  # one left per key: the earliest counts
-        closes = moment + self.within
-        if found is not None:
-            ctx.conn.execute(
-                self.current(projection, "rows")
-                .delete()
-                .where(self.current(projection, "rows").c[self.key_name] == key)
-            )
-            ctx.conn.execute(lt.delete().where(lt.c[self.key_name] == key))
-        rt = self.current(projection, "right")
-        first = ctx.conn.execute(
-            sa.select(sa.func.min(rt.c.right_time)).where(
-                rt.c[self.key_name] == key, rt.c.right_time >= moment, rt.c.right_time <= closes
-            )
-        ).scalar()
-        ctx.conn.execute(
-            lt.insert().values(
-                {
-                    self.key_name: key,
-                    "left_time": moment,
-                    "closes_at": closes,
-                    "emitted": first is not None,
-                }
-            )
-        )
-        if first is not None:
-            self._write(projection, ctx, key, moment, utc(first), "matched")
-        elif ctx.closed(closes, self.grace):
-            self._unmatched(projection, ctx, key, moment)
-        else:
-            ctx.cache.pop(f"{self.attr}:next_close", None)
-
-    def _right(
-        self, projection: Projection, ctx: StreamContext, key: Any, moment: datetime
-    ) -> None:
-        rt = self.current(projection, "right")
-        upsert(ctx.conn, rt, {self.key_name: key, "right_time": moment}, update={})
-        lt = self.current(projection, "left")
-        left = ctx.conn.execute(sa.select(lt).where(lt.c[self.key_name] == key)).first()
-        if left is None:
-            return
-        start = utc(left.left_time)
-        if not (start <= moment <= start + self.within):
-            return
-        rows = self.current(projection, "rows")
-        row = ctx.conn.execute(sa.select(rows).where(rows.c[self.key_name] == key)).first()
-        if row is not None and row.right_time is not None and utc(row.right_time) <= moment:
-            return
-        ctx.conn.execute(lt.update().where(lt.c[self.key_name] == key).values(emitted=True))
-        self._write(projection, ctx, key, start, moment, "matched")
-
-    def _write(
-        self,
-        projection: Projection,
-        ctx: StreamContext,
-        key: Any,
-        left_time: datetime,
-        right_time: datetime | None,
-        status: str,
-    ) -> None:
-        upsert(
-            ctx.conn,
-            self.current(projection, "rows"),
-            {
-                self.key_name: key,
-                "left_time": left_time,
-                "right_time": right_time,
-                "status": status,
-            },
-        )
-
-    def _unmatched(
-        self, projection: Projection, ctx: StreamContext, key: Any, at: datetime
-    ) -> None:
-        lt = self.current(projection, "left")
-        ctx.conn.execute(lt.update().where(lt.c[self.key_name] == key).values(emitted=True))
-        if self.how != "left":
-            return
-        self._write(projection, ctx, key, at, None, "unmatched")
-        if self.on_unmatched is not None:
-            effect = uuid.uuid5(_EFFECTS, dumps([self.name, key]))
-            row = {self.key_name: key, "left_time": at, "right_time": None, "status": "unmatched"}
-            self.on_unmatched(row, CloseContext(ctx.conn, effect, projection))
-
-    def close(self, projection: Projection, ctx: StreamContext, watermark: datetime) -> None:
-        limit = watermark - self.grace
-        name = f"{self.attr}:next_close"
-        lt = self.current(projection, "left")
-        if name not in ctx.cache:
-            found = ctx.conn.execute(
-                sa.select(sa.func.min(lt.c.closes_at)).where(lt.c.emitted.is_(False))
-            ).scalar()
-            ctx.cache[name] = None if found is None else utc(found)
-        upcoming = ctx.cache[name]
-        if upcoming is None or upcoming > limit:
-            return
-        due = ctx.conn.execute(
-            sa.select(lt.c[self.key_name], lt.c.left_time)
-            .where(lt.c.emitted.is_(False), lt.c.closes_at <= limit)
-            .order_by(lt.c[self.key_name])
-        ).all()
-        for key, left_time in due:
-            self._unmatched(projection, ctx, key, utc(left_time))
-        ctx.cache.pop(name, None)

@@ -41,6 +41,7 @@ from framework.domain import DomainEvent
 from framework.errors import ConfigurationError
 from framework.projection import Projection
 from framework.streaming._clock import Clock
+from framework.streaming._late import accept
 from framework.streaming._values import utc
 
 __all__ = ["Stream", "StreamContext", "StreamProjection"]
@@ -66,6 +67,11 @@ class Stream:
         if self.attr and self.attr != attr:
             raise ConfigurationError(f"{self!r} is declared twice ({self.attr} and {attr})")
         self.attr = attr
+
+    @property
+    def table(self) -> sa.Table:
+        """The declaration's (live) table of rows, the one queries read."""
+        return self.tables["rows"]
 
     def table_attr(self, role: str) -> str:
         return f"_{self.attr}__{role}"
@@ -97,6 +103,8 @@ class StreamContext:
         self.partitions = type(projection).partitions
         self.cache: dict[str, Any] = {}
         self.dirty: dict[int, datetime] = {}
+        self.accepting: tuple[int, int] | None = None
+        """The (partition, offset) of a parked late event being re-driven now."""
         _serialize(conn, projection.key)
         self.transaction = conn.get_transaction()
         # Stream times that moved are written once per transaction, just before it commits
@@ -160,6 +168,12 @@ class StreamContext:
         self.times[partition] = now
         return moved
 
+    def policy(self, late: str, envelope: EventEnvelope) -> str:
+        """What to do with a late event: the stream's ``late`` policy, or ``"amend"`` for a
+        parked one an operator accepted (``Clock.LateAccepted``)."""
+        recorded = envelope.recorded
+        return "amend" if self.accepting == (recorded.partition, recorded.offset) else late
+
     def record_late(
         self,
         stream: Stream,
@@ -171,6 +185,8 @@ class StreamContext:
     ) -> None:
         """Write the late event down: late events are never silent."""
         recorded = envelope.recorded
+        if self.accepting == (recorded.partition, recorded.offset):
+            return  # re-driven: written down when it was parked
         self.conn.execute(
             self.projection._keel_late_events.insert().values(
                 stream=stream.attr,
@@ -178,6 +194,7 @@ class StreamContext:
                 offset=recorded.offset,
                 event_type=recorded.topic,
                 aggregate_id=str(recorded.aggregate_id),
+                version=recorded.version,
                 event_time=moment,
                 window_start=window_start,
                 late_by_ms=late_by // timedelta(milliseconds=1),
@@ -217,6 +234,7 @@ def _framework_tables(name: str, metadata: sa.MetaData) -> tuple[sa.Table, sa.Ta
         sa.Column("offset", sa.BigInteger, primary_key=True, autoincrement=False),
         sa.Column("event_type", sa.String(300), nullable=False),
         sa.Column("aggregate_id", sa.String(36), nullable=False),
+        sa.Column("version", sa.Integer, nullable=True),
         sa.Column("event_time", sa.DateTime(timezone=True), nullable=False),
         sa.Column("window_start", sa.DateTime(timezone=True), nullable=True),
         sa.Column("late_by_ms", sa.BigInteger, nullable=False),
@@ -272,7 +290,12 @@ class StreamProjection(Projection):
             for event_class in stream.events():
                 consumers.setdefault(event_class, []).append(stream)
         cls._consumers = consumers
-        handled: set[type[DomainEvent]] = {Clock.Ticked, *cls._user_handlers, *consumers}
+        handled: set[type[DomainEvent]] = {
+            Clock.Ticked,
+            Clock.LateAccepted,
+            *cls._user_handlers,
+            *consumers,
+        }
         cls._handler_names = {event_class: "_keel_dispatch" for event_class in handled}
 
     def __init__(self) -> None:
@@ -309,6 +332,10 @@ class StreamProjection(Projection):
         before = ctx.watermark()
         if isinstance(event, Clock.Ticked):
             ctx.advance(partition, utc(event.at), event.partitions)
+        elif isinstance(event, Clock.LateAccepted):
+            if event.projection == self.name and event.stream in self._streams:
+                accept(self, ctx, self._streams[event.stream], partition, event.offset)
+            return
         else:
             moment = utc(type(self).event_time(event))
             for stream in self._consumers.get(type(event), ()):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -29,6 +30,31 @@ class StreamStatus:
     open_windows: dict[str, int] = field(default_factory=dict)
     amended_after_close: dict[str, int] = field(default_factory=dict)
     late_events: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "partitions": self.partitions,
+            "stream_times": {str(p): t.isoformat() for p, t in sorted(self.stream_times.items())},
+            "watermark": self.watermark.isoformat() if self.watermark else None,
+            "watermark_lag_seconds": self.watermark_lag_seconds,
+            "open_windows": self.open_windows,
+            "amended_after_close": self.amended_after_close,
+            "late_events": self.late_events,
+        }
+
+    def summary(self) -> str:
+        """One line: the watermark and the late events by action."""
+        if self.watermark is None:
+            mark = "no watermark yet (no window closes)"
+        else:
+            lag = self.watermark_lag_seconds or 0.0
+            mark = f"watermark {self.watermark:%Y-%m-%d %H:%M:%S} UTC ({lag:,.0f} s behind)"
+        totals: dict[str, int] = {}
+        for actions in self.late_events.values():
+            for action, count in actions.items():
+                totals[action] = totals.get(action, 0) + count
+        late = ", ".join(f"{a} {n}" for a, n in sorted(totals.items())) or "none"
+        return f"{mark}; open windows {sum(self.open_windows.values())}; late events: {late}"
 
 
 def stream_status(projection: StreamProjection, engine: Engine) -> StreamStatus:

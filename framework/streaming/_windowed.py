@@ -28,7 +28,7 @@ from framework.streaming._projection import Stream, StreamContext, StreamProject
 from framework.streaming._values import dumps, loads, utc
 from framework.streaming._windows import Session, WindowShape
 
-__all__ = ["CloseContext", "Windowed"]
+__all__ = ["CloseContext", "CloseHook", "Windowed"]
 
 _SESSION_IDS = uuid.UUID("0f6b8b8e-5a57-4d0c-b3d1-8f1f3c2a9e41")
 _RESERVED = {
@@ -65,6 +65,13 @@ class CloseContext:
         self.conn = conn
         self.effect_id = effect_id
         self.projection = projection
+
+
+CloseHook = Callable[[dict[str, Any], CloseContext], None]
+"""The shape of ``Windowed(on_close=...)`` and ``IntervalJoin(on_unmatched=...)``: the row as a
+dict and a :class:`CloseContext`. It runs inside the projection's transaction, once per window
+(or unmatched row) in every history; key any effect by ``ctx.effect_id`` (an outbox row, a
+command id) so a rebuild or a second close adds nothing: the trigger of a process manager."""
 
 
 def _classes(spec: type[DomainEvent] | Iterable[type[DomainEvent]] | None) -> set[type[Any]]:
@@ -124,7 +131,7 @@ class Windowed(Stream):
         late: str = "amend",
         emit: str = "update",
         retention: timedelta | None = None,
-        on_close: Callable[[dict[str, Any], CloseContext], None] | None = None,
+        on_close: CloseHook | None = None,
     ) -> None:
         super().__init__()
         self.name = name
@@ -223,11 +230,6 @@ class Windowed(Stream):
         )
 
     @property
-    def table(self) -> sa.Table:
-        """The (live) table of rows."""
-        return self.tables["rows"]
-
-    @property
     def ledger(self) -> sa.Table:
         """The (live) contribution ledger."""
         return self.tables["contrib"]
@@ -313,7 +315,7 @@ class Windowed(Stream):
         late = late_by is not None
         if late_by is not None:
             # A replacement is a correction: it always applies, like a retraction.
-            action = "amend" if quiet else self.late
+            action = "amend" if quiet else ctx.policy(self.late, envelope)
             if not ctx.cache.get(self._late_key(envelope)):
                 window = self.window.windows(moment)[0][0]
                 ctx.record_late(self, envelope, moment, window, late_by, action)

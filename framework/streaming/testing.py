@@ -30,7 +30,7 @@ import pprint
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Self
 
 import sqlalchemy as sa
@@ -67,6 +67,15 @@ class Tick:
     """A tick record at ``at`` in the partition it is placed in."""
 
     at: datetime
+
+
+@dataclass(frozen=True)
+class Accept:
+    """A ``Clock.LateAccepted`` record: re-drive the late event parked at ``offset``."""
+
+    projection: str
+    stream: str
+    offset: int
 
 
 def _canonical(value: Any) -> Any:
@@ -169,6 +178,13 @@ class Partitions:
         self._recorded = None
         return self
 
+    def accept_late(self, partition: int, index: int, stream: str, projection: str) -> Self:
+        """Append a re-drive (``Clock.LateAccepted``) of the late event that ``stream`` of
+        ``projection`` parked: the ``index``-th record of ``partition`` (from 0)."""
+        self.items[partition].append(Accept(projection, stream, 2 * index))
+        self._recorded = None
+        return self
+
     # -- encoding -------------------------------------------------------------------------------
 
     def recorded(self) -> dict[int, list[RecordedEvent]]:
@@ -212,6 +228,18 @@ class Partitions:
                     timestamp=at,
                     at=at,
                     partitions=count,
+                )
+            ]
+        if isinstance(item, Accept):
+            cid = uuid.uuid5(_TEST_CLOCKS, str(partition))
+            return [
+                Clock.LateAccepted(  # type: ignore[call-arg]
+                    originator_id=cid,
+                    originator_version=versions.get(cid, 0) + 1,
+                    timestamp=datetime(2000, 1, 1, tzinfo=UTC),
+                    projection=item.projection,
+                    stream=item.stream,
+                    offset=item.offset,
                 )
             ]
         if isinstance(item, Aggregate):

@@ -250,15 +250,18 @@ class OrderAdmin(ReadModelAdmin):
 
 @admin.register(models.SalesPerHour)
 class SalesPerHourAdmin(ReadModelAdmin):
-    list_display = ["hour", "orders", "revenue", "cancelled"]
-    ordering = ["-hour"]
-    date_hierarchy = "hour"
+    list_display = ["hour", "orders", "revenue", "cancelled", "late_events", "closed"]
+    ordering = ["-window_start"]
+    date_hierarchy = "window_start"
+
+    @admin.display(description="hour (UTC)", ordering="window_start")
+    def hour(self, obj: Any) -> str:
+        return f"{obj.window_start:%Y-%m-%d %H:00}"
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> Any:
-        from sample_app.shop.charts import sales_chart
+        from sample_app.shop.charts import daily_chart, sales_chart
 
-        return super().changelist_view(
-            request, {**(extra_context or {}), "sales_chart": sales_chart(request, self)}
-        )
+        charts = {"sales_chart": sales_chart(request, self), "daily_chart": daily_chart()}
+        return super().changelist_view(request, {**(extra_context or {}), **charts})

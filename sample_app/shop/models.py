@@ -32,8 +32,8 @@ SalesPerHour = django_model(
     module=__name__,
     verbose_name="sales per hour",
     verbose_name_plural="sales per hour",
-    ordering=["-hour"],
-    display=lambda s: f"{s.hour:%Y-%m-%d %H:00} UTC",
+    ordering=["-window_start"],
+    display=lambda s: f"{s.window_start:%Y-%m-%d %H:00} UTC",
 )
 OrderEvent = django_model(
     order_history.order_events,

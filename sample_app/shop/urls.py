@@ -8,13 +8,20 @@
                                    ``ordering=-placed_at|total|customer_name|status``
 ``GET  /api/orders/<id>``          one order, with its customer's name and country
 ``GET  /api/orders/<id>/history``  the order's events (version, type, payload, metadata, time)
-``GET  /api/sales/hourly``         ``since``/``until`` (ISO times), ``ordering=hour|-hour``
+``GET  /api/sales/hourly``         a pull query over the hourly window: ``since``/``until``
+                                   (window starts, ISO times), ``ends_by``, ``closed``,
+                                   ``amended``, ``ordering=window_start|-revenue|...``
+``GET  /api/sales/daily``          the same over sales per country per Zurich day, plus
+                                   ``country=CH,DE``
+``GET  /api/sales/hourly/events``  server-sent events: the matching rows, then each change
+``GET  /api/sales/daily/events``   (same filters as the lists)
 ``POST /api/commands/<Type>``      execute a command (see framework.contrib.django.views)
 =================================  ==============================================================
 
 Every GET takes ``after=P:O,...`` (the ``after`` of a command's answer) to read your own writes.
 Every view needs a logged-in user with the read model's view permission (``shop.view_customer``,
-``shop.view_order``, ``shop.view_orderevent``, ``shop.view_salesperhour``).
+``shop.view_order``, ``shop.view_orderevent``, ``shop.view_salesperhour``; the daily sales
+need ``shop.view_salesperhour`` too).
 """
 
 from __future__ import annotations
@@ -25,8 +32,10 @@ import uuid
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
+from framework.contrib.django.streams import push_view, window_query
 from framework.contrib.django.views import Filter, ReadModelQuery, command_view, json_error
-from projections import customers, order_history, orders, sales
+from projections import customers, order_history, orders
+from projections.sales import SalesPerHourProjection
 from sample_app.shop.domain import CustomerStatus, OrderStatus
 
 customer_query = ReadModelQuery(
@@ -67,17 +76,15 @@ history_query = ReadModelQuery(
     default_limit=500,
 )
 
-sales_query = ReadModelQuery(
-    table=sales.sales_per_hour,
-    key="hour",
-    filters={
-        "since": Filter("hour", lookup="gte"),
-        "until": Filter("hour", lookup="lte"),
-    },
-    ordering=["hour", "revenue", "orders"],
-    default_ordering=["-hour"],
+sales_query = window_query(
+    SalesPerHourProjection.hourly, projection="sales_per_hour", max_limit=24 * 31
+)
+daily_query = window_query(
+    SalesPerHourProjection.daily,
     projection="sales_per_hour",
-    max_limit=24 * 31,
+    filters={"country": Filter("country", convert=str.upper)},
+    permission="shop.view_salesperhour",
+    max_limit=400,
 )
 
 
@@ -107,5 +114,8 @@ urlpatterns = [
     path("orders/<str:key>", order_query.detail_view, name="order"),
     path("orders/<str:key>/history", order_history_view, name="order-history"),
     path("sales/hourly", sales_query.list_view, name="sales-hourly"),
+    path("sales/hourly/events", push_view(sales_query), name="sales-hourly-events"),
+    path("sales/daily", daily_query.list_view, name="sales-daily"),
+    path("sales/daily/events", push_view(daily_query), name="sales-daily-events"),
     path("commands/<str:command_type>", command_view, name="command"),
 ]

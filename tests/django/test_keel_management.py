@@ -136,10 +136,17 @@ def test_run_status_and_rebuild(shop: Any) -> None:
     table = run("projection_status")
     lines = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
     assert lines["orders"][4] == "0" and lines["sales_per_hour"][4] == str(head)
+    # Streaming projections add a line: watermark, open windows, late events.
+    assert (
+        "stream orders: no watermark yet (no window closes); open windows 0; late events: none"
+        in table
+    )
 
     run("run_projections", "--until-caught-up")
     status = json.loads(run("projection_status", "--json"))
     assert all(s["lag"] == 0 and s["dead_letters"] == 0 for s in status)
+    sales = next(s for s in status if s["name"] == "sales_per_hour")
+    assert sales["stream"]["late_events"] == {} and sales["stream"]["open_windows"]["hourly"] >= 1
     # The workers just ran: their heartbeats say so (the admin's projections page shows it).
     assert all(s["worker_alive"] and s["last_applied_at"] for s in status)
     assert "running (" in run("projection_status")

@@ -15,6 +15,7 @@ from django.test import Client
 from django.urls import reverse
 
 from projections import customers, orders
+from sample_app.shop.domain import Order
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "readmodels"])
 
@@ -517,18 +518,18 @@ def test_the_projections_page_rebuild_and_redrive(
     order_id = place(admin_client, customer_id)
     projection = conf.get_projection("orders")
 
-    def broken(event: Any, conn: Any) -> None:
+    def broken(event: Any) -> Any:
         raise RuntimeError("bug in the confirmed handler")
 
     submit(admin_client, "ConfirmOrder", {"order_id": order_id})
-    monkeypatch.setattr(projection, "confirmed", broken)
-    projection._topics = None  # re-bind the handlers
+    # What the join does with a confirmation (orders is a stream declaration: projections.orders)
+    monkeypatch.setitem(projection.joined.feeds, Order.Confirmed, (broken, False))
     shop.catch_up()
     url = reverse("admin:keel_projection_changelist")
     page = admin_client.get(url)
     assert page.status_code == 200
     rows = {r.name: r for r in page.context["projections"]}
-    assert set(rows) == {"customers", "orders", "sales_per_hour", "order_history"}
+    assert set(rows) == {"customers", "orders", "sales_per_hour", "order_history", "shop_streams"}
     assert rows["orders"].dead_letter_count == 1 and rows["orders"].lag == 0
     assert "bug in the confirmed handler" in rows["orders"].dead_letters[0]["error"]
     # The dead letter links to its aggregate's history; the worker that ran has a heartbeat.
@@ -538,7 +539,6 @@ def test_the_projections_page_rebuild_and_redrive(
     assert shop.rows(orders.orders, order_id=order_id)[0]["status"] == "open"
 
     monkeypatch.undo()
-    projection._topics = None
     redrive = reverse("admin:keel_projection_redrive", args=["orders"])
     assert admin_client.get(redrive).status_code == 405
     viewer = Client()

@@ -4,8 +4,10 @@ entry every command leaves."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
@@ -137,8 +139,13 @@ def test_charts_of_sales_per_hour_and_of_lag(admin_client: Client, shop: Any) ->
     )
     shop.catch_up()
     sales = admin_client.get(reverse("admin:shop_salesperhour_changelist")).content.decode()
-    assert 'id="shop-sales-chart"' in sales
-    assert sales.count('class="keel-bar"') == 48  # every hour, empty ones too
-    assert "UTC: 19.00 €" in sales  # the tooltip of this hour's bar: 2 x 3.50 + 12.00
+    hourly, _, daily = sales.partition('id="shop-daily-chart"')
+    assert 'id="shop-sales-chart"' in hourly and daily
+    assert hourly.count('class="keel-bar"') == 48  # every hour, empty ones too
+    assert "UTC: 19.00 €" in hourly  # the tooltip of this hour's bar: 2 x 3.50 + 12.00
+    # Sales per Zurich day, from the daily window's pull query: every day of the last 14.
+    today = dt.datetime.now(ZoneInfo("Europe/Zurich")).date()
+    assert daily.split("</svg>")[0].count('class="keel-bar"') == 14
+    assert f"{today:%Y-%m-%d}: 19.00 €" in daily
     page = admin_client.get(reverse("admin:keel_projection_changelist")).content.decode()
     assert 'id="keel-lag-chart"' in page and 'class="keel-line"' in page

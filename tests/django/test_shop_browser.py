@@ -85,6 +85,7 @@ DOCS_SHOTS = {
     "4-orders": "admin.png",
     "6-projections": "admin-projections.png",
     "7-sales": "admin-sales.png",
+    "8-streams": "admin-streams.png",
     "denied": "admin-denied.png",
     "pending": "admin-pending.png",
 }
@@ -297,7 +298,12 @@ def test_a_clerk_places_an_order_through_the_choosers(
     shot("6-projections")
     browser.get(f"{live_server.url}/admin/shop/salesperhour/")
     assert browser.find_elements(By.CSS_SELECTOR, "#shop-sales-chart rect.keel-bar")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#shop-daily-chart rect.keel-bar")) == 14
     shot("7-sales")
+    browser.get(f"{live_server.url}/admin/keel/stream/")
+    streams = browser.find_element(By.ID, "stream-sales_per_hour").text
+    assert "Stream time" in streams and "Watermark" in streams
+    shot("8-streams")
     browser.get(f"{live_server.url}/admin/")
     recent = browser.find_element(By.ID, "recent-actions-module").text
     assert f"Order {order_id[:8]}: Place order" in recent and "Confirm order" in recent

@@ -31,6 +31,7 @@ from projections.customers import CustomersProjection
 from projections.order_history import OrderHistoryProjection
 from projections.orders import OrdersProjection
 from projections.sales import SalesPerHourProjection
+from projections.streams import ShopStreams
 from sample_app.shop.application import build
 from sample_app.shop.commands import ChangeCustomerAddress
 from sample_app.shop.management.commands.seed_demo import CUSTOMERS, _id, demo_commands
@@ -41,6 +42,7 @@ PROJECTIONS = [
     OrdersProjection(),
     SalesPerHourProjection(),
     OrderHistoryProjection(),
+    ShopStreams(),
 ]
 
 
@@ -174,7 +176,7 @@ def test_the_shop_on_kafka_end_to_end(
         )
         assert history == sum(len(app.history(_id("order", n))) for n in range(20))
 
-        live = digest(engine, OrdersProjection.orders, OrdersProjection.order_customers)
+        live = digest(engine, OrdersProjection.joined.table, OrdersProjection.customers.table)
         # Static membership: the worker is a member of each projection's group as e2e-w1.
         admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
         try:
@@ -193,7 +195,7 @@ def test_the_shop_on_kafka_end_to_end(
 
         rebuilt_out = manage(env, "rebuild_projection", "orders")
         assert "rebuilt orders: events=" in rebuilt_out
-        rebuilt = digest(engine, OrdersProjection.orders, OrdersProjection.order_customers)
+        rebuilt = digest(engine, OrdersProjection.joined.table, OrdersProjection.customers.table)
         status = manage(env, "projection_status", "orders", "--json")
         print(
             f"\nE2E kafka: offsets={sum(head.values())} partitions=3 caught_up_s={caught_up:.1f} "

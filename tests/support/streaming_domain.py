@@ -232,3 +232,41 @@ class JoinStreams(StreamProjection):
         sa.Column("sale_id", sa.Uuid, nullable=False),
         sa.Column("sent", sa.Integer, nullable=False),
     )
+
+
+def _noted(row: dict[str, Any], ctx: CloseContext) -> None:
+    # A process manager's trigger, keyed by the effect id: a second close adds nothing.
+    table = ctx.projection.effects  # type: ignore[attr-defined]
+    upsert(
+        ctx.conn,
+        table,
+        {"effect_id": ctx.effect_id, "sale_id": row["sale_id"], "status": row["status"], "runs": 1},
+        update={"runs": table.c.runs + 1},
+    )
+
+
+class OuterJoinStreams(StreamProjection):
+    """``how="outer"``: unpaid sales and payments for no sale, each written once at close."""
+
+    name = "test_outer_join_streams"
+    metadata = sa.MetaData()
+    event_time = staticmethod(lambda e: e.at)
+
+    payments = IntervalJoin(
+        "t_sale_payments",
+        metadata,
+        left=Sale.Made,
+        right=Payment.Received,
+        key=("sale_id", sa.Uuid, lambda e: getattr(e, "sale_id", e.originator_id)),
+        within=timedelta(minutes=30),
+        how="outer",
+        on_unmatched=_noted,
+    )
+    effects = sa.Table(
+        "t_outer_effects",
+        metadata,
+        sa.Column("effect_id", sa.Uuid, primary_key=True),
+        sa.Column("sale_id", sa.Uuid, nullable=False),
+        sa.Column("status", sa.String(10), nullable=False),
+        sa.Column("runs", sa.Integer, nullable=False),
+    )

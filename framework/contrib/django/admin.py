@@ -699,3 +699,6 @@ def _permission_check(permission: str) -> Callable[[HttpRequest], bool]:
         return _has_perm(request, permission)
 
     return check
+
+
+from framework.contrib.django import stream_admin as _stream_admin  # noqa: E402,F401  (registers the streams page)

@@ -58,9 +58,15 @@ def _svg(body: list[str], title: str) -> SafeString:
 
 
 def bar_chart(
-    points: Sequence[tuple[dt.datetime, Number]], *, title: str, unit: str = ""
+    points: Sequence[tuple[dt.datetime, Number]],
+    *,
+    title: str,
+    unit: str = "",
+    label: str = "%d %b %H:00",
+    tip: str = "%Y-%m-%d %H:00 UTC",
 ) -> SafeString:
-    """One bar per point (oldest left), labelled with the hour every few bars."""
+    """One bar per point (oldest left), labelled every few bars with the time as ``label``
+    (a strftime format; ``tip`` is the tooltip's)."""
     if not points:
         return _svg(
             [
@@ -79,15 +85,15 @@ def bar_chart(
         h = plot_h * float(value) / maximum
         x = LEFT + i * slot + slot * 0.1
         y = TOP + plot_h - h
-        tip = f"{moment:%Y-%m-%d %H:00} UTC: {value}{unit}"
+        shown = f"{moment.strftime(tip)}: {value}{unit}"
         body.append(
             f'<rect class="keel-bar" x="{x:.1f}" y="{y:.1f}" width="{slot * 0.8:.1f}" '
-            f'height="{h:.1f}" fill="{COLORS[0]}"><title>{escape(tip)}</title></rect>'
+            f'height="{h:.1f}" fill="{COLORS[0]}"><title>{escape(shown)}</title></rect>'
         )
         if i % every == 0:
             body.append(
                 f'<text x="{x + slot * 0.4:.1f}" y="{HEIGHT - BOTTOM + 16}" font-size="11" '
-                f'text-anchor="middle" fill="#666">{escape(f"{moment:%d %b %H:00}")}</text>'
+                f'text-anchor="middle" fill="#666">{escape(moment.strftime(label))}</text>'
             )
     return _svg(body, title)
 

@@ -44,3 +44,15 @@ def execute_codename(command_type: str) -> str:
 def execute_permission(command_type: str) -> str:
     """The full permission name for ``user.has_perm``: ``keel.execute_<type>``."""
     return f"keel.{execute_codename(command_type)}"
+
+
+class Stream(models.Model):
+    """Not a table: the admin's page of streaming projections (stream time, late events).
+    Viewing it takes ``keel.view_projection``, re-driving late events
+    ``keel.redrive_deadletter``."""
+
+    class Meta:
+        managed = False
+        default_permissions = ()
+        verbose_name = "stream (late events)"
+        verbose_name_plural = "streams (late events)"

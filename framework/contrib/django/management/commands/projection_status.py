@@ -17,7 +17,8 @@ class Command(BaseCommand):
         "Show each projection's positions, the store's head, the lag (events not yet applied), "
         "its dead letters and whether a worker is running (its heartbeat: a worker started by "
         "run_projections beats every few seconds). Exits 0 even when projections lag; --json "
-        "for scripts."
+        "for scripts. A streaming projection also shows its watermark, open windows and late "
+        "events (python -m framework.streaming late lists them)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -36,8 +37,10 @@ class Command(BaseCommand):
             rows = operations.status_rows(names=options["names"] or None)
         except FrameworkError as error:
             raise CommandError(str(error)) from error
+        streams = _stream_lines(known, [r.name for r in rows])
         if options["json"]:
-            self.stdout.write(json.dumps([r.as_json() for r in rows], indent=2))
+            data = [{**r.as_json(), **streams.get(r.name, ({}, ""))[0]} for r in rows]
+            self.stdout.write(json.dumps(data, indent=2))
             return
         header = ("projection", "version", "positions", "head", "lag", "dead letters", "worker")
         table = [
@@ -64,6 +67,26 @@ class Command(BaseCommand):
                 self.stdout.write(self.style.WARNING(line))
             else:
                 self.stdout.write(line)
+        for name, (_data, summary) in streams.items():
+            self.stdout.write(f"stream {name}: {summary}")
+
+
+def _stream_lines(known: dict[str, Any], names: list[str]) -> dict[str, tuple[dict[str, Any], str]]:
+    """Per streaming projection: its stream figures (for --json) and a one-line summary."""
+    from framework.contrib.django.conf import get_engine
+    from framework.streaming import StreamProjection, stream_status
+
+    out: dict[str, tuple[dict[str, Any], str]] = {}
+    for name in names:
+        projection = known[name]
+        if isinstance(projection, StreamProjection):
+            try:
+                status = stream_status(projection, get_engine())
+            except Exception as error:  # a status never fails on one projection's tables
+                out[name] = ({"stream": {"error": str(error)}}, f"unavailable ({error})")
+                continue
+            out[name] = ({"stream": status.as_json()}, status.summary())
+    return out
 
 
 def _worker(row: operations.StatusRow) -> str:
