@@ -307,6 +307,7 @@ class KafkaEventStore(EventStore):
                 bootstrap_servers=self._servers,
                 client_id=f"{self._client_id}-admin",
                 request_timeout_ms=int(read_timeout * 1000),
+                bootstrap_timeout_ms=int(read_timeout * 1000),
                 **self._security,
             )
         except KafkaError as error:
@@ -387,8 +388,9 @@ class KafkaEventStore(EventStore):
             client_id=f"{self._client_id}-consumer",
             allow_auto_create_topics=False,
             request_timeout_ms=max(int(self._read_timeout * 1000), 31000),
+            # kafka-python connects in the constructor, for 30 s unless told otherwise.
+            **{"bootstrap_timeout_ms": int(self._read_timeout * 1000), **settings},
             **self._security,
-            **settings,
         )
 
     def _new_producer(self, **settings: Any) -> KafkaProducer:
@@ -402,6 +404,7 @@ class KafkaEventStore(EventStore):
             "delivery_timeout_ms": int(self._settings.commit_timeout * 1000),
             "request_timeout_ms": min(int(self._settings.commit_timeout * 1000) - 1, 10000),
             "max_block_ms": int(self._settings.commit_timeout * 1000),
+            "bootstrap_timeout_ms": int(self._settings.commit_timeout * 1000),
             "allow_auto_create_topics": False,
             # init_transactions and the first AddPartitionsToTxn poll while the coordinator
             # settles the previous epoch; 100 ms steps double the cost of taking a writer over.
@@ -455,13 +458,14 @@ class KafkaEventStore(EventStore):
             self._routers.append(router)
         return router
 
-    def writer_members(self) -> int | None:
+    def writer_members(self, timeout: float = 5.0) -> int | None:
         """How many writer processes are members of ``<name>-writers`` now (None: unknown)."""
         try:
             admin = KafkaAdminClient(
                 bootstrap_servers=self._servers,
                 client_id=f"{self._client_id}-admin",
-                request_timeout_ms=5000,
+                request_timeout_ms=int(timeout * 1000),
+                bootstrap_timeout_ms=int(timeout * 1000),
                 **self._security,
             )
         except KafkaError:
@@ -562,15 +566,14 @@ class KafkaEventStore(EventStore):
     def head(self) -> Positions:
         """Each partition's last stable offset (the end a ``read_committed`` reader sees)."""
         self._check_open()
-        with self._lock:
-            reader = self._head_reader
-            if reader is None:
-                reader = self._head_reader = self._new_consumer(
-                    group_id=None, enable_auto_commit=False, isolation_level="read_committed"
-                )
         tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
         try:
             with self._head_lock:
+                reader = self._head_reader
+                if reader is None:
+                    reader = self._head_reader = self._new_consumer(
+                        group_id=None, enable_auto_commit=False, isolation_level="read_committed"
+                    )
                 ends = reader.end_offsets(tps, timeout_ms=int(self._read_timeout * 1000))
         except KafkaError as error:
             raise StoreUnavailableError(

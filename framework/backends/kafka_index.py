@@ -648,14 +648,10 @@ class TopicIndex:
         self.topic = topic
         self.partitions = partitions
         self._timeout = timeout
-        self._consumer = consumer_factory(
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
-            max_poll_records=5000,
-            fetch_max_wait_ms=100,
-        )
+        self._consumer_factory = consumer_factory
+        # Connected on first use, under the lock: opening the index needs no cluster, so the
+        # connection counts against the deadline of the call (or writer) that needs it.
+        self._consumer_instance: KafkaConsumer | None = None
         self._lock = threading.Lock()
         # When the last completed catch-up of each partition started (monotonic seconds), for
         # the index file of generation ``_rebuilds`` (a rebuilt file is fresh nowhere).
@@ -677,6 +673,24 @@ class TopicIndex:
         tps = self._tps(partitions)
         with self._lock:
             return self._end_offsets(tps)
+
+    @property
+    def _consumer(self) -> KafkaConsumer:
+        if self._consumer_instance is None:
+            try:
+                self._consumer_instance = self._consumer_factory(
+                    group_id=None,
+                    enable_auto_commit=False,
+                    isolation_level="read_committed",
+                    auto_offset_reset="earliest",
+                    max_poll_records=5000,
+                    fetch_max_wait_ms=100,
+                )
+            except KafkaError as error:
+                raise StoreUnavailableError(
+                    f"cannot connect to Kafka to read {self.topic}: {error}"
+                ) from error
+        return self._consumer_instance
 
     def _end_offsets(self, tps: list[TopicPartition]) -> dict[int, int]:
         try:
@@ -761,4 +775,6 @@ class TopicIndex:
         with _LIVE_LOCK:
             _LIVE.get(self.topic, weakref.WeakSet()).discard(self)
         with self._lock:
-            self._consumer.close(autocommit=False)
+            consumer, self._consumer_instance = self._consumer_instance, None
+            if consumer is not None:
+                consumer.close(autocommit=False)
