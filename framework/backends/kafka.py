@@ -19,12 +19,14 @@ URL options (all optional):
                            ``$KEEL_KAFKA_INDEX_DIR`` or ``<tmp>/keel-kafka-index``)
 ``client_id``              prefix of the Kafka client ids (default ``keel-<name>``)
 ``commit_timeout``         seconds to wait for ``init_transactions``/``commit`` (default 30)
-``append_timeout``         seconds an append may spend re-fencing and retrying (default 60)
+``append_timeout``         seconds a direct append may take in all: connecting, re-fencing,
+                           retrying (default 60; 1 s of slack, see kafka_writer)
 ``read_timeout``           seconds a catch-up read may take (default 30)
 ``max_batch``              most events in one group-commit transaction (default 1000)
 ``max_event_bytes``        the largest event accepted (default: the topic's max.message.bytes,
                            at most 1 MiB, less 512 bytes of record overhead)
-``command_timeout``        seconds ``execute`` waits for a command's result (default 30)
+``command_timeout``        seconds ``execute`` may take in all: connecting, sending, waiting
+                           for the result (default 30; ``execute(timeout=)`` overrides it)
 ``command_ttl``            seconds a sent command stays executable (default 300): a writer
                            skips a command it reads later than that, so a command whose caller
                            gave up long ago never runs by surprise
