@@ -306,8 +306,30 @@ OWNER = Owner(name="Ann", email="ann@example.com")
 PARTITION_SECONDS = 150.0 if os.environ.get("KEEL_SOAK") == "1" else 15.0
 # A call may outlast its deadline by the documented slack: 1 s for a writer about to finish
 # (kafka_writer.DEADLINE_SLACK) or for asking whether writers run (DIAGNOSIS_TIMEOUT), plus
-# scheduling on a loaded 2-core machine.
-ALLOWED_OVER = 2.0
+# what the machine's scheduler adds (measured: a shared 2-core CI machine can be very busy).
+SLACK = 1.0
+
+
+class SchedulerLag:
+    """A thread that sleeps 0.1 s at a time and records how late it wakes: how long a ready
+    thread of this process may wait for a CPU now."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            asked = time.monotonic()
+            self._stop.wait(0.1)
+            self.worst = max(self.worst, time.monotonic() - asked - 0.1)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join(5)
+        return self.worst
 
 
 class Calls:
@@ -359,6 +381,7 @@ def test_every_call_honours_its_deadline_through_a_long_partition(
     opened: list[Any] = [writer_app]
     calls = Calls()
     stop = threading.Event()
+    lag = SchedulerLag()
     try:
         with run_writer(writer_app):
             account = uuid.uuid4()
@@ -450,6 +473,7 @@ def test_every_call_honours_its_deadline_through_a_long_partition(
         for thing in reversed(opened):
             thing.close()
 
+    scheduler_lag = lag.stop()
     during = [c for c in calls.calls if partition_started < c[4] < healed + 1]
     overs = [(c[2] - c[1], c[0]) for c in calls.calls]
     max_over, worst = max(overs)
@@ -462,6 +486,8 @@ def test_every_call_honours_its_deadline_through_a_long_partition(
         "other": sum(v for k, v in outcomes.items() if k not in ("ok", "unavailable", "unknown")),
         "max_over": f"{max_over:.2f}s",
         "worst": worst,
+        "over_slack": sum(over > SLACK for over, _ in overs),
+        "scheduler_lag": f"{scheduler_lag:.2f}s",
         **{
             f"max_{kind}": f"{max(c[2] for c in calls.calls if c[0] == kind):.1f}s"
             for kind in sorted({c[0] for c in calls.calls})
@@ -474,5 +500,6 @@ def test_every_call_honours_its_deadline_through_a_long_partition(
     assert not calls.raw_errors, calls.raw_errors[:5]
     assert figures["hung"] == 0
     assert len(during) >= 10 and outcomes["ok"] < len(during)  # the partition did bite
-    assert max_over <= ALLOWED_OVER, sorted(overs)[-5:]
+    # Past the slack only by what the scheduler kept this process waiting (and 0.5 s more).
+    assert max_over <= SLACK + scheduler_lag + 0.5, sorted(overs)[-5:]
     assert recovered == kinds, kinds - recovered
