@@ -519,8 +519,9 @@ class KafkaEventStore(EventStore):
         past every write this process was told about: read your own writes)."""
         self._check_open()
         partition = self.partition_for(aggregate_id)
-        self._await_visible(partition)
-        self._topic_index.catch_up([partition])
+        deadline = time.monotonic() + self._read_timeout  # one for the whole read
+        self._await_visible(partition, deadline)
+        self._topic_index.catch_up([partition], deadline=deadline)
         return self._index.aggregate_events(aggregate_id, after_version, up_to_version)
 
     def saw(self, positions: Positions) -> None:
@@ -531,15 +532,14 @@ class KafkaEventStore(EventStore):
                 if offset > self._seen.get(partition, 0):
                     self._seen[partition] = offset
 
-    def _await_visible(self, partition: int) -> None:
+    def _await_visible(self, partition: int, deadline: float) -> None:
         # A result can arrive before the commit marker reaches the events partition.
         wanted = self._seen.get(partition, 0)
         if wanted <= self._visible.get(partition, 0):
             return
-        deadline = time.monotonic() + self._read_timeout
         delay = 0.002
         while True:
-            end = self.head()[partition]
+            end = self._head(max(0.2, deadline - time.monotonic()))[partition]
             self._visible[partition] = end
             if end >= wanted or time.monotonic() > deadline:
                 return
@@ -567,6 +567,9 @@ class KafkaEventStore(EventStore):
 
     def head(self) -> Positions:
         """Each partition's last stable offset (the end a ``read_committed`` reader sees)."""
+        return self._head(self._read_timeout)
+
+    def _head(self, timeout: float) -> Positions:
         self._check_open()
         tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
         try:
@@ -574,9 +577,12 @@ class KafkaEventStore(EventStore):
                 reader = self._head_reader
                 if reader is None:
                     reader = self._head_reader = self._new_consumer(
-                        group_id=None, enable_auto_commit=False, isolation_level="read_committed"
+                        group_id=None,
+                        enable_auto_commit=False,
+                        isolation_level="read_committed",
+                        bootstrap_timeout_ms=int(timeout * 1000),
                     )
-                ends = reader.end_offsets(tps, timeout_ms=int(self._read_timeout * 1000))
+                ends = reader.end_offsets(tps, timeout_ms=int(timeout * 1000))
         except KafkaError as error:
             raise StoreUnavailableError(
                 f"cannot read the end offsets of {self.topic}: {error}"

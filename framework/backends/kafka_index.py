@@ -628,6 +628,11 @@ _LIVE: dict[str, weakref.WeakSet[TopicIndex]] = {}
 _LIVE_LOCK = threading.Lock()
 
 
+def _left(deadline: float) -> float:
+    """Seconds to ``deadline``, at least 0.2 (a Kafka request needs some)."""
+    return max(0.2, deadline - time.monotonic())
+
+
 class TopicIndex:
     """Keeps a :class:`LocalIndex` caught up with the topic, reading with ``read_committed``.
 
@@ -676,7 +681,12 @@ class TopicIndex:
 
     @property
     def _consumer(self) -> KafkaConsumer:
+        return self._connect(None)
+
+    def _connect(self, deadline: float | None) -> KafkaConsumer:
+        """The consumer, connected (by ``deadline``, when given) on first use."""
         if self._consumer_instance is None:
+            bootstrap = self._timeout if deadline is None else _left(deadline)
             try:
                 self._consumer_instance = self._consumer_factory(
                     group_id=None,
@@ -685,6 +695,7 @@ class TopicIndex:
                     auto_offset_reset="earliest",
                     max_poll_records=5000,
                     fetch_max_wait_ms=100,
+                    bootstrap_timeout_ms=int(bootstrap * 1000),
                 )
             except KafkaError as error:
                 raise StoreUnavailableError(
@@ -692,9 +703,13 @@ class TopicIndex:
                 ) from error
         return self._consumer_instance
 
-    def _end_offsets(self, tps: list[TopicPartition]) -> dict[int, int]:
+    def _end_offsets(
+        self, tps: list[TopicPartition], deadline: float | None = None
+    ) -> dict[int, int]:
+        timeout = self._timeout if deadline is None else _left(deadline)
         try:
-            ends = self._consumer.end_offsets(tps, timeout_ms=int(self._timeout * 1000))
+            consumer = self._connect(deadline)
+            ends = consumer.end_offsets(tps, timeout_ms=int(timeout * 1000))
         except KafkaError as error:
             raise StoreUnavailableError(
                 f"cannot read the end offsets of {self.topic}: {error}"
@@ -705,8 +720,15 @@ class TopicIndex:
         chosen = range(self.partitions) if partitions is None else sorted(set(partitions))
         return [TopicPartition(self.topic, p) for p in chosen]
 
-    def catch_up(self, partitions: Iterable[int] | None = None, *, force: bool = False) -> None:
-        """Index every record committed in ``partitions`` (all by default) before this call."""
+    def catch_up(
+        self,
+        partitions: Iterable[int] | None = None,
+        *,
+        force: bool = False,
+        deadline: float | None = None,
+    ) -> None:
+        """Index every record committed in ``partitions`` (all by default) before this call,
+        connecting and reading within ``read_timeout`` (or by ``deadline``)."""
         asked = time.monotonic()
         tps = self._tps(partitions)
         with self._lock:
@@ -716,23 +738,25 @@ class TopicIndex:
             if not force and all(self._fresh.get(tp.partition, -1.0) >= asked for tp in tps):
                 return  # A catch-up that started after this call covered these partitions.
             started = time.monotonic()
-            targets = self._end_offsets(tps)
+            if deadline is None:
+                deadline = started + self._timeout
+            targets = self._end_offsets(tps, deadline)
             try:
-                self._read_to(targets, started)
+                self._read_to(targets, deadline)
             except IndexDamagedError as damage:
                 # Positions or records fail their checks: read the whole topic into a new file.
                 self.index.reset(str(damage))
                 self._rebuilds = self.index.rebuilds
                 self._fresh.clear()
-                self._read_to(self._end_offsets(self._tps(None)), started)
+                self._read_to(self._end_offsets(self._tps(None)), started + self._timeout)
             for tp in tps:
                 self._fresh[tp.partition] = started
 
-    def _read_to(self, targets: dict[int, int], started: float) -> None:
+    def _read_to(self, targets: dict[int, int], deadline: float) -> None:
         current = self.index.positions()
         lagging = {p: end for p, end in targets.items() if current.get(p, 0) < end}
         if lagging:
-            self._read(lagging, current, started + self._timeout)
+            self._read(lagging, current, deadline)
 
     def _read(self, targets: dict[int, int], current: Mapping[int, int], deadline: float) -> None:
         tps = {p: TopicPartition(self.topic, p) for p in targets}

@@ -366,15 +366,16 @@ def test_every_call_honours_its_deadline_through_a_long_partition(
 ) -> None:
     """Warm callers (connected before the partition) and cold ones (their store opened before
     it, their first connection made during it: the producer's eager bootstrap, the command
-    router's results reader and producer) call through a blackhole. No call may outlast its
-    deadline (append_timeout, command_timeout, execute(timeout=)) by more than the slack, and
-    every kind of call succeeds again once the partition heals."""
+    router's results reader and producer, the index's consumer) call through a blackhole. No
+    call may outlast its deadline (append_timeout, command_timeout, execute(timeout=),
+    read_timeout) by more than the slack, and every kind of call succeeds again once the
+    partition heals."""
     proxy, bootstrap = proxied_kafka
     name = f"dl_{uuid.uuid4().hex[:8]}"
-    append_timeout, command_timeout, short = 6.0, 6.0, 3.0
+    append_timeout, command_timeout, read_timeout, short = 6.0, 6.0, 6.0, 3.0
     url = (
         f"kafka://{bootstrap}?partitions=3&append_timeout={append_timeout}&commit_timeout=4"
-        f"&read_timeout=6&command_timeout={command_timeout}"
+        f"&read_timeout={read_timeout}&command_timeout={command_timeout}"
     )
     raw_topic = f"dl-raw-{uuid.uuid4().hex[:8]}"
     writer_app = build(url, name=name)
@@ -397,7 +398,10 @@ def test_every_call_honours_its_deadline_through_a_long_partition(
             cold_stores = [
                 open_store(f"{url}&topic={raw_topic}", name=f"{name}_raw{k}") for k in range(3)
             ]
-            opened += cold_senders + cold_stores
+            cold_readers = [
+                open_store(f"{url}&topic={raw_topic}", name=f"{name}_raw{k}") for k in range(3)
+            ]
+            opened += cold_senders + cold_stores + cold_readers
 
             def deposit(app: Any, timeout: float | None) -> Callable[[], object]:
                 command = Deposit(account_id=account, amount=Decimal("1.00"))
@@ -406,6 +410,9 @@ def test_every_call_honours_its_deadline_through_a_long_partition(
             def append(store: KafkaEventStore) -> Callable[[], object]:
                 event = NewEvent(uuid.uuid4(), 1, "T.Appended", b"x")
                 return lambda: store.append([event])
+
+            def read(store: KafkaEventStore) -> Callable[[], object]:
+                return lambda: store.read(uuid.uuid4())
 
             def loop(kind: str, make: Callable[[int], tuple[float, Callable[[], object]]]) -> None:
                 for i in range(100_000):
@@ -423,6 +430,7 @@ def test_every_call_honours_its_deadline_through_a_long_partition(
                     else (command_timeout, deposit(warm_sender, None))
                 ),
                 "execute_local": lambda i: (short, deposit(writer_app, short)),
+                "read": lambda i: (read_timeout, read(warm_store)),
             }
             threads = [
                 threading.Thread(target=loop, args=(kind, make), daemon=True)
@@ -442,6 +450,7 @@ def test_every_call_honours_its_deadline_through_a_long_partition(
                 for kind, deadline, call in (
                     ("cold_execute", command_timeout, deposit(cold_senders[k], None)),
                     ("cold_append", append_timeout, append(cold_stores[k])),
+                    ("cold_read", read_timeout, read(cold_readers[k])),
                 ):
                     cold.append(
                         threading.Thread(
@@ -455,12 +464,13 @@ def test_every_call_honours_its_deadline_through_a_long_partition(
             healed = time.monotonic()
             # Every kind of call gets through again (the cold clients included: a results
             # reader that could not connect is replaced).
-            kinds = {"append", "execute", "execute_local", "cold_execute", "cold_append"}
+            kinds = {*loops, "cold_execute", "cold_append", "cold_read"}
             recovered: set[str] = set()
             while time.monotonic() < healed + 60 and recovered != kinds:
                 for k in range(3):
                     calls.timed("cold_execute", command_timeout, deposit(cold_senders[k], None))
                     calls.timed("cold_append", append_timeout, append(cold_stores[k]))
+                    calls.timed("cold_read", read_timeout, read(cold_readers[k]))
                 with calls.lock:
                     recovered = {c[0] for c in calls.calls if c[3] == "ok" and c[4] > healed}
                 time.sleep(0.5)
