@@ -16,9 +16,8 @@ Checked on every read and, once the worker has caught up, at the end of every ex
 - the dead letters are exactly the injected poison and the later events of the same cart that
   it holds back (sequenced dead letters).
 
-``KEEL_T19_EXAMPLES`` sets the examples per backend (default 20 on SQLite, 5 on Kafka; a nightly
-run: 200) and
-``KEEL_T19_STEPS`` the most steps per example (default 12; nightly: 50).
+``KEEL_T19_EXAMPLES`` sets the examples per backend (default 20 on SQLite, 5 on Kafka; a
+nightly run: 200) and ``KEEL_T19_STEPS`` the most steps per example (default 12; nightly: 50).
 """
 
 from __future__ import annotations
