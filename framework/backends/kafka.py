@@ -19,12 +19,14 @@ URL options (all optional):
                            ``$KEEL_KAFKA_INDEX_DIR`` or ``<tmp>/keel-kafka-index``)
 ``client_id``              prefix of the Kafka client ids (default ``keel-<name>``)
 ``commit_timeout``         seconds to wait for ``init_transactions``/``commit`` (default 30)
-``append_timeout``         seconds an append may spend re-fencing and retrying (default 60)
+``append_timeout``         seconds a direct append may take in all: connecting, re-fencing,
+                           retrying (default 60; 1 s of slack, see kafka_writer)
 ``read_timeout``           seconds a catch-up read may take (default 30)
 ``max_batch``              most events in one group-commit transaction (default 1000)
 ``max_event_bytes``        the largest event accepted (default: the topic's max.message.bytes,
                            at most 1 MiB, less 512 bytes of record overhead)
-``command_timeout``        seconds ``execute`` waits for a command's result (default 30)
+``command_timeout``        seconds ``execute`` may take in all: connecting, sending, waiting
+                           for the result (default 30; ``execute(timeout=)`` overrides it)
 ``command_ttl``            seconds a sent command stays executable (default 300): a writer
                            skips a command it reads later than that, so a command whose caller
                            gave up long ago never runs by surprise
@@ -307,6 +309,7 @@ class KafkaEventStore(EventStore):
                 bootstrap_servers=self._servers,
                 client_id=f"{self._client_id}-admin",
                 request_timeout_ms=int(read_timeout * 1000),
+                bootstrap_timeout_ms=int(read_timeout * 1000),
                 **self._security,
             )
         except KafkaError as error:
@@ -387,8 +390,9 @@ class KafkaEventStore(EventStore):
             client_id=f"{self._client_id}-consumer",
             allow_auto_create_topics=False,
             request_timeout_ms=max(int(self._read_timeout * 1000), 31000),
+            # kafka-python connects in the constructor, for 30 s unless told otherwise.
+            **{"bootstrap_timeout_ms": int(self._read_timeout * 1000), **settings},
             **self._security,
-            **settings,
         )
 
     def _new_producer(self, **settings: Any) -> KafkaProducer:
@@ -402,6 +406,7 @@ class KafkaEventStore(EventStore):
             "delivery_timeout_ms": int(self._settings.commit_timeout * 1000),
             "request_timeout_ms": min(int(self._settings.commit_timeout * 1000) - 1, 10000),
             "max_block_ms": int(self._settings.commit_timeout * 1000),
+            "bootstrap_timeout_ms": int(self._settings.commit_timeout * 1000),
             "allow_auto_create_topics": False,
             # init_transactions and the first AddPartitionsToTxn poll while the coordinator
             # settles the previous epoch; 100 ms steps double the cost of taking a writer over.
@@ -455,13 +460,14 @@ class KafkaEventStore(EventStore):
             self._routers.append(router)
         return router
 
-    def writer_members(self) -> int | None:
+    def writer_members(self, timeout: float = 5.0) -> int | None:
         """How many writer processes are members of ``<name>-writers`` now (None: unknown)."""
         try:
             admin = KafkaAdminClient(
                 bootstrap_servers=self._servers,
                 client_id=f"{self._client_id}-admin",
-                request_timeout_ms=5000,
+                request_timeout_ms=int(timeout * 1000),
+                bootstrap_timeout_ms=int(timeout * 1000),
                 **self._security,
             )
         except KafkaError:
@@ -513,8 +519,9 @@ class KafkaEventStore(EventStore):
         past every write this process was told about: read your own writes)."""
         self._check_open()
         partition = self.partition_for(aggregate_id)
-        self._await_visible(partition)
-        self._topic_index.catch_up([partition])
+        deadline = time.monotonic() + self._read_timeout  # one for the whole read
+        self._await_visible(partition, deadline)
+        self._topic_index.catch_up([partition], deadline=deadline)
         return self._index.aggregate_events(aggregate_id, after_version, up_to_version)
 
     def saw(self, positions: Positions) -> None:
@@ -525,15 +532,14 @@ class KafkaEventStore(EventStore):
                 if offset > self._seen.get(partition, 0):
                     self._seen[partition] = offset
 
-    def _await_visible(self, partition: int) -> None:
+    def _await_visible(self, partition: int, deadline: float) -> None:
         # A result can arrive before the commit marker reaches the events partition.
         wanted = self._seen.get(partition, 0)
         if wanted <= self._visible.get(partition, 0):
             return
-        deadline = time.monotonic() + self._read_timeout
         delay = 0.002
         while True:
-            end = self.head()[partition]
+            end = self._head(max(0.2, deadline - time.monotonic()))[partition]
             self._visible[partition] = end
             if end >= wanted or time.monotonic() > deadline:
                 return
@@ -561,17 +567,22 @@ class KafkaEventStore(EventStore):
 
     def head(self) -> Positions:
         """Each partition's last stable offset (the end a ``read_committed`` reader sees)."""
+        return self._head(self._read_timeout)
+
+    def _head(self, timeout: float) -> Positions:
         self._check_open()
-        with self._lock:
-            reader = self._head_reader
-            if reader is None:
-                reader = self._head_reader = self._new_consumer(
-                    group_id=None, enable_auto_commit=False, isolation_level="read_committed"
-                )
         tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
         try:
             with self._head_lock:
-                ends = reader.end_offsets(tps, timeout_ms=int(self._read_timeout * 1000))
+                reader = self._head_reader
+                if reader is None:
+                    reader = self._head_reader = self._new_consumer(
+                        group_id=None,
+                        enable_auto_commit=False,
+                        isolation_level="read_committed",
+                        bootstrap_timeout_ms=int(timeout * 1000),
+                    )
+                ends = reader.end_offsets(tps, timeout_ms=int(timeout * 1000))
         except KafkaError as error:
             raise StoreUnavailableError(
                 f"cannot read the end offsets of {self.topic}: {error}"

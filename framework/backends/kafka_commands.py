@@ -42,6 +42,7 @@ from framework.backends.kafka_client import (
     KafkaTimeoutError,
     TopicPartition,
 )
+from framework.backends.kafka_writer import BoundedCallTimeout, call_bounded, remaining_ms
 from framework.commands import Command, Metadata
 from framework.errors import (
     CommandValidationError,
@@ -72,6 +73,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT = 1
+DIAGNOSIS_TIMEOUT = 1.0
+"""Seconds a call that got no answer spends past its deadline asking whether writers run."""
 
 
 class ShardMoved(Exception):
@@ -251,10 +254,16 @@ class ResultsReader:
         """Block until the reader is positioned (answers from then on are seen)."""
         if not self._ready.wait(timeout):
             raise StoreUnavailableError(
-                f"cannot read the results topic {self.topic!r} within {timeout:.0f} s"
+                f"cannot read the results topic {self.topic!r} within {timeout:.1f} s; "
+                "nothing was sent"
             )
         if self._error is not None:
             raise StoreUnavailableError(f"cannot read {self.topic!r}: {self._error}")
+
+    @property
+    def failed(self) -> bool:
+        """The reader could not connect and has stopped."""
+        return self._ready.is_set() and self._error is not None
 
     @contextlib.contextmanager
     def expect(self, command_id: UUID) -> Iterator[_Waiter]:
@@ -338,6 +347,7 @@ class KafkaCommandRouter:
         self._reader: ResultsReader | None = None
         self._owner: Any = None  # a kafka_owner.WriterMember, when this process runs one
         self._closed = False
+        self._connecting = threading.Lock()
 
     def attach(self, member: Any) -> None:
         """Decide commands of the shards ``member`` owns in this process, without a round trip."""
@@ -350,16 +360,18 @@ class KafkaCommandRouter:
     def execute(self, command: Command, metadata: Metadata, timeout: float | None) -> CommandResult:
         """Decide in place when this process owns the shard, else send and wait."""
         timeout = self.store.command_timeout if timeout is None else timeout
+        # One deadline for the whole call: connecting, sending and waiting share it.
+        deadline = time.monotonic() + timeout
         shard = self.store.shard_for(command.routing_id())
         owner = self._owner
         if owner is not None and owner.owns(shard):
             with contextlib.suppress(ShardMoved):
                 result: CommandResult = owner.execute_local(shard, command, metadata, timeout)
                 return result
-        reader = self._ready_reader()
+        reader = self._ready_reader(deadline)
         with reader.expect(command.command_id) as waiter:
-            self._produce(command, metadata, shard, reader.partition, timeout)
-            if not waiter.done.wait(timeout):
+            self._produce(command, metadata, shard, reader.partition, timeout, deadline)
+            if not waiter.done.wait(max(0.0, deadline - time.monotonic())):
                 raise OutcomeUnknownError(self._no_answer(command, timeout))
         outcome = waiter.outcome
         if isinstance(outcome, BaseException):
@@ -371,7 +383,8 @@ class KafkaCommandRouter:
     def send(self, command: Command, metadata: Metadata) -> None:
         """Put ``command`` in the commands topic; its owner executes it exactly once."""
         shard = self.store.shard_for(command.routing_id())
-        self._produce(command, metadata, shard, None, self.store.command_timeout)
+        timeout = self.store.command_timeout
+        self._produce(command, metadata, shard, None, timeout, time.monotonic() + timeout)
 
     def _produce(
         self,
@@ -380,19 +393,25 @@ class KafkaCommandRouter:
         shard: int,
         reply: int | None,
         timeout: float,
+        deadline: float,
     ) -> None:
         expires = time.time() + max(self.store.command_ttl, timeout)
         value = encode_command(command, metadata, reply_partition=reply, expires_at=expires)
-        producer = self._ready_producer()
-        try:
+        producer = self._ready_producer(deadline)
+
+        def send() -> None:
             future = producer.send(
                 self.store.commands_topic,
                 key=str(command.command_id).encode("ascii"),
                 value=value,
                 partition=shard,
             )
-            future.get(timeout=timeout)
-        except KafkaTimeoutError as error:
+            future.get(timeout=max(0.0, deadline - time.monotonic()))
+
+        try:
+            # send() itself may block for metadata (max_block_ms); the deadline bounds both.
+            call_bounded(send, max(0.0, deadline - time.monotonic()), "keel-command-send")
+        except (KafkaTimeoutError, BoundedCallTimeout) as error:
             raise OutcomeUnknownError(
                 f"sending {command.command_type} {command.command_id} timed out ({error}); it "
                 "may or may not run: re-send the same command (same command id) to find out"
@@ -405,7 +424,12 @@ class KafkaCommandRouter:
 
     def _no_answer(self, command: Command, timeout: float) -> str:
         what = f"no result for {command.command_type} {command.command_id} within {timeout:g} s"
-        members = self.store.writer_members()
+        try:  # past the deadline already: ask briefly (this is the documented slack)
+            members = call_bounded(
+                lambda: self.store.writer_members(DIAGNOSIS_TIMEOUT), DIAGNOSIS_TIMEOUT, "diagnose"
+            )
+        except BoundedCallTimeout:
+            members = None
         if members == 0:
             return (
                 f"{what}: no writer is running for {self.store.name!r} (consumer group "
@@ -420,30 +444,45 @@ class KafkaCommandRouter:
             "Re-sending the same command (same command id) is safe"
         )
 
-    def _ready_producer(self) -> KafkaProducer:
-        with self._lock:
-            if self._closed:
-                raise StoreError("the command router is closed")
-            if self._producer is None:
+    def _ready_producer(self, deadline: float) -> KafkaProducer:
+        # kafka-python connects in the constructor: one caller connects, within its deadline;
+        # the others wait for it within theirs.
+        if not self._connecting.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise StoreUnavailableError(
+                "cannot connect to Kafka before the command's deadline; nothing was sent"
+            )
+        try:
+            with self._lock:
+                if self._closed:
+                    raise StoreError("the command router is closed")
+                producer = self._producer
+            if producer is None:
                 try:
-                    self._producer = self.store._new_producer(retry_backoff_ms=5)
+                    producer = self.store._new_producer(
+                        retry_backoff_ms=5, bootstrap_timeout_ms=remaining_ms(deadline)
+                    )
                 except KafkaError as error:
                     raise StoreUnavailableError(
-                        f"cannot create a Kafka producer: {error}"
+                        f"cannot connect a Kafka producer: {error}; nothing was sent"
                     ) from error
-            return self._producer
+                with self._lock:
+                    self._producer = producer
+            return producer
+        finally:
+            self._connecting.release()
 
-    def _ready_reader(self) -> ResultsReader:
+    def _ready_reader(self, deadline: float) -> ResultsReader:
         with self._lock:
             if self._closed:
                 raise StoreError("the command router is closed")
-            if self._reader is None:
+            if self._reader is None or self._reader.failed:
+                # A reader that could not connect is replaced: the cluster may be back.
                 partition = uuid.uuid4().int % self.store.results_partitions
                 self._reader = ResultsReader(
                     self.store._new_consumer, self.store.results_topic, partition
                 )
             reader = self._reader
-        reader.wait_ready(self.store.read_timeout)
+        reader.wait_ready(max(0.0, min(self.store.read_timeout, deadline - time.monotonic())))
         return reader
 
     def close(self) -> None:

@@ -628,6 +628,11 @@ _LIVE: dict[str, weakref.WeakSet[TopicIndex]] = {}
 _LIVE_LOCK = threading.Lock()
 
 
+def _left(deadline: float) -> float:
+    """Seconds to ``deadline``, at least 0.2 (a Kafka request needs some)."""
+    return max(0.2, deadline - time.monotonic())
+
+
 class TopicIndex:
     """Keeps a :class:`LocalIndex` caught up with the topic, reading with ``read_committed``.
 
@@ -648,14 +653,10 @@ class TopicIndex:
         self.topic = topic
         self.partitions = partitions
         self._timeout = timeout
-        self._consumer = consumer_factory(
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
-            max_poll_records=5000,
-            fetch_max_wait_ms=100,
-        )
+        self._consumer_factory = consumer_factory
+        # Connected on first use, under the lock: opening the index needs no cluster, so the
+        # connection counts against the deadline of the call (or writer) that needs it.
+        self._consumer_instance: KafkaConsumer | None = None
         self._lock = threading.Lock()
         # When the last completed catch-up of each partition started (monotonic seconds), for
         # the index file of generation ``_rebuilds`` (a rebuilt file is fresh nowhere).
@@ -678,9 +679,37 @@ class TopicIndex:
         with self._lock:
             return self._end_offsets(tps)
 
-    def _end_offsets(self, tps: list[TopicPartition]) -> dict[int, int]:
+    @property
+    def _consumer(self) -> KafkaConsumer:
+        return self._connect(None)
+
+    def _connect(self, deadline: float | None) -> KafkaConsumer:
+        """The consumer, connected (by ``deadline``, when given) on first use."""
+        if self._consumer_instance is None:
+            bootstrap = self._timeout if deadline is None else _left(deadline)
+            try:
+                self._consumer_instance = self._consumer_factory(
+                    group_id=None,
+                    enable_auto_commit=False,
+                    isolation_level="read_committed",
+                    auto_offset_reset="earliest",
+                    max_poll_records=5000,
+                    fetch_max_wait_ms=100,
+                    bootstrap_timeout_ms=int(bootstrap * 1000),
+                )
+            except KafkaError as error:
+                raise StoreUnavailableError(
+                    f"cannot connect to Kafka to read {self.topic}: {error}"
+                ) from error
+        return self._consumer_instance
+
+    def _end_offsets(
+        self, tps: list[TopicPartition], deadline: float | None = None
+    ) -> dict[int, int]:
+        timeout = self._timeout if deadline is None else _left(deadline)
         try:
-            ends = self._consumer.end_offsets(tps, timeout_ms=int(self._timeout * 1000))
+            consumer = self._connect(deadline)
+            ends = consumer.end_offsets(tps, timeout_ms=int(timeout * 1000))
         except KafkaError as error:
             raise StoreUnavailableError(
                 f"cannot read the end offsets of {self.topic}: {error}"
@@ -691,8 +720,15 @@ class TopicIndex:
         chosen = range(self.partitions) if partitions is None else sorted(set(partitions))
         return [TopicPartition(self.topic, p) for p in chosen]
 
-    def catch_up(self, partitions: Iterable[int] | None = None, *, force: bool = False) -> None:
-        """Index every record committed in ``partitions`` (all by default) before this call."""
+    def catch_up(
+        self,
+        partitions: Iterable[int] | None = None,
+        *,
+        force: bool = False,
+        deadline: float | None = None,
+    ) -> None:
+        """Index every record committed in ``partitions`` (all by default) before this call,
+        connecting and reading within ``read_timeout`` (or by ``deadline``)."""
         asked = time.monotonic()
         tps = self._tps(partitions)
         with self._lock:
@@ -702,23 +738,25 @@ class TopicIndex:
             if not force and all(self._fresh.get(tp.partition, -1.0) >= asked for tp in tps):
                 return  # A catch-up that started after this call covered these partitions.
             started = time.monotonic()
-            targets = self._end_offsets(tps)
+            if deadline is None:
+                deadline = started + self._timeout
+            targets = self._end_offsets(tps, deadline)
             try:
-                self._read_to(targets, started)
+                self._read_to(targets, deadline)
             except IndexDamagedError as damage:
                 # Positions or records fail their checks: read the whole topic into a new file.
                 self.index.reset(str(damage))
                 self._rebuilds = self.index.rebuilds
                 self._fresh.clear()
-                self._read_to(self._end_offsets(self._tps(None)), started)
+                self._read_to(self._end_offsets(self._tps(None)), started + self._timeout)
             for tp in tps:
                 self._fresh[tp.partition] = started
 
-    def _read_to(self, targets: dict[int, int], started: float) -> None:
+    def _read_to(self, targets: dict[int, int], deadline: float) -> None:
         current = self.index.positions()
         lagging = {p: end for p, end in targets.items() if current.get(p, 0) < end}
         if lagging:
-            self._read(lagging, current, started + self._timeout)
+            self._read(lagging, current, deadline)
 
     def _read(self, targets: dict[int, int], current: Mapping[int, int], deadline: float) -> None:
         tps = {p: TopicPartition(self.topic, p) for p in targets}
@@ -761,4 +799,6 @@ class TopicIndex:
         with _LIVE_LOCK:
             _LIVE.get(self.topic, weakref.WeakSet()).discard(self)
         with self._lock:
-            self._consumer.close(autocommit=False)
+            consumer, self._consumer_instance = self._consumer_instance, None
+            if consumer is not None:
+                consumer.close(autocommit=False)

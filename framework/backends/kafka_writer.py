@@ -56,12 +56,14 @@ __all__ = [
     "is_fenced",
     "positions_of",
     "recorded_at",
+    "remaining_ms",
 ]
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
-DEADLINE_SLACK = 5.0  # seconds past the append deadline before a caller stops waiting
+DEADLINE_SLACK = 1.0
+"""Seconds past its ``append_timeout`` a caller still waits for a writer about to finish."""
 
 
 class BoundedCallTimeout(Exception):
@@ -121,10 +123,38 @@ class AppendRequest:
 
     events: Sequence[NewEvent]
     partitions: Sequence[int]
+    deadline: float = float("inf")
+    """``time.monotonic()`` past which the caller no longer waits."""
     recorded: list[RecordedEvent] = field(default_factory=list)
     positions: Positions | None = None
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    state: str = "queued"
+    """queued, then taken (by the writer) or abandoned (by its caller): never both."""
+    _claim: threading.Lock = field(default_factory=threading.Lock)
+
+    def take(self) -> bool:
+        """The writer starts on this append; False when its caller gave up or its deadline
+        passed in the queue (then it is failed here and must not be written)."""
+        with self._claim:
+            if self.state == "queued" and time.monotonic() >= self.deadline:
+                self.state = "abandoned"
+                self.fail(
+                    StoreUnavailableError(
+                        "the append's deadline passed while it waited behind other appends; "
+                        "nothing was written"
+                    )
+                )
+            elif self.state == "queued":
+                self.state = "taken"
+            return self.state == "taken"
+
+    def abandon(self) -> bool:
+        """The caller stops waiting; True when the writer never started on it."""
+        with self._claim:
+            if self.state == "queued":
+                self.state = "abandoned"
+            return self.state == "abandoned"
 
     def succeed(self, recorded: list[RecordedEvent]) -> None:
         self.recorded, self.positions = recorded, positions_of(recorded)
@@ -194,19 +224,25 @@ class ShardWriter:
         """Queue ``events`` (already placed in ``partitions``) and wait for their outcome."""
         if self._closed:
             raise StoreError("the event store is closed")
-        request = AppendRequest(events, partitions)
+        timeout = self._settings.append_timeout
+        request = AppendRequest(events, partitions, deadline=time.monotonic() + timeout)
         self._queue.put(request)
-        # The writer works to append_timeout per batch (a queued append may wait for the batch
-        # before it): past both, and a little slack, the caller hears "unknown" at once.
-        deadline = time.monotonic() + 2 * self._settings.append_timeout + DEADLINE_SLACK
-        while not request.done.wait(0.5):
+        # The writer works to the request's deadline (it connects, fences and retries within
+        # it); a writer stuck in one call past it is not waited for beyond a little slack.
+        give_up = request.deadline + DEADLINE_SLACK
+        while not request.done.wait(max(0.0, min(0.5, give_up - time.monotonic()))):
             if not self._thread.is_alive():
                 raise StoreError("the shard writer thread stopped")
-            if time.monotonic() > deadline:
+            if time.monotonic() >= give_up:
+                if request.abandon():
+                    raise StoreUnavailableError(
+                        f"the append waited {timeout:g} s (append_timeout) behind other "
+                        "appends and was not started; nothing was written"
+                    )
                 raise OutcomeUnknownError(
-                    f"the append got no outcome within {2 * self._settings.append_timeout:g} s "
-                    "(the cluster is slow or out of reach); it may or may not be written: "
-                    "retry with the same command id"
+                    f"the append got no outcome within {timeout:g} s (append_timeout: the "
+                    "cluster is slow or out of reach); it may or may not be written: retry "
+                    "with the same command id"
                 )
         if request.error is not None:
             raise request.error
@@ -247,8 +283,10 @@ class ShardWriter:
                 batch.append(more)
                 size += len(more.events)
             concurrent = len(batch) > 1
+            batch = [request for request in batch if request.take()]
             try:
-                self._write(batch)
+                if batch:
+                    self._write(batch)
             except BaseException as error:  # never leave a caller waiting
                 log.exception("shard writer %s failed", self.transactional_id)
                 for request in batch:
@@ -259,7 +297,7 @@ class ShardWriter:
 
     def _write(self, batch: list[AppendRequest]) -> None:
         self.stats["batched"] += len(batch)
-        deadline = time.monotonic() + self._settings.append_timeout
+        deadline = min(request.deadline for request in batch)
         pending = batch
         attempt = failures = 0
         last: StoreError = StoreUnavailableError("nothing was written")
@@ -270,7 +308,7 @@ class ShardWriter:
                     request.fail(last)
                 return
             try:
-                producer = self._ready_producer()
+                producer = self._ready_producer(deadline)
             except StoreUnavailableError as error:
                 # Nothing of this batch is written; the cluster may come back before the deadline.
                 last = error
@@ -303,23 +341,29 @@ class ShardWriter:
                     f"the transaction failed; nothing was written: {error}"
                 )
             else:
-                self._finish(accepted, recorded)
+                self._finish(accepted, recorded, deadline)
                 return
             if pending:
                 # Writers of one shard in several processes take turns: back off at random.
                 time.sleep(random.uniform(0, min(1.0, 0.025 * 2**attempt)))
 
-    def _ready_producer(self) -> KafkaProducer:
-        """The producer, (re)initialised and with the shard's partitions read to the end."""
+    def _ready_producer(self, deadline: float) -> KafkaProducer:
+        """The producer, (re)initialised and with the shard's partitions read to the end;
+        connecting and fencing end by ``deadline``."""
         if self._producer is not None:
             return self._producer
         try:
-            producer = self._new_producer(transactional_id=self.transactional_id)
+            # kafka-python connects in the constructor, for 30 s unless told otherwise.
+            producer = self._new_producer(
+                transactional_id=self.transactional_id,
+                bootstrap_timeout_ms=remaining_ms(deadline),
+            )
         except KafkaError as error:
             raise StoreUnavailableError(f"cannot create a Kafka producer: {error}") from error
         try:
             # init_transactions fences older producers of this id and settles their transaction.
-            call_bounded(producer.init_transactions, self._settings.commit_timeout, "init")
+            wait = min(self._settings.commit_timeout, remaining_ms(deadline) / 1000)
+            call_bounded(producer.init_transactions, wait, "init")
         except (KafkaError, BoundedCallTimeout) as error:
             close_quietly(producer)
             raise StoreUnavailableError(
@@ -424,7 +468,7 @@ class ShardWriter:
         delay = 0.1
         while True:
             try:
-                self._ready_producer()
+                self._ready_producer(deadline)
                 break
             except StoreUnavailableError as error:
                 # The cluster may be electing a new leader or coordinator: keep asking a while.
@@ -444,7 +488,7 @@ class ShardWriter:
         for request, recorded in zip(accepted, unknown.args[0], strict=True):
             present = [index.contains(event) for event in recorded]
             if all(present):
-                self._wait_stable(recorded)
+                self._wait_stable(recorded, deadline)
                 request.succeed(recorded)
             elif not any(present):
                 again.append(request)
@@ -452,7 +496,9 @@ class ShardWriter:
                 request.fail(OutcomeUnknownError("the append was found only in part"))
         return again
 
-    def _finish(self, accepted: list[AppendRequest], recorded: list[list[RecordedEvent]]) -> None:
+    def _finish(
+        self, accepted: list[AppendRequest], recorded: list[list[RecordedEvent]], deadline: float
+    ) -> None:
         everything = [event for events in recorded for event in events]
         try:
             self._topic_index.index.add_committed(everything)
@@ -461,16 +507,17 @@ class ShardWriter:
             # shard's partitions to the end again.
             log.exception("could not index the committed events; re-initialising the writer")
             self._drop_producer()
-        self._wait_stable(everything)
+        self._wait_stable(everything, deadline)
         for request, events in zip(accepted, recorded, strict=True):
             request.succeed(events)
 
-    def _wait_stable(self, recorded: Sequence[RecordedEvent]) -> None:
-        """Wait until the commit markers are written, so every read_committed reader sees it."""
+    def _wait_stable(self, recorded: Sequence[RecordedEvent], until: float) -> None:
+        """Wait until the commit markers are written, so every read_committed reader sees it
+        (committed is committed: past ``until`` or stable_timeout, the caller hears so)."""
         wanted: dict[int, int] = {}
         for event in recorded:
             wanted[event.partition] = max(wanted.get(event.partition, 0), event.offset + 1)
-        deadline = time.monotonic() + self._settings.stable_timeout
+        deadline = min(until, time.monotonic() + self._settings.stable_timeout)
         delay = 0.001
         while wanted:
             try:
@@ -489,6 +536,11 @@ class ShardWriter:
                 return
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
+
+
+def remaining_ms(deadline: float, least: float = 0.2) -> int:
+    """Milliseconds to ``deadline``, at least ``least`` seconds' worth (a client needs some)."""
+    return int(max(least, deadline - time.monotonic()) * 1000)
 
 
 def is_fenced(producer: KafkaProducer, error: BaseException) -> bool:

@@ -6,6 +6,7 @@ Each prints one closing line of figures and asserts on them. Single-broker tests
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import multiprocessing
@@ -42,6 +43,7 @@ from framework.persistence import NewEvent
 from framework.writer import writer
 from tests.integration.kafka_workers import check_streams, race, zombie
 from tests.support.bank import OpenAccount, Owner, build
+from tests.support.checkers import Append, check_list_append
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -70,6 +72,16 @@ def raw_records(
         return found
     finally:
         consumer.close(autocommit=False)
+
+
+def log_summary(bootstrap: str, topic: str) -> list[tuple[int, int, bool, str]]:
+    """(partition, offset, committed, payload) of every record of ``topic``: what a failing
+    fault test shows of the log."""
+    committed = {(r.partition, r.offset) for r in raw_records(bootstrap, topic, 3)}
+    return [
+        (r.partition, r.offset, (r.partition, r.offset) in committed, str(r.value)[:40])
+        for r in raw_records(bootstrap, topic, 3, committed=False)
+    ]
 
 
 def payload(record: Any) -> dict[str, Any]:
@@ -317,6 +329,29 @@ def test_t15_aborted_transactions_are_never_visible(
 # -- T4: a zombie writer commits nothing after the takeover -------------------------------------
 
 
+def parent_append(
+    store: KafkaEventStore,
+    history: list[Append],
+    target: uuid.UUID,
+    where: str,
+    *versions: int,
+) -> None:
+    """Append ``versions`` of ``target`` from this process and record the operation; a
+    refusal fails the test with what the writer and the log looked like."""
+    prefix = [f"p{v}" for v in range(1, versions[0])]
+    values = [f"p{v}" for v in versions]
+    try:
+        store.append([NewEvent(target, v, "Parent", b'{"parent":1}') for v in versions])
+    except ConcurrencyError as error:
+        history.append(Append("fail", {target: prefix}, {target: values}))
+        case, _, bootstrap = where.partition(": ")
+        raise AssertionError(
+            f"{case}: this process's append of v{versions} was refused ({error}); writer stats "
+            f"{writer_stats(store)}; records in the log: {log_summary(bootstrap, store.topic)}"
+        ) from error
+    history.append(Append("ok", {target: prefix}, {target: values}))
+
+
 def stopped(pid: int) -> bool:
     with open(f"/proc/{pid}/stat") as stat:
         return stat.read().rsplit(")", 1)[1].split()[0] == "T"
@@ -329,12 +364,20 @@ def test_t4_a_paused_writer_commits_nothing_after_another_takes_over(
     url = f"kafka://{kafka_bootstrap}?partitions=3&commit_timeout=10"
     figures = Counter[str]()
     outcomes: list[str] = []
+    anomalies = Counter[str]()
     for stop_in in ("begin_transaction", "commit_transaction"):
         name = unique_name("t4")
         target = uuid.uuid4()
         store = open_store(url, name=name)
         assert isinstance(store, KafkaEventStore)
-        store.append([NewEvent(target, v, "Parent", b'{"parent":1}') for v in (1, 2, 3)])
+        # The history, for the list-append checker: a value per event, p<version> for this
+        # process's appends and z<version> for the zombie's.
+        history: list[Append] = []
+
+        append = functools.partial(
+            parent_append, store, history, target, f"{stop_in}: {kafka_bootstrap}"
+        )
+        append(1, 2, 3)
         mine, theirs = SPAWN.Pipe()
         child = SPAWN.Process(target=zombie, args=(url, name, str(target), stop_in, theirs))
         child.start()
@@ -349,13 +392,15 @@ def test_t4_a_paused_writer_commits_nothing_after_another_takes_over(
                 time.sleep(0.02)
             # The zombie is paused inside its append; this process takes the writer over.
             for v in (4, 5):
-                store.append([NewEvent(target, v, "Parent", b'{"parent":1}')])
+                append(v)
             pending = raw_records(kafka_bootstrap, store.topic, 3, committed=False)
             figures["stale_records_in_log"] += sum("zombie" in payload(r) for r in pending)
             os.kill(child.pid or 0, signal.SIGCONT)
             assert mine.poll(90), "the resumed zombie did not finish its append"
             result = mine.recv()
             outcomes.append(result[0])
+            zombie_outcome = {"ok": "ok", "ConcurrencyError": "fail"}.get(result[0], "info")
+            history.append(Append(zombie_outcome, {target: ["p1", "p2", "p3"]}, {target: ["z4"]}))
             figures["zombie_fenced"] += sum(s["fenced"] + s["unknown"] for s in result[-1].values())
             mine.send("close")
             child.join(30)
@@ -364,9 +409,11 @@ def test_t4_a_paused_writer_commits_nothing_after_another_takes_over(
                 os.kill(child.pid or 0, signal.SIGCONT)
                 child.kill()
         # The zombie re-fenced this process in turn: appending again must still work.
-        store.append([NewEvent(target, 6, "Parent", b'{"parent":1}')])
+        append(6)
         events = store.read(target)
         versions = [e.version for e in events]
+        final = [f"{'z' if b'zombie' in e.state else 'p'}{e.version}" for e in events]
+        anomalies.update(check_list_append(history, {target: final}))
         figures["zombie_committed"] += sum(b"zombie" in e.state for e in events)
         committed = raw_records(kafka_bootstrap, store.topic, 3)
         figures["zombie_committed_raw"] += sum("zombie" in payload(r) for r in committed)
@@ -380,8 +427,10 @@ def test_t4_a_paused_writer_commits_nothing_after_another_takes_over(
         f"stale_records_in_log={figures['stale_records_in_log']} "
         f"zombie_fenced={figures['zombie_fenced']} zombie_outcomes={','.join(outcomes)} "
         f"dup_versions={figures['dup_versions']} gaps={figures['gaps']} "
-        f"parent_events={figures['parent_ok']}"
+        f"parent_events={figures['parent_ok']} "
+        + " ".join(f"{k}={v}" for k, v in sorted(anomalies.items()))
     )
+    assert set(anomalies.values()) == {0}, anomalies
     assert figures["zombie_committed"] == figures["zombie_committed_raw"] == 0
     assert figures["stale_records_in_log"] == 1  # the commit-time zombie really had sent
     assert figures["zombie_fenced"] >= 2
