@@ -29,11 +29,13 @@ also derive from the builtin they resemble, so ``except ValueError`` keeps worki
     │   ├── WriterFencedError
     │   ├── TopicLayoutChangedError
     │   └── IndexDamagedError
-    └── ProjectionError
-        ├── PositionConflictError
-        ├── ProjectionTimeoutError (TimeoutError)
-        ├── ProjectionStoppedError
-        └── DeadLetterError
+    ├── ProjectionError
+    │   ├── PositionConflictError
+    │   ├── ProjectionTimeoutError (TimeoutError)
+    │   ├── ProjectionStoppedError
+    │   └── DeadLetterError
+    └── ProcessError                         a process manager is misused or failed
+        └── ProcessConflictError             another worker moved the same instance first
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ __all__ = [
     "IndexDamagedError",
     "OutcomeUnknownError",
     "PositionConflictError",
+    "ProcessConflictError",
+    "ProcessError",
     "ProjectionError",
     "ProjectionStoppedError",
     "ProjectionTimeoutError",
@@ -231,3 +235,12 @@ class ProjectionStoppedError(ProjectionError):
 
 class DeadLetterError(ProjectionError):
     """An event could not be applied after every retry and was parked as a dead letter."""
+
+
+class ProcessError(FrameworkError):
+    """A process manager (:mod:`framework.process`) is misdeclared, misused, or failed."""
+
+
+class ProcessConflictError(ProcessError):
+    """Another worker appended to the same process instance first (optimistic concurrency):
+    this input's transaction was rolled back and is tried again on fresh state."""
