@@ -16,6 +16,7 @@ position change in **one** transaction: a crash leaves either all of them or non
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -136,7 +137,7 @@ def record(conn: Connection, instance: Instance, outcome: Outcome) -> None:
         conn.execute(
             outbox_table.insert(),
             [
-                {"command_id": c["command_id"], "seq": seq + i, "pm": pm.name,
+                {"command_id": uuid.UUID(c["command_id"]), "seq": seq + i, "pm": pm.name,
                  "instance_id": instance.instance_id, "command_type": c["command_type"],
                  "payload": c["payload"], "created_at": stamp}
                 for i, c in enumerate(commands)
