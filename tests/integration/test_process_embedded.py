@@ -188,7 +188,3 @@ def test_a_relay_without_the_target_says_which_application_is_missing(services: 
         Relay(s.engine, [s.shop]).send_pending()
     with pytest.raises(ConfigurationError, match="handled by both"):
         Relay(s.engine, [s.shop, s.shop.using("memory://")])
-
-
-def _unused(*_: Any) -> Application:  # keeps the import list honest for mypy
-    raise NotImplementedError
