@@ -54,9 +54,15 @@ class PaymentsProjection(Projection):
 
     @handles(Payment.Requested)
     def requested(self, event: Any, conn: Connection) -> None:
-        conn.execute(self.payments.insert().values(
-            payment_id=event.originator_id, order_id=event.order_id, amount=event.amount,
-            status="requested", updated_at=event.timestamp))  # fmt: skip
+        conn.execute(
+            self.payments.insert().values(
+                payment_id=event.originator_id,
+                order_id=event.order_id,
+                amount=event.amount,
+                status="requested",
+                updated_at=event.timestamp,
+            )
+        )
 
     @handles(Payment.Received)
     def received(self, event: Any, conn: Connection) -> None:
@@ -68,8 +74,11 @@ class PaymentsProjection(Projection):
 
     def _set(self, conn: Connection, event: Any, **values: Any) -> None:
         t = self.payments
-        conn.execute(t.update().where(t.c.payment_id == event.originator_id)
-                     .values(updated_at=event.timestamp, **values))  # fmt: skip
+        conn.execute(
+            t.update()
+            .where(t.c.payment_id == event.originator_id)
+            .values(updated_at=event.timestamp, **values)
+        )
 
 
 class PaymentOrdersProjection(Projection):
@@ -82,8 +91,16 @@ class PaymentOrdersProjection(Projection):
 
     @handles(Order.Confirmed)
     def confirmed(self, event: Any, conn: Connection) -> None:
-        upsert(conn, self.orders, {"order_id": event.originator_id, "total": event.total,
-                                   "status": "confirmed", "updated_at": event.timestamp})
+        upsert(
+            conn,
+            self.orders,
+            {
+                "order_id": event.originator_id,
+                "total": event.total,
+                "status": "confirmed",
+                "updated_at": event.timestamp,
+            },
+        )
 
     @handles(Order.Shipped)
     def shipped(self, event: Any, conn: Connection) -> None:
@@ -94,6 +111,9 @@ class PaymentOrdersProjection(Projection):
         self._set(conn, event, "cancelled")
 
     def _set(self, conn: Connection, event: Any, status: str) -> None:
-        upsert(conn, self.orders, {"order_id": event.originator_id, "status": status,
-                                   "updated_at": event.timestamp},
-               update={"status": status, "updated_at": event.timestamp})  # fmt: skip
+        upsert(
+            conn,
+            self.orders,
+            {"order_id": event.originator_id, "status": status, "updated_at": event.timestamp},
+            update={"status": status, "updated_at": event.timestamp},
+        )

@@ -71,21 +71,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["run", "status", "timeline"])
     parser.add_argument("target", help="package.module:factory returning a ProcessWorker")
     parser.add_argument("instance", nargs="?", help="timeline: the instance id")
-    parser.add_argument("--instance-id", metavar="ID",
-                        help="run: a stable identity (Kafka static membership)")
-    parser.add_argument("--start-from", choices=["beginning", "now"], default=None,
-                        help="run: where a manager that never ran starts reading its sources")
-    parser.add_argument("--create-tables", action="store_true",
-                        help="create missing framework tables first (tests, the embedded "
-                        "default; migrate production databases with `alembic upgrade head`)")
-    parser.add_argument("--grace", type=float, default=60.0, metavar="SECONDS",
-                        help="status: how late a deadline may be before it counts as overdue")
+    parser.add_argument(
+        "--instance-id", metavar="ID", help="run: a stable identity (Kafka static membership)"
+    )
+    parser.add_argument(
+        "--start-from",
+        choices=["beginning", "now"],
+        default=None,
+        help="run: where a manager that never ran starts reading its sources",
+    )
+    parser.add_argument(
+        "--create-tables",
+        action="store_true",
+        help="create missing framework tables first (tests, the embedded "
+        "default; migrate production databases with `alembic upgrade head`)",
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="status: how late a deadline may be before it counts as overdue",
+    )
     parser.add_argument("--json", action="store_true", help="status: print JSON")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    options = {k: v for k, v in {"instance_id": args.instance_id,
-                                 "start_from": args.start_from}.items() if v}  # fmt: skip
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    options = {
+        k: v
+        for k, v in {"instance_id": args.instance_id, "start_from": args.start_from}.items()
+        if v
+    }
     try:
         worker = load_worker(args.target, **options)
     except (FrameworkError, ImportError, AttributeError, TypeError) as error:
@@ -110,18 +127,29 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{worker.pm.name} has no instance {args.instance!r}")
                 return 1
             for f in facts:
-                print(f"v{f['version']:<3} {f['recorded_at']:%Y-%m-%d %H:%M:%S} {f['kind']:<18} "
-                      f"{json.dumps(f['data'], default=str)[:160]}")
+                print(
+                    f"v{f['version']:<3} {f['recorded_at']:%Y-%m-%d %H:%M:%S} {f['kind']:<18} "
+                    f"{json.dumps(f['data'], default=str)[:160]}"
+                )
             return 0
         from framework.process.runner import status
 
         s = status(worker.pm, worker.engine, worker.clock, grace_seconds=args.grace)
         if args.json:
-            print(json.dumps({"name": s.name, "active": s.active, "completed": s.completed,
-                              "overdue": [list(map(str, o)) for o in s.overdue],
-                              "oldest_open": list(map(str, s.oldest_open or ())),
-                              "outbox_pending": s.outbox_pending,
-                              "dead_letters": s.dead_letters, "counters": s.counters}))
+            print(
+                json.dumps(
+                    {
+                        "name": s.name,
+                        "active": s.active,
+                        "completed": s.completed,
+                        "overdue": [list(map(str, o)) for o in s.overdue],
+                        "oldest_open": list(map(str, s.oldest_open or ())),
+                        "outbox_pending": s.outbox_pending,
+                        "dead_letters": s.dead_letters,
+                        "counters": s.counters,
+                    }
+                )
+            )
         else:
             print("\n".join(s.lines()))
         return 1 if s.overdue else 0

@@ -58,8 +58,8 @@ __all__ = [
     "Clock",
     "Context",
     "Deadline",
-    "FakeClock",
     "Fact",
+    "FakeClock",
     "Instance",
     "Outcome",
     "ProcessManager",
@@ -248,29 +248,44 @@ class ProcessManager:
         method = getattr(self, self._reactions[_reaction_class(self, event)])
         ctx = Context(self, instance, trigger, now)
         state = method(instance.state, event, ctx)
-        facts = [Fact("Triggered", {"trigger": trigger, "event_type": event_types.name_of(
-            type(event)), "state": _dump(state if state is not None else instance.state)})]
+        facts = [
+            Fact(
+                "Triggered",
+                {
+                    "trigger": trigger,
+                    "event_type": event_types.name_of(type(event)),
+                    "state": _dump(state if state is not None else instance.state),
+                },
+            )
+        ]
         return ctx.outcome(facts)
 
     def reach(self, instance: Instance, name: str, now: datetime) -> Outcome:
         """Decide what reaching deadline ``name`` does (a no-op when it is no longer open)."""
         open_deadline = instance.deadlines.get(name)
         if instance.completed or open_deadline is None:
-            return Outcome.noop("deadline_after_completion" if instance.completed
-                                else "deadline_not_open")  # fmt: skip
+            return Outcome.noop(
+                "deadline_after_completion" if instance.completed else "deadline_not_open"
+            )
         trigger = f"deadline:{name}:{open_deadline.scheduled_at_version}"
         method_name = self._deadlines.get(name)
         ctx = Context(self, instance, trigger, now)
         ctx.cancelled.add(name)  # reached: no longer open (recorded as DeadlineReached)
         state = getattr(self, method_name)(instance.state, ctx) if method_name else None
-        facts = [Fact("DeadlineReached", {"name": name, "trigger": trigger,
-                                          "state": _dump(state or instance.state)})]  # fmt: skip
+        facts = [
+            Fact(
+                "DeadlineReached",
+                {"name": name, "trigger": trigger, "state": _dump(state or instance.state)},
+            )
+        ]
         return ctx.outcome(facts, reached=name)
 
     def failed(self, instance: Instance, event: DomainEvent, error: BaseException) -> Outcome:
         """The ``on_error="skip"`` outcome: a ``Failed`` fact (the trigger counts as seen)."""
-        fact = Fact("Failed", {"trigger": trigger_of(event), "error": f"{type(error).__name__}: "
-                               f"{error}"[:2000]})  # fmt: skip
+        fact = Fact(
+            "Failed",
+            {"trigger": trigger_of(event), "error": f"{type(error).__name__}: {error}"[:2000]},
+        )
         return Outcome([fact], reason="skipped_errors")
 
 
@@ -403,8 +418,9 @@ class Context:
         self.sent.append(command.model_copy(update={"command_id": command_id}))
         return command_id
 
-    def schedule(self, name: str, *, after: timedelta | None = None,
-                 at: datetime | None = None) -> None:  # fmt: skip
+    def schedule(
+        self, name: str, *, after: timedelta | None = None, at: datetime | None = None
+    ) -> None:
         """Schedule deadline ``name`` (``after`` a delay from now, or ``at`` a time); one of a
         name is open at a time: scheduling it again moves it."""
         if (after is None) == (at is None):
@@ -425,11 +441,16 @@ class Context:
 
     def outcome(self, facts: list[Fact], reached: str | None = None) -> Outcome:
         for command in self.sent:
-            facts.append(Fact("CommandIssued", {
-                "command_id": str(command.command_id),
-                "command_type": command.command_type,
-                "payload": command.model_dump(mode="json"),
-            }))  # fmt: skip
+            facts.append(
+                Fact(
+                    "CommandIssued",
+                    {
+                        "command_id": str(command.command_id),
+                        "command_type": command.command_type,
+                        "payload": command.model_dump(mode="json"),
+                    },
+                )
+            )
         open_now = set(self.instance.deadlines) - ({reached} if reached else set())
         if self.completing:
             cancelled = open_now  # a completed instance has no open deadline

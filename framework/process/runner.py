@@ -116,8 +116,12 @@ class ProcessInput(Projection):
                             raise
                         if pm.on_error != "skip":
                             raise
-                        log.warning("%s: skipping a failing %s: %s", pm.name,
-                                    type(event).__qualname__, error)  # fmt: skip
+                        log.warning(
+                            "%s: skipping a failing %s: %s",
+                            pm.name,
+                            type(event).__qualname__,
+                            error,
+                        )
                         outcome = pm.failed(instance, event, error)
                     record(conn, instance, outcome)
                 return
@@ -183,8 +187,9 @@ def fire_due(pm: ProcessManager, engine: Engine, clock: Clock, *, limit: int = 1
     return handled
 
 
-def _reach(conn: Connection, pm: ProcessManager, instance_id: str, name: str,
-           moment: datetime) -> None:  # fmt: skip
+def _reach(
+    conn: Connection, pm: ProcessManager, instance_id: str, name: str, moment: datetime
+) -> None:
     instance = load_instance(conn, pm, instance_id)
     record(conn, instance, pm.reach(instance, name, moment))
 
@@ -198,8 +203,9 @@ class Relay:
     ``pms`` limits it to some process managers' commands (default: every row in the outbox).
     """
 
-    def __init__(self, engine: Engine, targets: Sequence[Application],
-                 pms: Sequence[str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, engine: Engine, targets: Sequence[Application], pms: Sequence[str] | None = None
+    ) -> None:
         self.engine = engine
         self.pms = list(pms) if pms else None
         self.routes: dict[str, tuple[Application, Any]] = {}
@@ -287,16 +293,23 @@ class ProcessWorker:
         self.start_from = start_from
         self.tick = tick
         self.inputs = [ProcessInput.for_manager(pm, s.name, self.clock) for s in sources]
-        options = {"max_attempts": pm.max_attempts, "retry_initial": pm.retry_initial,
-                   "retry_max": pm.retry_max, **worker_options}  # fmt: skip
+        options = {
+            "max_attempts": pm.max_attempts,
+            "retry_initial": pm.retry_initial,
+            "retry_max": pm.retry_max,
+            **worker_options,
+        }
         instance_id = options.pop("instance_id", None)
         self.workers = [
             ProjectionWorker(
-                i, s, engine, instance_id=f"{instance_id}.{s.name}" if instance_id else None,
+                i,
+                s,
+                engine,
+                instance_id=f"{instance_id}.{s.name}" if instance_id else None,
                 **options,
             )
             for i, s in zip(self.inputs, sources, strict=True)
-        ]  # fmt: skip
+        ]
         self.relay = Relay(engine, targets, [pm.name]) if relay else None
         self.stop_event = threading.Event()
 
@@ -385,12 +398,14 @@ class ProcessStatus:
     counters: dict[str, int] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
-        oldest = (f"{self.oldest_open[0]} since {self.oldest_open[1]:%Y-%m-%d %H:%M:%S}"
-                  if self.oldest_open else "none")  # fmt: skip
+        oldest = (
+            f"{self.oldest_open[0]} since {self.oldest_open[1]:%Y-%m-%d %H:%M:%S}"
+            if self.oldest_open
+            else "none"
+        )
         counted = ", ".join(f"{k}={v}" for k, v in sorted(self.counters.items())) or "none"
         out = [
-            f"{self.name}: {self.active} active, {self.completed} completed; oldest open: "
-            f"{oldest}",
+            f"{self.name}: {self.active} active, {self.completed} completed; oldest open: {oldest}",
             f"  overdue deadlines: {len(self.overdue)}; outbox pending: {self.outbox_pending}; "
             f"dead letters: {self.dead_letters}",
             f"  counters: {counted}",
@@ -399,8 +414,9 @@ class ProcessStatus:
         return out
 
 
-def status(pm: ProcessManager, engine: Engine, clock: Clock | None = None,
-           *, grace_seconds: float = 0.0) -> ProcessStatus:  # fmt: skip
+def status(
+    pm: ProcessManager, engine: Engine, clock: Clock | None = None, *, grace_seconds: float = 0.0
+) -> ProcessStatus:
     """Active and completed instances, overdue deadlines (past due by more than
     ``grace_seconds``), the oldest open instance, unsent commands, dead letters, counters."""
     from datetime import timedelta
@@ -408,19 +424,28 @@ def status(pm: ProcessManager, engine: Engine, clock: Clock | None = None,
     moment = (clock or SystemClock()).now() - timedelta(seconds=grace_seconds)
     i, d, o = instances_table, deadlines_table, outbox_table
     with engine.connect() as conn:
-        by_state = dict(
-            conn.execute(sa.select(i.c.completed, sa.func.count()).where(i.c.pm == pm.name)
-                         .group_by(i.c.completed)).all()  # fmt: skip
-        )
-        overdue = [(a, b, c) for a, b, c in conn.execute(
-            sa.select(d.c.instance_id, d.c.name, d.c.due_at)
-            .where(d.c.pm == pm.name, d.c.due_at < moment).order_by(d.c.due_at)
-        )]  # fmt: skip
+        by_state: dict[bool, int] = {
+            bool(done): int(n)
+            for done, n in conn.execute(
+                sa.select(i.c.completed, sa.func.count())
+                .where(i.c.pm == pm.name)
+                .group_by(i.c.completed)
+            )
+        }
+        overdue = [
+            (a, b, c)
+            for a, b, c in conn.execute(
+                sa.select(d.c.instance_id, d.c.name, d.c.due_at)
+                .where(d.c.pm == pm.name, d.c.due_at < moment)
+                .order_by(d.c.due_at)
+            )
+        ]
         oldest = conn.execute(
             sa.select(i.c.instance_id, i.c.started_at)
             .where(i.c.pm == pm.name, i.c.completed.is_(False))
-            .order_by(i.c.started_at).limit(1)
-        ).first()  # fmt: skip
+            .order_by(i.c.started_at)
+            .limit(1)
+        ).first()
         pending = conn.execute(
             sa.select(sa.func.count()).where(o.c.pm == pm.name, o.c.sent_at.is_(None))
         ).scalar_one()
@@ -441,14 +466,16 @@ def status(pm: ProcessManager, engine: Engine, clock: Clock | None = None,
     )
 
 
-def instances(engine: Engine, pm: ProcessManager, *, open_only: bool = False,
-              limit: int = 100) -> list[Mapping[str, Any]]:  # fmt: skip
+def instances(
+    engine: Engine, pm: ProcessManager, *, open_only: bool = False, limit: int = 100
+) -> list[Mapping[str, Any]]:
     """The newest instances of ``pm`` (for the admin)."""
     t = instances_table
     query = sa.select(t).where(t.c.pm == pm.name)
     if open_only:
         query = query.where(t.c.completed.is_(False))
     with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(
-            query.order_by(t.c.started_at.desc()).limit(limit))]  # fmt: skip
-
+        return [
+            dict(r._mapping)
+            for r in conn.execute(query.order_by(t.c.started_at.desc()).limit(limit))
+        ]

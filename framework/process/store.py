@@ -123,11 +123,17 @@ def record(conn: Connection, instance: Instance, outcome: Outcome) -> None:
     conn.execute(
         facts_table.insert(),
         [
-            {"pm": pm.name, "instance_id": instance.instance_id, "version": expected + i + 1,
-             "kind": fact.kind, "data": fact.data, "recorded_at": stamp}
+            {
+                "pm": pm.name,
+                "instance_id": instance.instance_id,
+                "version": expected + i + 1,
+                "kind": fact.kind,
+                "data": fact.data,
+                "recorded_at": stamp,
+            }
             for i, fact in enumerate(outcome.facts)
         ],
-    )  # fmt: skip
+    )
     for fact in outcome.facts:
         instance.apply(fact)
     _sync_deadlines(conn, instance)
@@ -137,12 +143,18 @@ def record(conn: Connection, instance: Instance, outcome: Outcome) -> None:
         conn.execute(
             outbox_table.insert(),
             [
-                {"command_id": uuid.UUID(c["command_id"]), "seq": seq + i, "pm": pm.name,
-                 "instance_id": instance.instance_id, "command_type": c["command_type"],
-                 "payload": c["payload"], "created_at": stamp}
+                {
+                    "command_id": uuid.UUID(c["command_id"]),
+                    "seq": seq + i,
+                    "pm": pm.name,
+                    "instance_id": instance.instance_id,
+                    "command_type": c["command_type"],
+                    "payload": c["payload"],
+                    "created_at": stamp,
+                }
                 for i, c in enumerate(commands)
             ],
-        )  # fmt: skip
+        )
 
 
 def _move_instance(
@@ -160,8 +172,11 @@ def _move_instance(
     if expected == 0:
         try:
             with conn.begin_nested():
-                conn.execute(t.insert().values(pm=pm, instance_id=instance.instance_id,
-                                               started_at=stamp, **values))  # fmt: skip
+                conn.execute(
+                    t.insert().values(
+                        pm=pm, instance_id=instance.instance_id, started_at=stamp, **values
+                    )
+                )
         except sa.exc.IntegrityError as error:
             raise _conflict(pm, instance, expected) from error
         return
@@ -189,11 +204,15 @@ def _sync_deadlines(conn: Connection, instance: Instance) -> None:
         conn.execute(
             t.insert(),
             [
-                {"pm": instance.pm.name, "instance_id": instance.instance_id, "name": d.name,
-                 "due_at": d.due_at}
+                {
+                    "pm": instance.pm.name,
+                    "instance_id": instance.instance_id,
+                    "name": d.name,
+                    "due_at": d.due_at,
+                }
                 for d in instance.deadlines.values()
             ],
-        )  # fmt: skip
+        )
 
 
 def _next_seq(conn: Connection) -> int:
@@ -214,15 +233,15 @@ def count(conn: Connection, pm: str, counter: str, by: int = 1) -> None:
                 conn.execute(t.insert().values(pm=pm, counter=counter, value=by))
         except sa.exc.IntegrityError:
             conn.execute(
-                t.update().where(t.c.pm == pm, t.c.counter == counter)
-                .values(value=t.c.value + by)
-            )  # fmt: skip
+                t.update().where(t.c.pm == pm, t.c.counter == counter).values(value=t.c.value + by)
+            )
 
 
 def counters(conn: Connection, pm: str) -> dict[str, int]:
     t = counters_table
-    return {c: int(v) for c, v in conn.execute(sa.select(t.c.counter, t.c.value)
-                                                .where(t.c.pm == pm))}  # fmt: skip
+    return {
+        c: int(v) for c, v in conn.execute(sa.select(t.c.counter, t.c.value).where(t.c.pm == pm))
+    }
 
 
 def timeline(conn: Connection, pm: str, instance_id: str) -> Sequence[dict[str, Any]]:

@@ -24,13 +24,16 @@ from typing import Any, Self
 
 from framework.commands import Command
 from framework.domain import DomainEvent
-from framework.process.manager import FakeClock, Fact, Instance, Outcome, ProcessManager
+from framework.process.manager import Fact, FakeClock, Instance, Outcome, ProcessManager
 
 __all__ = ["ProcessScenario", "given"]
 
 
-def given(pm: ProcessManager, *events: DomainEvent, clock: FakeClock | None = None,
-          ) -> ProcessScenario:  # fmt: skip
+def given(
+    pm: ProcessManager,
+    *events: DomainEvent,
+    clock: FakeClock | None = None,
+) -> ProcessScenario:
     """Start a scenario: ``events`` have been handled already (their commands don't count)."""
     scenario = ProcessScenario(pm, clock or FakeClock())
     for event in events:
@@ -96,7 +99,7 @@ class ProcessScenario:
 
     def then_commands(self, *expected: Command) -> Self:
         """Exactly ``expected`` (in order) were issued since ``given``."""
-        got = [_shape(c) for c in self.commands[self._mark_at:]]
+        got = [_shape(c) for c in self.commands[self._mark_at :]]
         want = [_shape(c) for c in expected]
         if got != want:
             raise AssertionError(f"commands issued:\n  {got}\nexpected:\n  {want}")
@@ -118,13 +121,13 @@ class ProcessScenario:
         instance = self._load(self._current())
         want = set(names) | set(due_after_start)
         if set(instance.deadlines) != want:
-            raise AssertionError(f"open deadlines {sorted(instance.deadlines)}, expected "
-                                 f"{sorted(want)}")  # fmt: skip
+            raise AssertionError(
+                f"open deadlines {sorted(instance.deadlines)}, expected {sorted(want)}"
+            )
         for name, delta in due_after_start.items():
             due = instance.deadlines[name].due_at
             if due != self.started_at + delta:
-                raise AssertionError(f"{name} is due at {due}, expected "
-                                     f"{self.started_at + delta}")  # fmt: skip
+                raise AssertionError(f"{name} is due at {due}, expected {self.started_at + delta}")
         return self
 
     def then_completed(self, instance_id: str | None = None) -> Self:
@@ -154,8 +157,10 @@ class ProcessScenario:
 
     def then_counted(self, counter: str, times: int = 1) -> Self:
         if self.counters.get(counter, 0) != times:
-            raise AssertionError(f"{counter} counted {self.counters.get(counter, 0)} times, "
-                                 f"expected {times} (counters: {self.counters})")  # fmt: skip
+            raise AssertionError(
+                f"{counter} counted {self.counters.get(counter, 0)} times, "
+                f"expected {times} (counters: {self.counters})"
+            )
         return self
 
     def then_facts(self, *kinds: str) -> Self:

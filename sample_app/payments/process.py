@@ -44,7 +44,7 @@ class PaymentState(ProcessState):
 class PaymentProcess(ProcessManager):
     name = "payment_process"
     state_type = PaymentState
-    correlate = {  # noqa: RUF012 - a declaration, like Django's Meta
+    correlate = {
         Order.Confirmed: lambda e: e.originator_id,
         Order.Cancelled: lambda e: e.originator_id,
         Payment.Received: lambda e: e.order_id,
@@ -58,11 +58,16 @@ class PaymentProcess(ProcessManager):
     @reacts(Order.Confirmed)
     def confirmed(self, state: PaymentState, event: Any, ctx: Context) -> PaymentState:
         payment_id = payment_id_for(event.originator_id)
-        ctx.send(RequestPayment(payment_id=payment_id, order_id=event.originator_id,
-                                amount=event.total))  # fmt: skip
+        ctx.send(
+            RequestPayment(payment_id=payment_id, order_id=event.originator_id, amount=event.total)
+        )
         ctx.schedule("payment_due", after=self.window)
-        return state.evolve(order_id=event.originator_id, payment_id=payment_id,
-                            amount=event.total, stage="awaiting payment")  # fmt: skip
+        return state.evolve(
+            order_id=event.originator_id,
+            payment_id=payment_id,
+            amount=event.total,
+            stage="awaiting payment",
+        )
 
     @reacts(Payment.Received)
     def paid(self, state: PaymentState, event: Any, ctx: Context) -> PaymentState:
@@ -73,16 +78,22 @@ class PaymentProcess(ProcessManager):
 
     @reacts(Order.Cancelled)
     def cancelled(self, state: PaymentState, event: Any, ctx: Context) -> PaymentState:
-        ctx.send(VoidPayment(payment_id=payment_id_for(event.originator_id),
-                             reason="order cancelled"))  # fmt: skip
+        ctx.send(
+            VoidPayment(payment_id=payment_id_for(event.originator_id), reason="order cancelled")
+        )
         ctx.complete()
         return state.evolve(stage="cancelled by the shop")
 
     @deadline("payment_due")
     def overdue(self, state: PaymentState, ctx: Context) -> PaymentState:
         assert state.order_id is not None and state.payment_id is not None
-        ctx.send(CancelOrder(order_id=state.order_id, reason="payment failed",
-                             note="no payment within the payment window"))  # fmt: skip
+        ctx.send(
+            CancelOrder(
+                order_id=state.order_id,
+                reason="payment failed",
+                note="no payment within the payment window",
+            )
+        )
         ctx.send(VoidPayment(payment_id=state.payment_id, reason="payment window passed"))
         ctx.complete()
         return state.evolve(stage="cancelled: no payment")

@@ -8,13 +8,11 @@ from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
 import sqlalchemy as sa
 
-from framework.application import Application
 from framework.database import create_engine
 from framework.errors import ConfigurationError
 from framework.process import FakeClock, ProcessWorker, status
@@ -48,8 +46,11 @@ class Services:
         )
         self.worker.setup()
         self.customer = uuid4()
-        self.shop.execute(RegisterCustomer(customer_id=self.customer, name="Ada",
-                                           email="ada@example.com", address=BERLIN))
+        self.shop.execute(
+            RegisterCustomer(
+                customer_id=self.customer, name="Ada", email="ada@example.com", address=BERLIN
+            )
+        )
 
     def confirmed_order(self) -> UUID:
         order_id = uuid4()
@@ -97,8 +98,15 @@ def test_paid_orders_ship_and_unpaid_ones_are_cancelled(services: Services) -> N
     assert after.counters.get("after_completion") == 1
     with s.engine.connect() as conn:
         kinds = [f["kind"] for f in timeline(conn, "payment_process", str(unpaid))]
-    assert kinds == ["Triggered", "CommandIssued", "DeadlineScheduled", "DeadlineReached",
-                     "CommandIssued", "CommandIssued", "Completed"]
+    assert kinds == [
+        "Triggered",
+        "CommandIssued",
+        "DeadlineScheduled",
+        "DeadlineReached",
+        "CommandIssued",
+        "CommandIssued",
+        "Completed",
+    ]
     payment = s.payments.load(payments_app.Payment, payment_id_for(unpaid))  # type: ignore[attr-defined]
     assert payment.status.value == "voided"
 
@@ -161,9 +169,14 @@ def test_rebuilding_never_reruns_a_process_manager(services: Services) -> None:
 def test_start_from_now_skips_history(tmp_path: Path) -> None:
     s = Services(tmp_path)
     old = s.confirmed_order()
-    late = ProcessWorker(PaymentProcess(), sources=[s.shop.store, s.payments.store],
-                         targets=[s.shop, s.payments], engine=s.engine, clock=s.clock,
-                         start_from="now")
+    late = ProcessWorker(
+        PaymentProcess(),
+        sources=[s.shop.store, s.payments.store],
+        targets=[s.shop, s.payments],
+        engine=s.engine,
+        clock=s.clock,
+        start_from="now",
+    )
     from framework.process.runner import start_at_head
 
     assert start_at_head(late.inputs[0], s.shop.store, s.engine) is True

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -99,11 +98,18 @@ class Hub:
 
 
 @pytest.fixture
-def hub(kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:  # fmt: skip
+def hub(
+    kafka_bootstrap: str,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Hub]:
     monkeypatch.setenv("KEEL_KAFKA_INDEX_DIR", str(tmp_path / "index"))
-    found = Hub(f"kafka://{kafka_bootstrap}?partitions=3", unique_name("shop").replace("-", "_"),
-                unique_name("payments").replace("-", "_"))  # fmt: skip
+    found = Hub(
+        f"kafka://{kafka_bootstrap}?partitions=3",
+        unique_name("shop").replace("-", "_"),
+        unique_name("payments").replace("-", "_"),
+    )
     yield found
     found.close()
 
@@ -115,8 +121,11 @@ class Driver:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.customer = uuid.uuid4()
-        hub.shop.execute(RegisterCustomer(customer_id=self.customer, name="Ada",
-                                          email="ada@example.com", address=BERLIN))  # fmt: skip
+        hub.shop.execute(
+            RegisterCustomer(
+                customer_id=self.customer, name="Ada", email="ada@example.com", address=BERLIN
+            )
+        )
         self.paid: set[uuid.UUID] = set()
         self.unpaid: set[uuid.UUID] = set()
         self.to_pay: list[uuid.UUID] = []
@@ -125,8 +134,7 @@ class Driver:
 
     def order(self, pay: bool) -> uuid.UUID:
         order_id = uuid.uuid4()
-        self.hub.shop.execute(PlaceOrder(order_id=order_id, customer_id=self.customer,
-                                         lines=[TEA]))  # fmt: skip
+        self.hub.shop.execute(PlaceOrder(order_id=order_id, customer_id=self.customer, lines=[TEA]))
         self.hub.shop.execute(ConfirmOrder(order_id=order_id))
         (self.paid if pay else self.unpaid).add(order_id)
         if pay:
@@ -170,8 +178,10 @@ def final_states(hub: Hub, orders: set[uuid.UUID]) -> dict[uuid.UUID, Counter[st
 
 def settled(s: Counter[str]) -> bool:
     """The order is shipped or cancelled, and its payment received or voided."""
-    return (s["Order.Shipped"] + s["Order.Cancelled"] >= 1
-            and s["Payment.Received"] + s["Payment.Voided"] >= 1)  # fmt: skip
+    return (
+        s["Order.Shipped"] + s["Order.Cancelled"] >= 1
+        and s["Payment.Received"] + s["Payment.Voided"] >= 1
+    )
 
 
 def wait_final(hub: Hub, orders: set[uuid.UUID], timeout: float) -> dict[uuid.UUID, Counter[str]]:
@@ -184,8 +194,9 @@ def wait_final(hub: Hub, orders: set[uuid.UUID], timeout: float) -> dict[uuid.UU
         time.sleep(0.5)
 
 
-def outcome_figures(states: dict[uuid.UUID, Counter[str]], paid: set[uuid.UUID],
-                    unpaid: set[uuid.UUID]) -> tuple[int, int, int]:  # fmt: skip
+def outcome_figures(
+    states: dict[uuid.UUID, Counter[str]], paid: set[uuid.UUID], unpaid: set[uuid.UUID]
+) -> tuple[int, int, int]:
     """(duplicates, stuck, wrong) over every order."""
     duplicates = stuck = wrong = 0
     for order_id, s in states.items():
@@ -194,10 +205,10 @@ def outcome_figures(states: dict[uuid.UUID, Counter[str]], paid: set[uuid.UUID],
         duplicates += max(0, s["Payment.Received"] - 1) + max(0, s["Payment.Voided"] - 1)
         if not settled(s):
             stuck += 1
-        elif order_id in paid and not (s["Order.Shipped"] == 1 and s["Payment.Received"] == 1):
-            wrong += 1
-        elif order_id in unpaid and not (s["Order.Cancelled"] == 1 and s["Payment.Voided"] == 1):
-            wrong += 1
+        elif order_id in paid:
+            wrong += not (s["Order.Shipped"] == 1 and s["Payment.Received"] == 1)
+        elif order_id in unpaid:
+            wrong += not (s["Order.Cancelled"] == 1 and s["Payment.Voided"] == 1)
     return duplicates, stuck, wrong
 
 
@@ -264,11 +275,22 @@ class ProcessManagerProcess:
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "framework.process", "run",
-                 "sample_app.payments.service:payment_process_worker", "--instance-id", "pm-1",
-                 "--create-tables"],
-                cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "framework.process",
+                    "run",
+                    "sample_app.payments.service:payment_process_worker",
+                    "--instance-id",
+                    "pm-1",
+                    "--create-tables",
+                ],
+                cwd=REPO,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+            )
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -299,8 +321,9 @@ def test_killing_the_process_manager_loses_and_duplicates_nothing(
         ProjectionWorker(live[0], hub.payments.store, engine, poll_timeout=0.2),
         ProjectionWorker(live[1], hub.shop.store, engine, poll_timeout=0.2),
     ]
-    threads = [threading.Thread(target=w.run, args=(stop,), daemon=True)
-               for w in projection_workers]  # fmt: skip
+    threads = [
+        threading.Thread(target=w.run, args=(stop,), daemon=True) for w in projection_workers
+    ]
     with writer(hub.shop), writer(hub.payments):
         driver = Driver(hub)
         for t in threads:
@@ -329,8 +352,11 @@ def test_killing_the_process_manager_loses_and_duplicates_nothing(
         pm.stop()
         pm_status = status(PaymentProcess(), engine)
         with engine.connect() as conn:
-            per_type = Counter(conn.execute(sa.select(outbox_table.c.instance_id,
-                                                      outbox_table.c.command_type)).all())
+            per_type = Counter(
+                conn.execute(
+                    sa.select(outbox_table.c.instance_id, outbox_table.c.command_type)
+                ).all()
+            )
         # Every live read model has caught up: now bootstrap a fresh copy from offset 0.
         for w in projection_workers:
             w.wait_until(w.store.head(), timeout=60)
@@ -340,10 +366,12 @@ def test_killing_the_process_manager_loses_and_duplicates_nothing(
     fresh = create_engine(schemas())  # a payments service deployed now, replaying the hub
     boot = [PaymentsProjection(), PaymentOrdersProjection()]
     setup_tables(fresh, *boot)
-    ProjectionWorker(boot[0], hub.payments.store, fresh, group=f"{hub.payments_name}.boot"
-                     ).run(until_caught_up=True)  # fmt: skip
-    ProjectionWorker(boot[1], hub.shop.store, fresh, group=f"{hub.shop_name}.boot"
-                     ).run(until_caught_up=True)  # fmt: skip
+    ProjectionWorker(boot[0], hub.payments.store, fresh, group=f"{hub.payments_name}.boot").run(
+        until_caught_up=True
+    )
+    ProjectionWorker(boot[1], hub.shop.store, fresh, group=f"{hub.shop_name}.boot").run(
+        until_caught_up=True
+    )
     tables = [PaymentsProjection.payments, PaymentOrdersProjection.orders]
     digest_equal = digest(engine, tables) == digest(fresh, tables)
     duplicates, stuck, wrong = outcome_figures(states, driver.paid, driver.unpaid)
@@ -357,9 +385,11 @@ def test_killing_the_process_manager_loses_and_duplicates_nothing(
     )
     assert not driver.errors, driver.errors
     assert done_kills == kills
-    odd = {("paid" if o in driver.paid else "unpaid", tuple(sorted(c.items())))
-           for o, c in states.items()
-           if (o in driver.paid) != (c["Order.Shipped"] == 1 and c["Payment.Received"] == 1)}
+    odd = {
+        ("paid" if o in driver.paid else "unpaid", tuple(sorted(c.items())))
+        for o, c in states.items()
+        if (o in driver.paid) != (c["Order.Shipped"] == 1 and c["Payment.Received"] == 1)
+    }
     assert (duplicates, stuck, wrong) == (0, 0, 0), (odd, pm.log.read_text()[-3000:])
     assert pm_status.active == 0 and pm_status.dead_letters == 0
     assert digest_equal

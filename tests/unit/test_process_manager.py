@@ -46,8 +46,11 @@ def test_a_confirmed_order_requests_payment_and_schedules_the_deadline() -> None
     (
         given(pm())
         .when(e["Confirmed"])
-        .then_commands(RequestPayment(payment_id=payment_id_for(order_id), order_id=order_id,
-                                      amount=Decimal("7.00")))
+        .then_commands(
+            RequestPayment(
+                payment_id=payment_id_for(order_id), order_id=order_id, amount=Decimal("7.00")
+            )
+        )
         .then_deadlines(payment_due=timedelta(minutes=30))
         .then_active()
         .then_state(stage="awaiting payment", order_id=order_id)
@@ -62,14 +65,24 @@ def test_no_payment_within_the_window_cancels_the_order() -> None:
         .then_no_commands()
         .when_time_passes(minutes=2)
         .then_commands(
-            CancelOrder(order_id=order_id, reason="payment failed",
-                        note="no payment within the payment window"),
+            CancelOrder(
+                order_id=order_id,
+                reason="payment failed",
+                note="no payment within the payment window",
+            ),
             VoidPayment(payment_id=payment_id_for(order_id), reason="payment window passed"),
         )
         .then_deadlines()
         .then_completed()
-        .then_facts("Triggered", "CommandIssued", "DeadlineScheduled", "DeadlineReached",
-                    "CommandIssued", "CommandIssued", "Completed")
+        .then_facts(
+            "Triggered",
+            "CommandIssued",
+            "DeadlineScheduled",
+            "DeadlineReached",
+            "CommandIssued",
+            "CommandIssued",
+            "Completed",
+        )
     )
 
 
@@ -90,8 +103,9 @@ def test_a_redelivered_event_issues_no_new_command() -> None:
     order_id, e = order_events()
     scenario = given(pm()).when(e["Confirmed"]).twice()
     scenario.then_commands(
-        RequestPayment(payment_id=payment_id_for(order_id), order_id=order_id,
-                       amount=Decimal("7.00"))
+        RequestPayment(
+            payment_id=payment_id_for(order_id), order_id=order_id, amount=Decimal("7.00")
+        )
     ).then_counted("duplicate", 1).then_command_ids_stable()
 
 
@@ -104,7 +118,7 @@ def test_command_ids_are_deterministic_across_runs() -> None:
 
 
 def test_a_deadline_reaching_a_completed_instance_is_a_counted_noop() -> None:
-    order_id, e = order_events()
+    _order_id, e = order_events()
     (
         given(pm(), e["Confirmed"], e["Payment.Received"])
         .when_deadline_reaches_completed("payment_due")
@@ -114,7 +128,7 @@ def test_a_deadline_reaching_a_completed_instance_is_a_counted_noop() -> None:
 
 
 def test_events_after_completion_and_for_unknown_instances_are_counted() -> None:
-    order_id, e = order_events(cancel=True)
+    _order_id, e = order_events(cancel=True)
     (
         given(pm(), e["Confirmed"], e["Payment.Received"])
         .when(e["Cancelled"])
@@ -152,8 +166,10 @@ class Seen(ProcessState):
 class Strict(ProcessManager):
     name = "strict"
     state_type = Seen
-    correlate = {Order.Confirmed: lambda e: e.originator_id,  # noqa: RUF012
-                 Order.Cancelled: lambda e: e.originator_id}
+    correlate = {
+        Order.Confirmed: lambda e: e.originator_id,
+        Order.Cancelled: lambda e: e.originator_id,
+    }
     starts = (Order.Confirmed,)
     on_unknown = "dead_letter"
 
@@ -214,7 +230,7 @@ def test_declaration_errors_are_clear() -> None:
 
     class NoDefaults(NoCorrelation):
         name = "nd"
-        correlate = {Order.Confirmed: lambda e: e.originator_id}  # noqa: RUF012
+        correlate = {Order.Confirmed: lambda e: e.originator_id}
         state_type = BadState
 
     with pytest.raises(ConfigurationError, match="needs a default"):
@@ -224,7 +240,7 @@ def test_declaration_errors_are_clear() -> None:
 def test_handler_misuse_is_a_typed_error() -> None:
     class Wrong(ProcessManager):
         name = "wrong"
-        correlate = {Order.Confirmed: lambda e: e.originator_id}  # noqa: RUF012
+        correlate = {Order.Confirmed: lambda e: e.originator_id}
         starts = (Order.Confirmed,)
 
         @reacts(Order.Confirmed)
