@@ -3,7 +3,7 @@
 A service marks the events other services may depend on (its *integration* events) on each
 aggregate; the rest stay internal and may change freely::
 
-    class Payment(Aggregate):
+    class OrderPayment(Aggregate):
         public_events = ("Requested", "Received", "Voided")
 
 A public event keeps a stable schema: change its fields only with a new ``class_version`` and
@@ -103,7 +103,7 @@ def json_schema(
     app: str, aggregates: Sequence[type[Aggregate]], *, internal: bool = False
 ) -> dict[str, Any]:
     """The catalogue as one JSON Schema document: ``$defs`` holds each event's data schema
-    (by type name, e.g. ``Payment.Requested``) and the types they share; the top level is the
+    (by type name, e.g. ``OrderPayment.Requested``) and the types they share; the top level is the
     stored record, ``{"v": class version, "data": ..., "meta": ...}``, of any of them."""
     events, defs = event_schemas(aggregates, internal=internal)
     all_defs = {**defs, "Metadata": Metadata.model_json_schema(mode="serialization"), **events}

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from framework.projection import ExactNumeric, Projection, handles, upsert
-from sample_app.payments.domain import Payment
+from sample_app.payments.domain import OrderPayment
 from sample_app.shop.domain import Order
 
 __all__ = ["PaymentOrdersProjection", "PaymentsProjection"]
@@ -52,7 +52,7 @@ class PaymentsProjection(Projection):
     metadata = metadata
     payments = payments
 
-    @handles(Payment.Requested)
+    @handles(OrderPayment.Requested)
     def requested(self, event: Any, conn: Connection) -> None:
         conn.execute(
             self.payments.insert().values(
@@ -64,11 +64,11 @@ class PaymentsProjection(Projection):
             )
         )
 
-    @handles(Payment.Received)
+    @handles(OrderPayment.Received)
     def received(self, event: Any, conn: Connection) -> None:
         self._set(conn, event, status="received", reference=event.reference)
 
-    @handles(Payment.Voided)
+    @handles(OrderPayment.Voided)
     def voided(self, event: Any, conn: Connection) -> None:
         self._set(conn, event, status="voided", reason=event.reason)
 

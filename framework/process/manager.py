@@ -10,7 +10,7 @@ is the fold of those facts, so it rebuilds by itself and its history reads as a 
         name = "payment_process"
         state_type = PaymentState                     # a ProcessState (pydantic) subclass
         correlate = {Order.Confirmed: lambda e: e.originator_id,
-                     Payment.Received: lambda e: e.order_id}
+                     OrderPayment.Received: lambda e: e.order_id}
         starts = (Order.Confirmed,)
 
         @reacts(Order.Confirmed)
@@ -19,7 +19,7 @@ is the fold of those facts, so it rebuilds by itself and its history reads as a 
             ctx.schedule("payment_due", after=timedelta(minutes=30))
             return state.evolve(order_id=event.originator_id)
 
-        @reacts(Payment.Received)
+        @reacts(OrderPayment.Received)
         def paid(self, state, event, ctx):
             ctx.send(ShipOrder(order_id=event.order_id))
             ctx.complete()                            # also cancels the open deadlines

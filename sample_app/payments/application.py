@@ -7,7 +7,7 @@ from typing import Any
 from framework.application import Application, UnitOfWork
 from framework.persistence import EventStore
 from sample_app.payments.commands import ReceivePayment, RequestPayment, VoidPayment
-from sample_app.payments.domain import Payment
+from sample_app.payments.domain import OrderPayment
 
 __all__ = ["NAME", "build"]
 
@@ -20,14 +20,16 @@ def build(store: str | EventStore = "memory://", **options: Any) -> Application:
 
     @app.handles(RequestPayment)
     def request(command: RequestPayment, uow: UnitOfWork) -> None:
-        uow.add(Payment(id=command.payment_id, order_id=command.order_id, amount=command.amount))
+        uow.add(
+            OrderPayment(id=command.payment_id, order_id=command.order_id, amount=command.amount)
+        )
 
     @app.handles(ReceivePayment)
     def receive(command: ReceivePayment, uow: UnitOfWork) -> None:
-        uow.get(Payment, command.payment_id).receive(command.reference)
+        uow.get(OrderPayment, command.payment_id).receive(command.reference)
 
     @app.handles(VoidPayment)
     def void(command: VoidPayment, uow: UnitOfWork) -> None:
-        uow.get(Payment, command.payment_id).void(command.reason)
+        uow.get(OrderPayment, command.payment_id).void(command.reason)
 
     return app

@@ -6,7 +6,7 @@
         |
         +------void------> VOIDED        (never after it was received)
 
-``Payment.public_events`` names the events other services may depend on (the catalogue
+``OrderPayment.public_events`` names the events other services may depend on (the catalogue
 publishes their schemas; changing one needs a new ``class_version`` and an upcaster).
 """
 
@@ -23,7 +23,7 @@ from framework.errors import DomainError
 
 __all__ = [
     "PAYMENT_NAMESPACE",
-    "Payment",
+    "OrderPayment",
     "PaymentAlreadyReceived",
     "PaymentError",
     "PaymentNotOpen",
@@ -57,7 +57,7 @@ class PaymentAlreadyReceived(PaymentError):
     """A received payment cannot be voided (refund it instead)."""
 
 
-class Payment(Aggregate):
+class OrderPayment(Aggregate):
     """The payment a shop order is waiting for."""
 
     public_events: ClassVar[tuple[str, ...]] = ("Requested", "Received", "Voided")

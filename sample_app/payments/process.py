@@ -3,7 +3,7 @@
 ::
 
     Order.Confirmed  --> RequestPayment (payments), deadline "payment_due"
-    Payment.Received --> ShipOrder (shop), completed
+    OrderPayment.Received --> ShipOrder (shop), completed
     "payment_due"    --> CancelOrder (shop) + VoidPayment (payments), completed
     Order.Cancelled  --> VoidPayment (payments), completed      (the customer cancelled first)
 
@@ -21,7 +21,7 @@ from uuid import UUID
 
 from framework.process import Context, ProcessManager, ProcessState, deadline, reacts
 from sample_app.payments.commands import RequestPayment, VoidPayment
-from sample_app.payments.domain import Payment, payment_id_for
+from sample_app.payments.domain import OrderPayment, payment_id_for
 from sample_app.shop.commands import CancelOrder, ShipOrder
 from sample_app.shop.domain import Order
 
@@ -47,7 +47,7 @@ class PaymentProcess(ProcessManager):
     correlate = {
         Order.Confirmed: lambda e: e.originator_id,
         Order.Cancelled: lambda e: e.originator_id,
-        Payment.Received: lambda e: e.order_id,
+        OrderPayment.Received: lambda e: e.order_id,
     }
     starts = (Order.Confirmed,)
 
@@ -69,7 +69,7 @@ class PaymentProcess(ProcessManager):
             stage="awaiting payment",
         )
 
-    @reacts(Payment.Received)
+    @reacts(OrderPayment.Received)
     def paid(self, state: PaymentState, event: Any, ctx: Context) -> PaymentState:
         ctx.cancel("payment_due")
         ctx.send(ShipOrder(order_id=event.order_id))

@@ -107,7 +107,7 @@ def test_paid_orders_ship_and_unpaid_ones_are_cancelled(services: Services) -> N
         "CommandIssued",
         "Completed",
     ]
-    payment = s.payments.load(payments_app.Payment, payment_id_for(unpaid))  # type: ignore[attr-defined]
+    payment = s.payments.load(payments_app.OrderPayment, payment_id_for(unpaid))  # type: ignore[attr-defined]
     assert payment.status.value == "voided"
 
 

@@ -180,7 +180,7 @@ def settled(s: Counter[str]) -> bool:
     """The order is shipped or cancelled, and its payment received or voided."""
     return (
         s["Order.Shipped"] + s["Order.Cancelled"] >= 1
-        and s["Payment.Received"] + s["Payment.Voided"] >= 1
+        and s["OrderPayment.Received"] + s["OrderPayment.Voided"] >= 1
     )
 
 
@@ -201,14 +201,14 @@ def outcome_figures(
     duplicates = stuck = wrong = 0
     for order_id, s in states.items():
         finals = s["Order.Shipped"] + s["Order.Cancelled"]
-        duplicates += max(0, finals - 1) + max(0, s["Payment.Requested"] - 1)
-        duplicates += max(0, s["Payment.Received"] - 1) + max(0, s["Payment.Voided"] - 1)
+        duplicates += max(0, finals - 1) + max(0, s["OrderPayment.Requested"] - 1)
+        duplicates += max(0, s["OrderPayment.Received"] - 1) + max(0, s["OrderPayment.Voided"] - 1)
         if not settled(s):
             stuck += 1
         elif order_id in paid:
-            wrong += not (s["Order.Shipped"] == 1 and s["Payment.Received"] == 1)
+            wrong += not (s["Order.Shipped"] == 1 and s["OrderPayment.Received"] == 1)
         elif order_id in unpaid:
-            wrong += not (s["Order.Cancelled"] == 1 and s["Payment.Voided"] == 1)
+            wrong += not (s["Order.Cancelled"] == 1 and s["OrderPayment.Voided"] == 1)
     return duplicates, stuck, wrong
 
 
@@ -388,7 +388,7 @@ def test_killing_the_process_manager_loses_and_duplicates_nothing(
     odd = {
         ("paid" if o in driver.paid else "unpaid", tuple(sorted(c.items())))
         for o, c in states.items()
-        if (o in driver.paid) != (c["Order.Shipped"] == 1 and c["Payment.Received"] == 1)
+        if (o in driver.paid) != (c["Order.Shipped"] == 1 and c["OrderPayment.Received"] == 1)
     }
     assert (duplicates, stuck, wrong) == (0, 0, 0), (odd, pm.log.read_text()[-3000:])
     assert pm_status.active == 0 and pm_status.dead_letters == 0

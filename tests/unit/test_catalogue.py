@@ -19,7 +19,7 @@ from framework.codec import codec
 from framework.commands import Metadata
 from framework.domain import Aggregate, event
 from framework.errors import ConfigurationError
-from sample_app.payments.domain import Payment
+from sample_app.payments.domain import OrderPayment
 from sample_app.shop.domain import Address, Customer, Order, OrderLine
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "catalogue"
@@ -54,7 +54,7 @@ def test_real_records_validate_against_the_catalogue() -> None:
     )
     order.confirm(ship_to=ada.address)
     order.cancel("customer request")
-    payment = Payment(id=uuid4(), order_id=order.id, amount=Decimal("2.50"))
+    payment = OrderPayment(id=uuid4(), order_id=order.id, amount=Decimal("2.50"))
     payment.void("timeout")
     checked = 0
     for app, events in (("shop", order.collect_events()), ("payments", payment.collect_events())):
@@ -98,29 +98,29 @@ def test_every_asyncapi_reference_resolves() -> None:
 
 
 def test_a_changed_public_schema_needs_a_new_class_version() -> None:
-    published = json_schema("payments", [Payment])
+    published = json_schema("payments", [OrderPayment])
     assert check_stable(published, published) == []
     changed = copy.deepcopy(published)
-    changed["$defs"]["Payment.Voided"]["properties"]["reason"] = {"type": "integer"}
+    changed["$defs"]["OrderPayment.Voided"]["properties"]["reason"] = {"type": "integer"}
     assert check_stable(changed, published) == [
-        "Payment.Voided changed its schema but kept class_version 1: raise class_version and "
+        "OrderPayment.Voided changed its schema but kept class_version 1: raise class_version and "
         "add an upcaster"
     ]
-    changed["$defs"]["Payment.Voided"]["x-keel-class-version"] = 2
+    changed["$defs"]["OrderPayment.Voided"]["x-keel-class-version"] = 2
     assert check_stable(changed, published) == []
-    del changed["$defs"]["Payment.Received"]
+    del changed["$defs"]["OrderPayment.Received"]
     assert check_stable(changed, published) == [
-        "Payment.Received was public and is gone (or no longer public)"
+        "OrderPayment.Received was public and is gone (or no longer public)"
     ]
 
 
 def test_check_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    published = json_schema("payments", [Payment])
-    published["$defs"]["Payment.Requested"]["required"] = ["timestamp"]
+    published = json_schema("payments", [OrderPayment])
+    published["$defs"]["OrderPayment.Requested"]["required"] = ["timestamp"]
     path = tmp_path / "published.json"
     path.write_text(json.dumps(published))
     assert main(["sample_app.payments.domain", "--app", "payments", "--check", str(path)]) == 1
-    assert "Payment.Requested changed its schema" in capsys.readouterr().err
+    assert "OrderPayment.Requested changed its schema" in capsys.readouterr().err
     assert (
         main(
             [

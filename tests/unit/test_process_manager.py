@@ -15,7 +15,7 @@ from framework.process import Context, ProcessManager, ProcessState, deadline, r
 from framework.process.manager import Instance, UnknownInstanceError
 from framework.process.testing import given
 from sample_app.payments.commands import RequestPayment, VoidPayment
-from sample_app.payments.domain import Payment, payment_id_for
+from sample_app.payments.domain import OrderPayment, payment_id_for
 from sample_app.payments.process import PaymentProcess
 from sample_app.shop.commands import CancelOrder, ShipOrder
 from sample_app.shop.domain import Address, Customer, Order, OrderLine
@@ -31,9 +31,9 @@ def order_events(*, cancel: bool = False) -> tuple[UUID, dict[str, Any]]:
     if cancel:
         order.cancel("customer request")
     events = {type(e).__name__: e for e in order.collect_events()}
-    payment = Payment(id=payment_id_for(order.id), order_id=order.id, amount=order.total)
+    payment = OrderPayment(id=payment_id_for(order.id), order_id=order.id, amount=order.total)
     payment.receive("psp-1")
-    events.update({f"Payment.{type(e).__name__}": e for e in payment.collect_events()})
+    events.update({f"OrderPayment.{type(e).__name__}": e for e in payment.collect_events()})
     return order.id, events
 
 
@@ -90,7 +90,7 @@ def test_a_payment_ships_the_order_and_cancels_the_deadline() -> None:
     order_id, e = order_events()
     (
         given(pm(), e["Confirmed"])
-        .when(e["Payment.Received"])
+        .when(e["OrderPayment.Received"])
         .then_commands(ShipOrder(order_id=order_id))
         .then_deadlines()
         .then_completed()
@@ -120,7 +120,7 @@ def test_command_ids_are_deterministic_across_runs() -> None:
 def test_a_deadline_reaching_a_completed_instance_is_a_counted_noop() -> None:
     _order_id, e = order_events()
     (
-        given(pm(), e["Confirmed"], e["Payment.Received"])
+        given(pm(), e["Confirmed"], e["OrderPayment.Received"])
         .when_deadline_reaches_completed("payment_due")
         .then_no_commands()
         .then_counted("deadline_after_completion", 1)
@@ -130,7 +130,7 @@ def test_a_deadline_reaching_a_completed_instance_is_a_counted_noop() -> None:
 def test_events_after_completion_and_for_unknown_instances_are_counted() -> None:
     _order_id, e = order_events(cancel=True)
     (
-        given(pm(), e["Confirmed"], e["Payment.Received"])
+        given(pm(), e["Confirmed"], e["OrderPayment.Received"])
         .when(e["Cancelled"])
         .then_no_commands()
         .then_counted("after_completion", 1)
@@ -138,7 +138,7 @@ def test_events_after_completion_and_for_unknown_instances_are_counted() -> None
     _, cancelled = order_events(cancel=True)
     (
         given(pm())
-        .when(cancelled["Payment.Received"])  # no instance: not a starting event
+        .when(cancelled["OrderPayment.Received"])  # no instance: not a starting event
         .then_no_commands()
         .then_no_instance()
         .then_counted("unknown_ignored", 1)
