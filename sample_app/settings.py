@@ -107,6 +107,8 @@ KEEL = {
         "projections.sales:SalesPerHourProjection",
         "projections.order_history:OrderHistoryProjection",
     ],
+    # The payments service's process manager (issue 14); its facts live in the read-model DB.
+    "PROCESS_MANAGERS": ["sample_app.payments.service:payment_process_worker"],
 }
 
 AUTH_PASSWORD_VALIDATORS = [

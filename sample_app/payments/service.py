@@ -53,6 +53,6 @@ def payment_process_worker(**options: Any) -> ProcessWorker:
         PaymentProcess(),
         sources=[shop_.store, payments_.store],
         targets=[shop_, payments_],
-        engine=engine_for(PaymentProcess.name),
+        engine=options.pop("engine", None) or engine_for(PaymentProcess.name),
         **options,
     )
