@@ -77,7 +77,7 @@ def test_status_shows_the_instance_and_an_overdue_deadline(payments: Any) -> Non
 
 
 def test_the_admin_page_and_an_instance_timeline(payments: Any, admin_client: Client) -> None:
-    worker, order = payments
+    _worker, order = payments
     page = admin_client.get("/admin/keel/projection/process-managers/")
     assert page.status_code == 200
     text = page.content.decode()

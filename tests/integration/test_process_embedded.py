@@ -4,18 +4,21 @@ database, a fake clock for the deadline."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
 import sqlalchemy as sa
 
+from framework import dead_letters
 from framework.database import create_engine
 from framework.errors import ConfigurationError
-from framework.process import FakeClock, ProcessWorker, status
+from framework.process import Context, FakeClock, ProcessWorker, reacts, status
 from framework.process.store import facts_table, outbox_table, timeline
 from framework.worker import ProjectionWorker, setup_tables
 from projections.payments import PaymentOrdersProjection, PaymentsProjection
@@ -25,7 +28,7 @@ from sample_app.payments.domain import payment_id_for
 from sample_app.payments.process import PaymentProcess
 from sample_app.shop import application as shop_app
 from sample_app.shop.commands import ConfirmOrder, PlaceOrder, RegisterCustomer
-from sample_app.shop.domain import Address, OrderLine, OrderStatus
+from sample_app.shop.domain import Address, Order, OrderLine, OrderStatus
 
 BERLIN = Address(street="Unter den Linden 1", city="Berlin", country="DE")
 TEA = OrderLine(product="Tea", quantity=2, unit_price=Decimal("3.50"))
@@ -201,3 +204,73 @@ def test_a_relay_without_the_target_says_which_application_is_missing(services: 
         Relay(s.engine, [s.shop]).send_pending()
     with pytest.raises(ConfigurationError, match="handled by both"):
         Relay(s.engine, [s.shop, s.shop.using("memory://")])
+
+
+def test_the_command_line_status_and_timeline(
+    services: Services,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from framework.process.cli import main
+
+    s = services
+    order = s.confirmed_order()
+    s.settle()
+    monkeypatch.setenv("KEEL_SHOP_EVENT_STORE", f"sqlite:///{tmp_path / 'shop.db'}")
+    monkeypatch.setenv("KEEL_PAYMENTS_EVENT_STORE", f"sqlite:///{tmp_path / 'payments.db'}")
+    monkeypatch.setenv(
+        "KEEL_PROJECTION_PAYMENT_PROCESS_DATABASE_URL", f"sqlite:///{tmp_path / 'read.db'}"
+    )
+    target = "sample_app.payments.service:payment_process_worker"
+    # The services' fake clock stands in 2026-01-01: by the wall clock the CLI reads, the
+    # deadline is long overdue, so status says so and exits 1.
+    assert main(["status", target, "--json"]) == 1
+    found = json.loads(capsys.readouterr().out)
+    assert [o[:2] for o in found["overdue"]] == [[str(order), "payment_due"]]
+    assert (found["active"], found["oldest_open"][0], found["outbox_pending"]) == (1, str(order), 0)
+    assert main(["timeline", target, str(order)]) == 0
+    assert "DeadlineScheduled" in capsys.readouterr().out
+    assert main(["timeline", target, "nope"]) == 1
+    assert main(["status", "sample_app.payments.service"]) == 2
+    assert "package.module:function" in capsys.readouterr().err
+
+
+class Fragile(PaymentProcess):
+    """Fails on every confirmed order whose total is 7.00."""
+
+    name = "fragile_process"
+    max_attempts = 2
+    retry_initial = 0.0
+
+    @reacts(Order.Confirmed)
+    def confirmed(self, state: Any, event: Any, ctx: Context) -> Any:
+        raise RuntimeError("the payment provider is misconfigured")
+
+
+class Skipping(Fragile):
+    name = "skipping_process"
+    on_error = "skip"
+
+
+@pytest.mark.parametrize("pm_class", [Fragile, Skipping])
+def test_error_policies_park_or_skip(services: Services, pm_class: type[Fragile]) -> None:
+    s = services
+    worker = ProcessWorker(
+        pm_class(),
+        sources=[s.shop.store],
+        targets=[s.shop, s.payments],
+        engine=s.engine,
+        clock=s.clock,
+    )
+    order = s.confirmed_order()
+    worker.workers[0].run(until_caught_up=True)
+    found = status(worker.pm, s.engine, s.clock)
+    with s.engine.connect() as conn:
+        kinds = [f["kind"] for f in timeline(conn, worker.pm.name, str(order))]
+    if pm_class is Fragile:  # retried, then parked with the projections' dead letters
+        assert (found.dead_letters, kinds) == (1, [])
+        listed = dead_letters.list_dead_letters(s.engine, worker.inputs[0])
+        assert "misconfigured" in listed[0].error_message
+    else:
+        assert (found.dead_letters, kinds, found.counters) == (0, ["Failed"], {"skipped_errors": 1})
