@@ -35,7 +35,8 @@ also derive from the builtin they resemble, so ``except ValueError`` keeps worki
     │   ├── ProjectionStoppedError
     │   └── DeadLetterError
     └── ProcessError                         a process manager is misused or failed
-        └── ProcessConflictError             another worker moved the same instance first
+        ├── ProcessConflictError             another worker moved the same instance first
+        └── UnknownInstanceError             an input for an instance never started
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ __all__ = [
     "TopicLayoutChangedError",
     "UnknownCommandError",
     "UnknownEventTypeError",
+    "UnknownInstanceError",
     "UnsafeConfigurationError",
     "UpcastingError",
     "WriterFencedError",
@@ -244,3 +246,10 @@ class ProcessError(FrameworkError):
 class ProcessConflictError(ProcessError):
     """Another worker appended to the same process instance first (optimistic concurrency):
     this input's transaction was rolled back and is tried again on fresh state."""
+
+
+class UnknownInstanceError(ProcessError):
+    """A non-starting event arrived for a process instance that was never started (with
+    ``on_unknown="dead_letter"``): it is parked at once, since retrying cannot help."""
+
+    retryable = False

@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict
 
 from framework.commands import Command
 from framework.domain import DomainEvent, event_types
-from framework.errors import ConfigurationError, ProcessError
+from framework.errors import ConfigurationError, ProcessError, UnknownInstanceError
 
 __all__ = [
     "COMMAND_NAMESPACE",
@@ -287,13 +287,6 @@ class ProcessManager:
             {"trigger": trigger_of(event), "error": f"{type(error).__name__}: {error}"[:2000]},
         )
         return Outcome([fact], reason="skipped_errors")
-
-
-class UnknownInstanceError(ProcessError):
-    """A non-starting event arrived for an instance that was never started (with
-    ``on_unknown="dead_letter"``): it is parked, not retried."""
-
-    retryable = False
 
 
 def _reaction_class(pm: ProcessManager, event: DomainEvent) -> type[DomainEvent]:
