@@ -27,7 +27,7 @@ from sample_app.payments.commands import ReceivePayment
 from sample_app.payments.domain import payment_id_for
 from sample_app.payments.process import PaymentProcess
 from sample_app.shop import application as shop_app
-from sample_app.shop.commands import ConfirmOrder, PlaceOrder, RegisterCustomer
+from sample_app.shop.commands import CancelOrder, ConfirmOrder, PlaceOrder, RegisterCustomer
 from sample_app.shop.domain import Address, Order, OrderLine, OrderStatus
 
 BERLIN = Address(street="Unter den Linden 1", city="Berlin", country="DE")
@@ -274,3 +274,78 @@ def test_error_policies_park_or_skip(services: Services, pm_class: type[Fragile]
         assert "misconfigured" in listed[0].error_message
     else:
         assert (found.dead_letters, kinds, found.counters) == (0, ["Failed"], {"skipped_errors": 1})
+
+
+class Strict(PaymentProcess):
+    name = "strict_process"
+    on_unknown = "dead_letter"
+
+
+def test_an_input_for_an_unknown_instance_is_parked_at_once(services: Services) -> None:
+    s = services
+    worker = ProcessWorker(
+        Strict(),
+        sources=[s.shop.store],
+        targets=[s.shop, s.payments],
+        engine=s.engine,
+        clock=s.clock,
+    )
+    order = uuid4()
+    s.shop.execute(PlaceOrder(order_id=order, customer_id=s.customer, lines=[TEA]))
+    s.shop.execute(CancelOrder(order_id=order))  # never confirmed: no instance
+    worker.workers[0].run(until_caught_up=True)
+    assert worker.workers[0].stats.handler_retries == 0  # retrying cannot help
+    [parked] = dead_letters.list_dead_letters(s.engine, worker.inputs[0])
+    assert parked.error_type.endswith("UnknownInstanceError") and str(order) in parked.error_message
+
+
+def test_a_stale_instance_cannot_be_moved(services: Services) -> None:
+    from framework.errors import ProcessConflictError
+    from framework.process.store import load_instance, record
+
+    s = services
+    order = s.confirmed_order()
+    s.settle()
+    pm = s.worker.pm
+    with s.engine.begin() as conn:
+        stale = load_instance(conn, pm, str(order))
+    with s.engine.begin() as conn:  # another worker moves it first
+        fresh = load_instance(conn, pm, str(order))
+        record(conn, fresh, pm.reach(fresh, "payment_due", s.clock.now()))
+    with (
+        pytest.raises(ProcessConflictError, match="no longer at version 3"),
+        s.engine.begin() as conn,
+    ):
+        record(conn, stale, pm.reach(stale, "payment_due", s.clock.now()))
+    with s.engine.connect() as conn:
+        kinds = [f["kind"] for f in timeline(conn, pm.name, str(order))]
+    assert kinds.count("DeadlineReached") == 1
+
+
+class Stopping(Fragile):
+    name = "stopping_process"
+    on_error = "stop"
+
+
+def test_on_error_stop_stops_the_worker_and_keeps_the_input(services: Services) -> None:
+    import threading
+
+    s = services
+    worker = ProcessWorker(
+        Stopping(),
+        sources=[s.shop.store],
+        targets=[s.shop, s.payments],
+        engine=s.engine,
+        clock=s.clock,
+        tick=0.05,
+    )
+    order = s.confirmed_order()
+    stop = threading.Event()
+    runner = threading.Thread(target=worker.run, args=(stop,))
+    runner.start()
+    runner.join(30)
+    assert not runner.is_alive() and stop.is_set()
+    found = status(worker.pm, s.engine, s.clock)
+    with s.engine.connect() as conn:
+        assert timeline(conn, worker.pm.name, str(order)) == []
+    assert (found.dead_letters, found.active) == (0, 0)  # applied again after a restart
