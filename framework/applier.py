@@ -175,7 +175,8 @@ class Applier:
     def _retry_or_park(self, partition: int, event: RecordedEvent, error: BaseException) -> None:
         backoff = Backoff(self.settings.retry_initial, self.settings.retry_max)
         attempts = 1
-        while attempts < self.settings.max_attempts:
+        # An error that says retrying cannot help (``retryable = False``) is parked at once.
+        while attempts < self.settings.max_attempts and getattr(error, "retryable", True):
             log.warning(
                 "%s: %s v%s of %s failed (attempt %d of %d): %s: %s",
                 self.projection.key,

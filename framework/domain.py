@@ -68,6 +68,10 @@ class Aggregate(_LibraryAggregate):
     type_name: ClassVar[str] = ""
     """The aggregate's stable public name (defaults to the class name)."""
 
+    public_events: ClassVar[tuple[str, ...]] = ()
+    """Names of the events other services may depend on (integration events): their schemas
+    are published and kept stable (see :mod:`framework.catalogue`); the others are internal."""
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "type_name" not in cls.__dict__:

@@ -29,11 +29,14 @@ also derive from the builtin they resemble, so ``except ValueError`` keeps worki
     │   ├── WriterFencedError
     │   ├── TopicLayoutChangedError
     │   └── IndexDamagedError
-    └── ProjectionError
-        ├── PositionConflictError
-        ├── ProjectionTimeoutError (TimeoutError)
-        ├── ProjectionStoppedError
-        └── DeadLetterError
+    ├── ProjectionError
+    │   ├── PositionConflictError
+    │   ├── ProjectionTimeoutError (TimeoutError)
+    │   ├── ProjectionStoppedError
+    │   └── DeadLetterError
+    └── ProcessError                         a process manager is misused or failed
+        ├── ProcessConflictError             another worker moved the same instance first
+        └── UnknownInstanceError             an input for an instance never started
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ __all__ = [
     "IndexDamagedError",
     "OutcomeUnknownError",
     "PositionConflictError",
+    "ProcessConflictError",
+    "ProcessError",
     "ProjectionError",
     "ProjectionStoppedError",
     "ProjectionTimeoutError",
@@ -69,6 +74,7 @@ __all__ = [
     "TopicLayoutChangedError",
     "UnknownCommandError",
     "UnknownEventTypeError",
+    "UnknownInstanceError",
     "UnsafeConfigurationError",
     "UpcastingError",
     "WriterFencedError",
@@ -231,3 +237,19 @@ class ProjectionStoppedError(ProjectionError):
 
 class DeadLetterError(ProjectionError):
     """An event could not be applied after every retry and was parked as a dead letter."""
+
+
+class ProcessError(FrameworkError):
+    """A process manager (:mod:`framework.process`) is misdeclared, misused, or failed."""
+
+
+class ProcessConflictError(ProcessError):
+    """Another worker appended to the same process instance first (optimistic concurrency):
+    this input's transaction was rolled back and is tried again on fresh state."""
+
+
+class UnknownInstanceError(ProcessError):
+    """A non-starting event arrived for a process instance that was never started (with
+    ``on_unknown="dead_letter"``): it is parked at once, since retrying cannot help."""
+
+    retryable = False

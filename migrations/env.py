@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import context
 
+import framework.process.store  # noqa: F401 - registers the process managers' tables
 from framework.database import create_engine
 from framework.positions import framework_metadata
 from framework.projection import SHADOW_SUFFIX, projections_in
@@ -32,6 +33,7 @@ PROJECTION_MODULES: list[str] = [
     "projections.sales",
     "projections.streams",
     "projections.order_history",
+    "projections.payments",
 ]
 """Modules whose Projection classes' tables Alembic migrates (one line per module)."""
 

@@ -108,6 +108,8 @@ KEEL = {
         "projections.order_history:OrderHistoryProjection",
         "projections.streams:ShopStreams",
     ],
+    # The payments service's process manager (issue 14); its facts live in the read-model DB.
+    "PROCESS_MANAGERS": ["sample_app.payments.service:payment_process_worker"],
 }
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, ClassVar
 from uuid import UUID
 
 from pydantic import (
@@ -262,6 +262,9 @@ class Customer(Aggregate):
 
 class Order(Aggregate):
     """An order of one customer."""
+
+    public_events: ClassVar[tuple[str, ...]] = ("Confirmed", "Shipped", "Cancelled")
+    """What other services (payments) may depend on; the rest is internal."""
 
     customer_id: UUID
     lines: list[OrderLine]

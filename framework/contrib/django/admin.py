@@ -391,7 +391,72 @@ class ProjectionAdmin(ReadOnlyAdmin):
                 site.admin_view(require_POST(self.redrive_view)),
                 name="keel_projection_redrive",
             ),
+            path(
+                "process-managers/",
+                site.admin_view(self.process_managers_view),
+                name="keel_process_managers",
+            ),
+            path(
+                "process-managers/<str:name>/<str:instance>/",
+                site.admin_view(self.process_instance_view),
+                name="keel_process_instance",
+            ),
         ]
+
+    def process_managers_view(self, request: HttpRequest) -> HttpResponse:
+        """Each process manager: active instances, overdue deadlines, oldest open instance,
+        unsent commands, counters, and its newest instances."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        from framework.contrib.django.conf import get_process_workers
+        from framework.process import status
+        from framework.process.runner import instances
+
+        rows = []
+        for name, worker in sorted(get_process_workers().items()):
+            try:
+                rows.append(
+                    {
+                        "name": name,
+                        "status": status(worker.pm, worker.engine, worker.clock),
+                        "instances": instances(worker.engine, worker.pm, limit=50),
+                    }
+                )
+            except Exception as error:  # a missing table or database: say so on the page
+                rows.append({"name": name, "error": f"{type(error).__name__}: {error}"})
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Process managers",
+            "managers": rows,
+        }
+        return TemplateResponse(request, "keel/process_managers.html", context)
+
+    def process_instance_view(self, request: HttpRequest, name: str, instance: str) -> HttpResponse:
+        """One instance's timeline: every fact, oldest first."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        from django.http import Http404
+
+        from framework.contrib.django.conf import get_process_workers
+        from framework.process.store import timeline
+
+        worker = get_process_workers().get(name)
+        if worker is None:
+            raise Http404(f"no process manager is named {name!r}")
+        with worker.engine.connect() as conn:
+            facts = timeline(conn, name, instance)
+        if not facts:
+            raise Http404(f"{name} has no instance {instance!r}")
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"{name}: {instance}",
+            "name": name,
+            "instance": instance,
+            "facts": facts,
+        }
+        return TemplateResponse(request, "keel/process_instance.html", context)
 
     def status_view(self, request: HttpRequest) -> HttpResponse:
         if not self.has_view_permission(request):

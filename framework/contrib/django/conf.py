@@ -81,6 +81,12 @@ class KeelSettings(BaseSettings):
         default_factory=list,
         description="Dotted paths to Projection classes (or instances) the workers run.",
     )
+    process_managers: list[str] = Field(
+        default_factory=list,
+        description="Dotted paths to factories of framework.process.ProcessWorker (called "
+        "with engine=<the read-model engine>): the process managers manage.py "
+        "run_process_managers runs and the admin's process-managers page shows.",
+    )
     consumer_group_prefix: str = Field(
         "",
         max_length=100,
@@ -303,6 +309,28 @@ def get_projections() -> dict[str, Projection]:
 
     projections: dict[str, Projection] = _cached("projections", build)
     return projections
+
+
+def get_process_workers() -> dict[str, Any]:
+    """Every configured process manager's worker (``KEEL["PROCESS_MANAGERS"]``), by the
+    manager's name; built once, on the read-model engine. Building one opens no connection."""
+
+    def build() -> dict[str, Any]:
+        from framework.process import ProcessWorker
+
+        found: dict[str, ProcessWorker] = {}
+        for path in get_settings().process_managers:
+            target = import_object(path)
+            worker = target if isinstance(target, ProcessWorker) else target(engine=get_engine())
+            if not isinstance(worker, ProcessWorker):
+                raise ConfigurationError(f"{path!r} did not give a ProcessWorker")
+            if worker.pm.name in found:
+                raise ConfigurationError(f"two process managers are named {worker.pm.name!r}")
+            found[worker.pm.name] = worker
+        return found
+
+    workers: dict[str, Any] = _cached("process_workers", build)
+    return workers
 
 
 def consumer_group(name: str) -> str:
