@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import context
 
+import framework.cdc  # noqa: F401  (its keel_cdc_feeds table joins framework_metadata)
 from framework.database import create_engine
 from framework.positions import framework_metadata
 from framework.projection import SHADOW_SUFFIX, projections_in

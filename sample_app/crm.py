@@ -42,19 +42,19 @@ from framework.cdc import (
     RowChange,
 )
 from framework.commands import Command
-from framework.database import engine_for
 from framework.persistence import store_url_from_env
+from framework.settings import database_url
 from sample_app.shop.application import NAME, build
 from sample_app.shop.commands import ChangeCustomerAddress, DeactivateCustomer, RegisterCustomer
 from sample_app.shop.domain import Address
 
-__all__ = ["TABLE", "CrmCustomers", "create_crm_schema", "customer_id", "feed"]
+__all__ = ["TABLE", "CrmCustomers", "create_crm_schema", "crm_rows", "customer_id", "feed"]
 
 TABLE = "crm.customers"
 
 CRM_DDL = """
-CREATE SCHEMA IF NOT EXISTS crm;
-CREATE TABLE IF NOT EXISTS crm.customers (
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {schema}.{table} (
     id integer PRIMARY KEY,
     full_name text NOT NULL,
     email text NOT NULL,
@@ -70,10 +70,11 @@ CREATE TABLE IF NOT EXISTS crm.customers (
 _CRM = uuid5(NAMESPACE_URL, "keel:sample:crm.customers")
 
 
-def create_crm_schema(engine: Engine) -> None:
+def create_crm_schema(engine: Engine, table: str = TABLE) -> None:
     """Create the legacy table (the CRM's own DDL; the sample and tests use it)."""
+    schema, name = table.split(".")
     with engine.begin() as conn:
-        conn.exec_driver_sql(CRM_DDL)
+        conn.exec_driver_sql(CRM_DDL.format(schema=schema, table=name))
 
 
 def customer_id(crm_id: int | str) -> UUID:
@@ -122,19 +123,20 @@ class CrmCustomers(ChangeFeed):
 
 
 def feed(app: Application | None = None, engine: Engine | None = None) -> CrmCustomers:
-    """The CRM feed from the environment (see the module docstring)."""
+    """The CRM feed from the environment (see the module docstring; ``KEEL_CRM_TABLE`` and
+    ``KEEL_CRM_FEED`` rename the table and the feed)."""
     source: ChangeSource
+    table = os.environ.get("KEEL_CRM_TABLE") or TABLE
     topic = os.environ.get("KEEL_CRM_DEBEZIUM_TOPIC")
     if topic:
         source = DebeziumTopicSource(
             os.environ.get("KEEL_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092"), topic, ["id"]
         )
     else:
-        crm_url = os.environ.get("KEEL_CRM_DATABASE_URL") or str(
-            engine_for(None).url.render_as_string(hide_password=False)
-        )
-        source = PostgresTriggerSource(crm_url, TABLE, ["id"])
-    return CrmCustomers(source, app if app is not None else build(store_url_from_env(NAME)), engine)
+        crm_url = os.environ.get("KEEL_CRM_DATABASE_URL") or database_url(None)
+        source = PostgresTriggerSource(crm_url, table, ["id"])
+    shop = app if app is not None else build(store_url_from_env(NAME))
+    return CrmCustomers(source, shop, engine, name=os.environ.get("KEEL_CRM_FEED") or None)
 
 
 def crm_rows(engine: Engine) -> list[dict[str, object]]:

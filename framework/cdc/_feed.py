@@ -127,7 +127,8 @@ class ChangeFeed:
 
     ``source`` is a :class:`~framework.cdc.ChangeSource` (the trigger changelog, a Debezium
     topic); ``app`` the application the commands go to; ``engine`` the framework's database
-    (cursor and dead letters; default: ``DATABASE_URL``)."""
+    (cursor and dead letters; default: ``DATABASE_URL``); ``name`` overrides the class's
+    (one translation, several legacy tables)."""
 
     name: str = ""
     """The feed's name: its cursor, its dead letters and every command id carry it. Never
@@ -140,7 +141,10 @@ class ChangeFeed:
         engine: Engine | None = None,
         *,
         batch_size: int = 200,
+        name: str | None = None,
     ) -> None:
+        if name is not None:
+            self.name = name
         if not self.name:
             raise ConfigurationError(f"{type(self).__name__} needs a name = '...'")
         if batch_size < 1:
@@ -204,8 +208,8 @@ class ChangeFeed:
         until_caught_up: bool = False,
         idle: float = 0.5,
     ) -> int:
-        """Poll until ``stop`` is set (or, with ``until_caught_up``, until nothing is
-        readable). Outages back off (0.2 s doubling to 10 s) and are recorded as the feed's
+        """Poll until ``stop`` is set (or, with ``until_caught_up``, until no change is past
+        the cursor). Outages back off (0.2 s doubling to 10 s) and are recorded as the feed's
         last error. Returns the changes done."""
         stop = stop or threading.Event()
         backoff = Backoff(0.2, 10.0)
@@ -225,7 +229,9 @@ class ChangeFeed:
             backoff.reset()
             done += result.changes
             if result.changes == 0:
-                if until_caught_up:
+                # Caught up means nothing past the cursor, not "nothing readable": an open
+                # transaction holds the fence back (anywhere on the server: it is xmin).
+                if until_caught_up and self.source.lag(self._cursor()).changes == 0:
                     break
                 stop.wait(idle)
         return done

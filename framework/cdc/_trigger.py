@@ -109,7 +109,9 @@ class PostgresTriggerSource:
         schema, table = self.name.split(".")
         with self.engine.begin() as conn:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('keel_cdc.install'))"))
-            conn.exec_driver_sql(SCHEMA_SQL)
+            # DDL on the changelog would wait for every open legacy transaction: only once.
+            if conn.execute(sa.text("SELECT to_regclass('keel_cdc.snapshots')")).scalar() is None:
+                conn.exec_driver_sql(SCHEMA_SQL)
             exists = conn.execute(
                 sa.text(
                     "SELECT 1 FROM pg_trigger WHERE tgname = 'keel_cdc_capture' "
