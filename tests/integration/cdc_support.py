@@ -11,13 +11,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+import framework.cdc  # noqa: F401  (keel_cdc_feeds joins framework_metadata)
 from framework.application import Application
 from framework.database import create_engine
 from framework.positions import framework_metadata
 from sample_app import crm
 from sample_app.shop.domain import Customer, CustomerStatus
-
-import framework.cdc  # noqa: F401  (keel_cdc_feeds joins framework_metadata)
 
 
 @dataclass
