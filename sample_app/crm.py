@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 import sqlalchemy as sa
@@ -124,7 +125,8 @@ class CrmCustomers(ChangeFeed):
 
 def feed(app: Application | None = None, engine: Engine | None = None) -> CrmCustomers:
     """The CRM feed from the environment (see the module docstring; ``KEEL_CRM_TABLE`` and
-    ``KEEL_CRM_FEED`` rename the table and the feed)."""
+    ``KEEL_CRM_FEED`` rename the table and the feed, ``KEEL_CRM_BATCH_SIZE`` sets the changes
+    per cursor move, 200)."""
     source: ChangeSource
     table = os.environ.get("KEEL_CRM_TABLE") or TABLE
     topic = os.environ.get("KEEL_CRM_DEBEZIUM_TOPIC")
@@ -136,13 +138,18 @@ def feed(app: Application | None = None, engine: Engine | None = None) -> CrmCus
         crm_url = os.environ.get("KEEL_CRM_DATABASE_URL") or database_url(None)
         source = PostgresTriggerSource(crm_url, table, ["id"])
     shop = app if app is not None else build(store_url_from_env(NAME))
-    return CrmCustomers(source, shop, engine, name=os.environ.get("KEEL_CRM_FEED") or None)
+    return CrmCustomers(
+        source,
+        shop,
+        engine,
+        name=os.environ.get("KEEL_CRM_FEED") or None,
+        batch_size=int(os.environ.get("KEEL_CRM_BATCH_SIZE") or 200),
+    )
 
 
-def crm_rows(engine: Engine) -> list[dict[str, object]]:
+def crm_rows(engine: Engine, table: str = TABLE) -> list[dict[str, Any]]:
     """Every CRM row (tests compare the shop against it)."""
+    schema, name = table.split(".")
+    query = sa.text(f'SELECT * FROM "{schema}"."{name}" ORDER BY id')
     with engine.connect() as conn:
-        return [
-            dict(r._mapping)
-            for r in conn.execute(sa.text("SELECT * FROM crm.customers ORDER BY id"))
-        ]
+        return [dict(r._mapping) for r in conn.execute(query)]
