@@ -73,7 +73,7 @@ class DebeziumTopicSource:
 
     def read(self, cursor: str | None, limit: int) -> list[RowChange]:
         at = {int(p): o for p, o in json.loads(cursor).items()} if cursor else {}
-        if self._assigned is None or any(self._assigned.get(p) != o for p, o in at.items()):
+        if self._assigned is None or any(o != at.get(p, 0) for p, o in self._assigned.items()):
             self._seek(at)
         assert self._assigned is not None
         changes: list[RowChange] = []

@@ -58,8 +58,9 @@ def make_crm(url: str) -> Iterator[Crm]:
     yield Crm(engine, table, f"crm-{schema}")
     with engine.begin() as conn:
         conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        conn.execute(sa.text("DELETE FROM keel_cdc.changelog WHERE source = :s"), {"s": table})
-        conn.execute(sa.text("DELETE FROM keel_cdc.snapshots WHERE source = :s"), {"s": table})
+        if conn.execute(sa.text("SELECT to_regclass('keel_cdc.snapshots')")).scalar():
+            conn.execute(sa.text("DELETE FROM keel_cdc.changelog WHERE source = :s"), {"s": table})
+            conn.execute(sa.text("DELETE FROM keel_cdc.snapshots WHERE source = :s"), {"s": table})
         conn.execute(sa.text("DELETE FROM keel_cdc_feeds WHERE feed = :f"), {"f": f"crm-{schema}"})
         conn.execute(
             sa.text("DELETE FROM keel_dead_letters WHERE projection = :p"),

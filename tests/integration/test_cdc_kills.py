@@ -1,5 +1,6 @@
 """1,000 legacy changes in concurrent transactions, some committing deliberately late, while
-the feed process is SIGKILLed ten times: every change reaches the shop once, none twice."""
+the feed process is SIGKILLed ten times: every change reaches the shop once, none twice.
+``KEEL_SOAK=1``: 10,000 changes and 30 kills."""
 
 from __future__ import annotations
 
@@ -23,13 +24,14 @@ from sample_app.shop.application import build
 from sample_app.shop.domain import Customer
 from tests.integration.cdc_support import Crm, make_crm
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(1800 if os.environ.get("KEEL_SOAK") == "1" else 300)
 REPO = Path(__file__).resolve().parents[2]
 
-SNAPSHOT_ROWS = 50
-CHANGES = 1000
+SOAK = os.environ.get("KEEL_SOAK") == "1"  # the opt-in long variant
+SNAPSHOT_ROWS = 500 if SOAK else 50
+CHANGES = 10_000 if SOAK else 1000
 WRITERS = 6
-KILLS = 10
+KILLS = 30 if SOAK else 10
 
 
 @pytest.fixture
