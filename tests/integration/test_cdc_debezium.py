@@ -90,7 +90,6 @@ def test_debezium_snapshot_and_stream_become_shop_commands_once(
             "(scripts/postgres start sets it; restart the server)",
             pytrace=False,
         )
-    schema = legacy.table.split(".")[0]
     legacy.sql("ALTER TABLE CRM REPLICA IDENTITY FULL")  # old rows in updates and deletes
     with legacy.engine.begin() as conn:
         for i in (1, 2, 3):
