@@ -15,8 +15,8 @@ The rules it keeps:
   dead letters (``keel_dead_letters``, projection ``cdc:<feed>``, reason ``failed``); later
   changes of the same row park behind it (``held``) so a row's changes never apply out of
   order, while other rows go on. :meth:`ChangeFeed.redrive` runs them again after a fix.
-- An outage (store or database unreachable, outcome unknown) stops the batch without moving the
-  cursor; the run loop backs off and reads the same changes again.
+- Anything else (the store or a database unreachable, an unknown outcome, a bug) stops the
+  batch without moving the cursor; the run loop backs off and reads the same changes again.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any
 from uuid import UUID, uuid5
 
 import sqlalchemy as sa
+from pydantic import ValidationError
 from sqlalchemy.engine import Connection, Engine
 
 from framework import dead_letters as parking
@@ -41,8 +42,14 @@ from framework.commands import Command
 from framework.database import Backoff, engine_for, is_connectivity_error
 from framework.dead_letters import DeadLetter
 from framework.errors import (
+    AggregateExistsError,
+    AggregateNotFoundError,
+    CommandError,
     ConcurrencyError,
     ConfigurationError,
+    DomainError,
+    EventEncodingError,
+    EventTooLargeError,
     PositionConflictError,
     StoreError,
 )
@@ -73,10 +80,26 @@ def row_id(change: RowChange) -> str:
 
 
 def _transient(error: BaseException) -> bool:
-    """An outage: try the same change again later (anything else is the change's fault)."""
+    """An outage: try the same change again later."""
     return isinstance(
         error, StoreError | ConcurrencyError | TimeoutError | ConnectionError
     ) or is_connectivity_error(error)
+
+
+def _refused(error: BaseException) -> bool:
+    """The domain (or the command's validation) said no to this change: park it. Any other
+    error from the command path is treated as an outage and retried, so a fault of the
+    infrastructure never parks good changes."""
+    return isinstance(
+        error,
+        DomainError
+        | CommandError
+        | AggregateNotFoundError
+        | AggregateExistsError
+        | EventTooLargeError
+        | EventEncodingError
+        | ValidationError,
+    )
 
 
 @dataclass
@@ -184,10 +207,20 @@ class ChangeFeed:
                 result.parked += 1
             else:
                 try:
-                    result.commands += self._apply(change)
-                except Exception as error:
-                    if _transient(error):
+                    commands = list(self.translate(change))
+                    error = None
+                except Exception as refused:
+                    if _transient(refused):
                         raise
+                    error = refused
+                if error is None:
+                    try:
+                        result.commands += self._execute(change, commands)
+                    except Exception as refused:
+                        if not _refused(refused):
+                            raise
+                        error = refused
+                if error is not None:
                     log.warning("cdc %s: parked %s: %s", self.name, change.position, error)
                     parked.append(self._letter(change, rid, "failed", error))
                     blocked.add(rid)
@@ -209,18 +242,16 @@ class ChangeFeed:
         idle: float = 0.5,
     ) -> int:
         """Poll until ``stop`` is set (or, with ``until_caught_up``, until no change is past
-        the cursor). Outages back off (0.2 s doubling to 10 s) and are recorded as the feed's
-        last error. Returns the changes done."""
+        the cursor). A failed batch (an outage, or any error that is not a refusal of the
+        change) backs off (0.2 s doubling to 10 s), is recorded as the feed's last error and
+        is read again. Returns the changes done."""
         stop = stop or threading.Event()
         backoff = Backoff(0.2, 10.0)
         done = 0
         while not stop.is_set():
             try:
                 result = self.poll()
-            except Exception as error:
-                if not _transient(error):
-                    self._record_error(error)
-                    raise
+            except Exception as error:  # outages, and anything not the change's fault
                 log.warning("cdc %s: %s; retrying", self.name, error)
                 self._record_error(error)
                 if not backoff.sleep(stop):
@@ -237,7 +268,9 @@ class ChangeFeed:
         return done
 
     def _apply(self, change: RowChange) -> int:
-        commands = list(self.translate(change))
+        return self._execute(change, list(self.translate(change)))
+
+    def _execute(self, change: RowChange, commands: list[Command]) -> int:
         for n, command in enumerate(commands):
             identified = command.model_copy(
                 update={

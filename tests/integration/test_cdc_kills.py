@@ -102,6 +102,7 @@ class Writer(threading.Thread):
 
 
 def _start_feed(legacy: Crm, env: dict[str, str], *extra: str) -> subprocess.Popen[bytes]:
+    log = open(env["FEED_LOG"], "ab")  # noqa: SIM115 - the child holds it
     return subprocess.Popen(
         [
             sys.executable,
@@ -116,7 +117,7 @@ def _start_feed(legacy: Crm, env: dict[str, str], *extra: str) -> subprocess.Pop
         cwd=REPO,
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
 
 
@@ -139,6 +140,7 @@ def test_feed_killed_ten_times_under_late_commits_loses_and_duplicates_nothing(
         "KEEL_SHOP_EVENT_STORE": store,
         "DATABASE_URL": postgres_url,
         "KEEL_CRM_BATCH_SIZE": "20",
+        "FEED_LOG": str(tmp_path / "feed.log"),
     }
     per_writer = (CHANGES - SNAPSHOT_ROWS) // WRITERS
     budgets = [per_writer] * WRITERS
@@ -175,8 +177,8 @@ def test_feed_killed_ten_times_under_late_commits_loses_and_duplicates_nothing(
         feed.send_signal(signal.SIGTERM)
         feed.wait(timeout=30)
         final = _start_feed(legacy, env, "--until-caught-up")
-        _, err = final.communicate(timeout=180)
-        assert final.returncode == 0, err.decode()[-2000:]
+        final.wait(timeout=180)
+        assert final.returncode == 0, (tmp_path / "feed.log").read_text()[-3000:]
     finally:
         if feed.poll() is None:
             feed.kill()
@@ -210,6 +212,14 @@ def test_feed_killed_ten_times_under_late_commits_loses_and_duplicates_nothing(
         f"late_commits={late} wrong_state={wrong_state} dead_letters={status.dead_letters} "
         f"lag={status.lag_changes}"
     )
+    for letter in feed_obj.dead_letters(limit=3):  # what went wrong, if anything did
+        print(letter.reason, feed_obj.change_of(letter).to_json(), letter.error_message[:300])
+    problems = [
+        line
+        for line in (tmp_path / "feed.log").read_text().splitlines()
+        if "parked" in line or "Error" in line
+    ]
+    print("\n".join(problems[:10]))
     assert changes == CHANGES
     assert (lost, dup, wrong_state, status.dead_letters, status.lag_changes) == (0, 0, 0, 0, 0)
     assert commands == sum(r["events"] for r in rows.values())
