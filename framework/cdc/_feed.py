@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import groupby
 from typing import Any
-from uuid import UUID, uuid5
+from uuid import uuid5
 
 import sqlalchemy as sa
 from pydantic import ValidationError
@@ -467,10 +467,3 @@ class ChangeFeed:
                 dead_letters_table.delete().where(dead_letters_table.c.projection == self.key)
             )
 
-
-def command_ids(feed: ChangeFeed, change: RowChange, count: int) -> list[UUID]:
-    """The ids ``feed`` gives the commands of ``change`` (tests and tools)."""
-    return [
-        change_command_id(feed.name, change.table, change.key, change.position, n)
-        for n in range(count)
-    ]

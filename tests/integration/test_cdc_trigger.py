@@ -116,7 +116,15 @@ def test_the_snapshot_hands_over_to_the_stream_without_gap_or_duplicate(legacy: 
     assert state[1] == ("active", "Main 1", "Munich")
     assert state[2] == ("active", "Main 1", "Hamburg")
     assert all(state[i] == ("active", "Main 1", "Berlin") for i in (3, 4, 5, 6, 7))
-    assert feed.status().lag_changes == 0
+    status = feed.status()
+    assert status.lag_changes == 0
+    assert status.cursor is not None and feed.source.prune(status.cursor) == 10  # all read
+    with legacy.engine.connect() as conn:
+        left = conn.execute(
+            sa.text("SELECT count(*) FROM keel_cdc.changelog WHERE source = :s"),
+            {"s": legacy.table},
+        ).scalar_one()
+    assert left == 0 and feed.status().lag_changes == 0
 
 
 class _FixedEmails(crm.CrmCustomers):
