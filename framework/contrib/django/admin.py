@@ -523,8 +523,77 @@ def _lag_chart() -> str:
     return line_chart(samples, title="Lag per projection, last hour (events)")
 
 
+class ChangeFeedAdmin(ReadOnlyAdmin):
+    """The change feeds page (``KEEL['CDC_FEEDS']``): cursor, lag in changes and seconds, the
+    last error, the parked changes; re-drive and discard."""
+
+    def get_urls(self) -> list[URLPattern]:
+        site = self.admin_site
+        return [
+            path("", site.admin_view(self.status_view), name="keel_changefeed_changelist"),
+            path(
+                "<int:index>/redrive/",
+                site.admin_view(require_POST(self.redrive_view)),
+                name="keel_changefeed_redrive",
+            ),
+        ]
+
+    def status_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        from framework.contrib.django.conf import get_cdc_feeds
+
+        rows: list[dict[str, Any]] = []
+        for index, (path_, feed) in enumerate(get_cdc_feeds().items()):
+            row: dict[str, Any] = {"index": index, "path": path_, "error": None}
+            if isinstance(feed, Exception):
+                row["error"] = f"{type(feed).__name__}: {feed}"
+            else:
+                try:
+                    row["status"] = feed.status()
+                    row["dead_letters"] = [
+                        {"letter": d, "change": feed.change_of(d)} for d in feed.dead_letters(100)
+                    ]
+                except Exception as error:  # one broken feed must not hide the others
+                    row["error"] = f"{type(error).__name__}: {error}"
+            rows.append(row)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Change feeds",
+            "feeds": rows,
+            "can_redrive": _has_perm(request, "keel.redrive_cdc"),
+        }
+        return TemplateResponse(request, "keel/cdc.html", context)
+
+    def redrive_view(self, request: HttpRequest, index: int) -> HttpResponse:
+        if not _has_perm(request, "keel.redrive_cdc"):
+            raise PermissionDenied
+        from framework.contrib.django.conf import get_cdc_feeds
+
+        feeds = list(get_cdc_feeds().values())
+        feed = feeds[index] if 0 <= index < len(feeds) else None
+        if feed is None or isinstance(feed, Exception):
+            messages.error(request, "No such change feed (or it could not be loaded).")
+            return redirect(f"{self.admin_site.name}:keel_changefeed_changelist")
+        ids = {int(i) for i in request.POST.getlist("dead_letter") if i.isdigit()}
+        if request.POST.get("action") == "discard":
+            messages.success(request, f"{feed.name}: discarded {feed.discard(sorted(ids))}.")
+        else:
+            rows = {d.aggregate_id for d in feed.dead_letters() if d.id in ids}
+            result = feed.redrive(sorted(rows))
+            level = messages.success if not result.failed else messages.warning
+            level(
+                request,
+                f"{feed.name}: {result.done} change(s) re-driven, {len(result.failed)} row(s) "
+                f"still failing, {result.remaining} dead letter(s) left.",
+            )
+        return redirect(f"{self.admin_site.name}:keel_changefeed_changelist")
+
+
 admin.site.register(keel_models.Command, CommandAdmin)
 admin.site.register(keel_models.Projection, ProjectionAdmin)
+admin.site.register(keel_models.ChangeFeed, ChangeFeedAdmin)
 
 
 # -- read models ------------------------------------------------------------------------------

@@ -93,6 +93,11 @@ class KeelSettings(BaseSettings):
         description="Prepended to each projection's name to form its Kafka consumer group; "
         "empty (the default): the group is '<application>.<projection>'.",
     )
+    cdc_feeds: list[str] = Field(
+        default_factory=list,
+        description="'module:callable' factories of the framework.cdc change feeds that the "
+        "admin's Change feeds page shows (e.g. 'sample_app.crm:feed').",
+    )
     alembic_config: str = Field(
         "alembic.ini",
         description="The Alembic configuration of the read models (relative to BASE_DIR).",
@@ -331,6 +336,25 @@ def get_process_workers() -> dict[str, Any]:
 
     workers: dict[str, Any] = _cached("process_workers", build)
     return workers
+
+
+def get_cdc_feeds() -> dict[str, Any]:
+    """The configured change feeds (``CDC_FEEDS``), by factory path; a factory that fails
+    maps to its error, so the admin can show it beside the others."""
+
+    def build() -> dict[str, Any]:
+        from framework.cdc.__main__ import load_feed
+
+        found: dict[str, Any] = {}
+        for path in get_settings().cdc_feeds:
+            try:
+                found[path] = load_feed(path)
+            except Exception as error:  # shown on the page; the other feeds still work
+                found[path] = error
+        return found
+
+    feeds: dict[str, Any] = _cached("cdc_feeds", build)
+    return feeds
 
 
 def consumer_group(name: str) -> str:

@@ -1,5 +1,5 @@
-"""Two table-less models that give the admin a place for commands and projections, and carry
-their permissions.
+"""Table-less models that give the admin a place for commands, projections and change feeds,
+and carry their permissions.
 
 Each command ``C`` of the application gets the permission ``keel.execute_<c>`` (lower-cased
 command type, e.g. ``keel.execute_placeorder``), created after ``migrate`` like Django's own
@@ -34,6 +34,17 @@ class Projection(models.Model):
         ]
         verbose_name = "projection"
         verbose_name_plural = "projections"
+
+
+class ChangeFeed(models.Model):
+    """Not a table: the admin's change feeds page (framework.cdc) and its permissions."""
+
+    class Meta:
+        managed = False
+        default_permissions = ("view",)
+        permissions = [("redrive_cdc", "Can re-drive or discard a change feed's dead letters")]
+        verbose_name = "change feed"
+        verbose_name_plural = "change feeds"
 
 
 def execute_codename(command_type: str) -> str:

@@ -1,0 +1,95 @@
+"""``manage.py cdc``: the change feeds from the Django host."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.test import Client
+
+from tests.integration.cdc_support import Crm, make_crm
+
+
+@pytest.fixture
+def legacy(postgres_url: str) -> Iterator[Crm]:
+    yield from make_crm(postgres_url)
+
+
+def test_cdc_installs_runs_and_reports_status(
+    legacy: Crm, postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEEL_CRM_TABLE", legacy.table)
+    monkeypatch.setenv("KEEL_CRM_FEED", legacy.feed_name)
+    monkeypatch.setenv("KEEL_SHOP_EVENT_STORE", f"sqlite:///{tmp_path}/shop.db")
+    monkeypatch.setenv("DATABASE_URL", postgres_url)
+    with legacy.engine.begin() as conn:
+        legacy.insert(conn, 1)
+        legacy.insert(conn, 2, email="nobody")
+    call_command("cdc", "install", "sample_app.crm:feed", stdout=io.StringIO())
+    call_command("cdc", "run", "sample_app.crm:feed", "--until-caught-up", stdout=io.StringIO())
+    with pytest.raises(SystemExit) as exited:  # a dead letter: status exits 3
+        call_command("cdc", "status", "sample_app.crm:feed", "--json")
+    assert exited.value.code == 3
+
+
+def test_cdc_user_errors_are_command_errors() -> None:
+    with pytest.raises(CommandError, match="name a command"):
+        call_command("cdc")
+    with pytest.raises(CommandError, match="bad arguments"):
+        call_command("cdc", "status", "no_such_module:feed")
+
+
+def test_the_admin_shows_lag_and_dead_letters_and_redrives(
+    legacy: Crm,
+    postgres_url: str,
+    shop: Any,
+    settings: Any,
+    make_user: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from framework.contrib.django import conf
+
+    monkeypatch.setenv("KEEL_CRM_TABLE", legacy.table)
+    monkeypatch.setenv("KEEL_CRM_FEED", legacy.feed_name)
+    monkeypatch.setenv("KEEL_SHOP_EVENT_STORE", f"sqlite:///{shop.tmp}/crm-shop.db")
+    monkeypatch.setenv("DATABASE_URL", postgres_url)
+    settings.KEEL = {**settings.KEEL, "CDC_FEEDS": ["sample_app.crm:feed", "no_such:feed"]}
+    conf.reset()
+    with legacy.engine.begin() as conn:
+        legacy.insert(conn, 1)
+        legacy.insert(conn, 2, country="XX")  # parked
+    feed = conf.get_cdc_feeds()["sample_app.crm:feed"]
+    feed.source.install()
+    feed.run(until_caught_up=True)
+    legacy.sql("UPDATE CRM SET city = 'Bonn' WHERE id = 1")  # not yet read: lag 1
+
+    viewer = Client()
+    viewer.force_login(make_user("ops", "keel.view_changefeed"))
+    page = viewer.get("/admin/keel/changefeed/")
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert legacy.feed_name in html and "ConfigurationError" in html  # the broken one shows
+    assert re.search(r'class="keel-lag">1 change<', html)
+    assert re.search(r'class="keel-dead-letter-count">1<', html) and "{&#x27;id&#x27;: 2}" in html
+    letter = feed.dead_letters()[0]
+    refused = viewer.post("/admin/keel/changefeed/0/redrive/", {"dead_letter": [letter.id]})
+    assert refused.status_code == 403
+
+    operator = Client(enforce_csrf_checks=False)
+    operator.force_login(make_user("lead", "keel.view_changefeed", "keel.redrive_cdc"))
+    done = operator.post(
+        "/admin/keel/changefeed/0/redrive/", {"dead_letter": [letter.id]}, follow=True
+    )
+    assert "1 row(s) still failing" in done.content.decode()  # the country is still wrong
+    gone = operator.post(
+        "/admin/keel/changefeed/0/redrive/",
+        {"dead_letter": [letter.id], "action": "discard"},
+        follow=True,
+    )
+    assert "discarded 1" in gone.content.decode() and feed.status().dead_letters == 0
