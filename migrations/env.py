@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import context
 
-import framework.cdc  # noqa: F401  (its keel_cdc_feeds table joins framework_metadata)
+import framework.cdc  # its keel_cdc_feeds table joins framework_metadata
 import framework.process.store  # noqa: F401 - registers the process managers' tables
 from framework.database import create_engine
 from framework.positions import framework_metadata
