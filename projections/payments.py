@@ -1,6 +1,11 @@
 """The payments service's read models.
 
 - ``payments_payments`` (projection ``payments``, over the payments service's own events).
+- ``payments_unpaid_orders`` (projection ``unpaid_orders``, a stream projection over the payments
+  service's events): the interval join "confirmed but not paid within 30 minutes". A payment is
+  requested when the shop confirms an order, so each row is an order's request joined to its
+  payment: ``matched`` when it arrived within 30 minutes of event time, ``unmatched`` once the 30
+  minutes are over without one (written once, at close, never by the wall clock).
 - ``payments_orders`` (projection ``payment_orders``, over the **shop's** events topic, read as
   a consumer only): the orders the payments service knows about. A payments service deployed
   for the first time builds it by replaying the shop's topic from offset 0 (or from "now", see
@@ -9,16 +14,21 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from framework.projection import ExactNumeric, Projection, handles, upsert
+from framework.streaming import IntervalJoin, StreamProjection
 from sample_app.payments.domain import OrderPayment
 from sample_app.shop.domain import Order
 
-__all__ = ["PaymentOrdersProjection", "PaymentsProjection"]
+__all__ = ["PaymentOrdersProjection", "PaymentsProjection", "UnpaidOrdersProjection"]
+
+PAYMENT_DUE = timedelta(minutes=30)
+"""How long after confirmation an order's payment counts as on time (event time)."""
 
 metadata = sa.MetaData()
 
@@ -117,3 +127,23 @@ class PaymentOrdersProjection(Projection):
             {"order_id": event.originator_id, "status": status, "updated_at": event.timestamp},
             update={"status": status, "updated_at": event.timestamp},
         )
+
+
+stream_metadata = sa.MetaData()
+
+
+class UnpaidOrdersProjection(StreamProjection):
+    """Orders confirmed but not paid within :data:`PAYMENT_DUE` (the interval join)."""
+
+    name = "unpaid_orders"
+    version = 1
+    metadata = stream_metadata
+
+    unpaid = IntervalJoin(
+        "payments_unpaid_orders",
+        stream_metadata,
+        left=OrderPayment.Requested,
+        right=OrderPayment.Received,
+        key=("order_id", sa.Uuid(), lambda e: e.order_id),
+        within=PAYMENT_DUE,
+    )

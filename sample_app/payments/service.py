@@ -14,6 +14,7 @@
     python -m framework.writer run sample_app.payments.service:payments_app    # its writer
     python -m framework.process run sample_app.payments.service:payment_process_worker
     python -m framework.worker run projections.payments:PaymentsProjection --app payments
+    python -m framework.worker run projections.payments:UnpaidOrdersProjection --app payments
     python -m framework.worker run projections.payments:PaymentOrdersProjection --app shop
 """
 
