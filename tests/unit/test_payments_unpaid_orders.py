@@ -56,7 +56,7 @@ def test_an_order_not_paid_within_30_minutes_is_unpaid_once_its_interval_closes(
     rows = {r["order_id"]: r["status"] for r in outcome.rows(UnpaidOrdersProjection.unpaid)}
     # open_ was requested 10 minutes before the last tick: its interval is still open.
     assert rows == {on_time: "matched", late: "unmatched", never: "unmatched"}
-    assert PAYMENT_DUE == timedelta(minutes=30)
+    assert timedelta(minutes=30) == PAYMENT_DUE
     report = partitions.all_interleavings(UnpaidOrdersProjection, examples=20)
     print(report)
     assert report.differing == 0 and report.examples == 20
