@@ -132,6 +132,8 @@ class ProjectionWorker:
             self.settings,
             self.stop_event,
             on_conflict=self._reseek,
+            topic=getattr(store, "topic", store.name),
+            group=self.group,
         )
 
     @property

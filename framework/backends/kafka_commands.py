@@ -52,6 +52,8 @@ from framework.errors import (
     StoreUnavailableError,
     UnknownCommandError,
 )
+from framework.observability._commands import traced
+from framework.observability._tracing import send_span
 
 if TYPE_CHECKING:
     from framework.application import Application
@@ -372,6 +374,18 @@ class KafkaCommandRouter:
         self._produce(command, metadata, shard, None, self.store.command_timeout)
 
     def _produce(
+        self,
+        command: Command,
+        metadata: Metadata,
+        shard: int,
+        reply: int | None,
+        timeout: float,
+    ) -> None:
+        with send_span(self.store.commands_topic, count=1, partition=shard):
+            # The record carries this span's trace context: the writer's spans join the trace.
+            self._produce_traced(command, traced(metadata), shard, reply, timeout)
+
+    def _produce_traced(
         self,
         command: Command,
         metadata: Metadata,
