@@ -47,7 +47,7 @@ from framework.errors import (
 )
 from framework.observability._commands import observed_command
 from framework.observability._metrics import instruments
-from framework.observability._tracing import send_span
+from framework.observability._tracing import destination_of, send_span
 from framework.persistence import (
     EventStore,
     NewEvent,
@@ -422,8 +422,10 @@ class Application:
     def _append(self, decision: Decision) -> Positions:
         events = [*decision.events, decision.record()]
         primary = decision.primary
+        system, topic = destination_of(self.store)
         with send_span(
-            getattr(self.store, "topic", self.name),
+            topic,
+            system=system,
             count=len(events),
             aggregate_id=primary,
             version=decision.versions.get(primary) if primary else None,

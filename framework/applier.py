@@ -102,12 +102,12 @@ class Applier:
         stop: threading.Event | None = None,
         *,
         on_conflict: Callable[[int, int | None], None] | None = None,
-        topic: str | None = None,
+        destination: tuple[str, str] = ("keel", "events"),
         group: str | None = None,
     ) -> None:
         self.projection = projection
-        self.topic = topic or "events"
-        """The events topic (names the batches' ``process <topic>`` spans)."""
+        self.messaging_system, self.topic = destination
+        """Where the events come from (names the batches' ``process <topic>`` spans)."""
         self.group = group
         self.engine = engine
         self.settings = settings

@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from framework.applier import Applier, ApplierStats
 from framework.errors import ProjectionError, ProjectionStoppedError
-from framework.observability._tracing import rebuild_span
+from framework.observability._tracing import destination_of, rebuild_span
 from framework.persistence import EventStore
 from framework.positions import dead_letters_table, now, positions_table, write_version
 from framework.projection import SHADOW_SUFFIX, Projection
@@ -150,7 +150,7 @@ def _rebuild(
         postgres = conn.dialect.name == "postgresql"
     shadow = projection.shadow(rename_constraints=postgres)
     _prepare(engine, shadow, from_positions or {})
-    applier = Applier(shadow, engine, settings, stop, topic=getattr(store, "topic", store.name))
+    applier = Applier(shadow, engine, settings, stop, destination=destination_of(store))
     partitions = list(range(store.partitions))
     applier.load(partitions)
     progress_state = _Progress(projection.name, report, started)

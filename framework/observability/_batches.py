@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from framework.observability import _names as n
 from framework.observability._logs import log_context
 from framework.observability._metrics import instruments
-from framework.observability._tracing import link_to, process_span
+from framework.observability._tracing import process_span, tracing_enabled
 
 if TYPE_CHECKING:
     from framework.persistence import RecordedEvent
@@ -72,10 +72,9 @@ def observed_batch(applier: Any, partition: int, events: Sequence[RecordedEvent]
         last_offset=events[-1].offset,
         count=len(events),
         group=applier.group,
-    ) as span:
-        if span.is_recording():
-            for link in link_to(traceparents_of(events)):
-                span.add_link(link.context)
+        traceparents=traceparents_of(events) if tracing_enabled() else (),
+        system=applier.messaging_system,
+    ):
         try:
             yield
         finally:

@@ -15,7 +15,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from framework.observability import _names as n
@@ -27,6 +27,7 @@ __all__ = [
     "context_of",
     "current_traceparent",
     "deadline_span",
+    "destination_of",
     "link_to",
     "process_span",
     "rebuild_span",
@@ -34,6 +35,7 @@ __all__ = [
     "send_attributes",
     "send_span",
     "tracer",
+    "tracing_enabled",
 ]
 
 TRACEPARENT = "traceparent"
@@ -48,6 +50,13 @@ _tracer = trace.get_tracer("keel")
 def tracer() -> trace.Tracer:
     """keel's tracer (a proxy: it follows whichever provider the application installs)."""
     return _tracer
+
+
+def tracing_enabled() -> bool:
+    """Whether an SDK tracer provider is installed (else every span is a no-op, and work
+    done only for spans, such as scanning events for their trace context, is skipped)."""
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 
 
 def current_traceparent() -> str | None:
@@ -138,16 +147,24 @@ def command_span(
     )
 
 
+def destination_of(store: Any) -> tuple[str, str]:
+    """``(messaging.system, topic)`` of a store's events: ``("kafka", "shop.events")``; the
+    embedded stores are ``("keel", "<name>.events")``."""
+    name = getattr(store, "topic", None) or f"{store.name}.events"
+    return (n.MESSAGING_SYSTEM_KAFKA if hasattr(store, "commands_topic") else "keel"), name
+
+
 def send_attributes(
     topic: str,
     count: int,
     aggregate_id: object = None,
     version: int | None = None,
     partition: int | None = None,
+    system: str = n.MESSAGING_SYSTEM_KAFKA,
 ) -> dict[str, Any]:
     """The attributes of a ``send <topic>`` span."""
     attributes: dict[str, Any] = {
-        n.MESSAGING_SYSTEM: n.MESSAGING_SYSTEM_KAFKA,
+        n.MESSAGING_SYSTEM: system,
         n.MESSAGING_OPERATION_NAME: "send",
         n.MESSAGING_OPERATION_TYPE: "send",
         n.MESSAGING_DESTINATION_NAME: topic,
@@ -170,12 +187,13 @@ def send_span(
     aggregate_id: object = None,
     version: int | None = None,
     partition: int | None = None,
+    system: str = n.MESSAGING_SYSTEM_KAFKA,
 ) -> Any:
     """``send <topic>`` (PRODUCER) around one append to the events topic."""
     return _span(
         n.SPAN_SEND.format(topic=topic),
         SpanKind.PRODUCER,
-        send_attributes(topic, count, aggregate_id, version, partition),
+        send_attributes(topic, count, aggregate_id, version, partition, system),
     )
 
 
@@ -189,11 +207,12 @@ def process_span(
     count: int,
     group: str | None = None,
     traceparents: Iterable[str | None] = (),
+    system: str = n.MESSAGING_SYSTEM_KAFKA,
 ) -> Any:
     """``process <topic>`` (CONSUMER) around one applied batch, linked to the commands whose
-    events it holds."""
+    events it holds (``traceparents``, from their metadata)."""
     attributes: dict[str, Any] = {
-        n.MESSAGING_SYSTEM: n.MESSAGING_SYSTEM_KAFKA,
+        n.MESSAGING_SYSTEM: system,
         n.MESSAGING_OPERATION_NAME: "process",
         n.MESSAGING_OPERATION_TYPE: "process",
         n.MESSAGING_DESTINATION_NAME: topic,
@@ -206,11 +225,18 @@ def process_span(
     }
     if group:
         attributes[n.MESSAGING_CONSUMER_GROUP_NAME] = group
+    links = link_to(traceparents)
+    # One command's events: the batch continues that command's trace (as the messaging
+    # conventions have it for a single creation context); several: linked only.
+    parent = None
+    if len(links) == 1:
+        parent = trace.set_span_in_context(NonRecordingSpan(links[0].context))
     return _span(
         n.SPAN_PROCESS.format(topic=topic),
         SpanKind.CONSUMER,
         attributes,
-        links=link_to(traceparents),
+        parent=parent,
+        links=links,
     )
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "Pulse",
     "beat",
     "lag_samples",
+    "owner",
     "read_beats",
     "read_lag",
     "record_lag",
@@ -72,7 +73,8 @@ _created: set[int] = set()
 _lock = threading.Lock()
 
 
-def _owner() -> str:
+def owner() -> str:
+    """This process, as heartbeats name it (``host:pid``)."""
     return f"{socket.gethostname()}:{os.getpid()}"[:200]
 
 
@@ -122,7 +124,7 @@ def beat(
     now = dt.datetime.now(dt.UTC)
     values: dict[str, Any] = {
         "kind": kind,
-        "owner": _owner(),
+        "owner": owner(),
         "beat_at": now,
         "progress": progress,
         "detail": (detail or "")[:500] or None,
@@ -216,7 +218,7 @@ class Pulse:
 
 def _write(engine: sa.Engine, name: str, beat_at: dt.datetime, applied: int) -> None:
     _ensure(engine)
-    values: dict[str, Any] = {"kind": "worker", "owner": _owner(), "beat_at": beat_at}
+    values: dict[str, Any] = {"kind": "worker", "owner": owner(), "beat_at": beat_at}
     with engine.begin() as conn:
         updated = conn.execute(
             table.update()

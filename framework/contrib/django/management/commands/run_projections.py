@@ -19,6 +19,7 @@ from framework.contrib.django.conf import (
     get_projections,
     get_settings,
 )
+from framework.contrib.django.observability import serve_metrics
 from framework.contrib.django.operations import DjangoProjectionWorker
 from framework.errors import FrameworkError
 
@@ -43,6 +44,12 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--batch-size", type=int, default=None, help="events per SQL transaction"
+        )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            help="serve Prometheus /metrics on 127.0.0.1:PORT (KEEL['METRICS_EXPORTER'] = "
+            "'prometheus' and the [metrics] extra)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -75,6 +82,7 @@ class Command(BaseCommand):
         try:
             store = get_application().store
             engine = get_engine()
+            serve_metrics(options["metrics_port"])
         except FrameworkError as error:
             raise CommandError(str(error)) from error
         workers = [
