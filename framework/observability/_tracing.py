@@ -61,7 +61,9 @@ def tracing_enabled() -> bool:
 
 def current_traceparent() -> str | None:
     """The ``traceparent`` of the span in effect, or None when nothing is traced."""
-    if not trace.get_current_span().get_span_context().is_valid:
+    found = trace.get_current_span().get_span_context()
+    # Only sampled traces travel: the events keep their metadata forever.
+    if not found.is_valid or not found.trace_flags.sampled:
         return None
     carrier: dict[str, str] = {}
     _propagator.inject(carrier)

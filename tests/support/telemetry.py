@@ -10,9 +10,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 
 from framework.observability import prometheus
 
@@ -21,22 +22,32 @@ _exporter = InMemorySpanExporter()
 _on = threading.Event()
 
 
-class _Switch(SpanProcessor):
-    """Exports finished spans only while a test records."""
+class _Switch(Sampler):
+    """Samples (and so records and exports) spans only while a test records."""
 
-    def __init__(self) -> None:
-        self._inner = SimpleSpanProcessor(_exporter)
+    def should_sample(
+        self,
+        parent_context: Any,
+        trace_id: int,
+        name: str,
+        kind: Any = None,
+        attributes: Any = None,
+        links: Any = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        if not _on.is_set():
+            return SamplingResult(Decision.DROP)
+        return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
 
-    def on_end(self, span: ReadableSpan) -> None:
-        if _on.is_set():
-            self._inner.on_end(span)
+    def get_description(self) -> str:
+        return "keel-tests"
 
 
 def install() -> None:
     with _lock:
         if not isinstance(trace.get_tracer_provider(), TracerProvider):
-            provider = TracerProvider()
-            provider.add_span_processor(_Switch())
+            provider = TracerProvider(sampler=_Switch())
+            provider.add_span_processor(SimpleSpanProcessor(_exporter))
             trace.set_tracer_provider(provider)
         prometheus.install(service_name="keel-tests")
 
