@@ -114,15 +114,13 @@ class _Instruments:
             description=d[n.PROCESS_DURATION][2],
             explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
         )
-        self.window_late_events = m.create_counter(
-            n.WINDOW_LATE_EVENTS, description=d[n.WINDOW_LATE_EVENTS][2]
-        )
 
 
 _OBSERVED = {
     name: (kind, unit, description)
     for name, (kind, unit, description) in n.METRICS.items()
-    if kind == "gauge" or name in (n.WRITER_TRANSACTIONS, n.WRITER_FENCED, n.WRITER_RETRIES)
+    if kind == "gauge"
+    or name in (n.WRITER_TRANSACTIONS, n.WRITER_FENCED, n.WRITER_RETRIES, n.WINDOW_LATE_EVENTS)
 }
 
 for _name, (_kind, _unit, _description) in _OBSERVED.items():

@@ -55,6 +55,7 @@ PROJECTION = "projection"
 PARTITION = "partition"
 SHARD = "shard"
 STREAM = "stream"
+ACTION = "action"
 APP = "app"
 
 ATTRIBUTES = {
@@ -101,6 +102,7 @@ PROCESS_DURATION = "messaging.process.duration"
 PROJECTION_DEAD_LETTERS = "keel.projection.dead_letters"
 WINDOW_LATE_EVENTS = "keel.window.late_events"
 WINDOW_OPEN = "keel.window.open"
+WATERMARK_LAG_SECONDS = "keel.watermark.lag.seconds"
 PROCESS_ACTIVE = "keel.process.active"
 PROCESS_DEADLINES_OVERDUE = "keel.process.deadlines.overdue"
 CDC_SOURCE_LAG = "keel.cdc.source_lag"
@@ -121,8 +123,9 @@ METRICS = {
     PROJECTION_BATCH_SIZE: ("histogram", "1", "Events per applied batch"),
     PROCESS_DURATION: ("histogram", "s", "Time to apply one batch (messaging semconv)"),
     PROJECTION_DEAD_LETTERS: ("gauge", "1", "Dead letters parked for a projection"),
-    WINDOW_LATE_EVENTS: ("counter", "1", "Events that arrived after their window closed"),
+    WINDOW_LATE_EVENTS: ("counter", "1", "Events later than their window's grace, by action"),
     WINDOW_OPEN: ("gauge", "1", "Windows open (not yet closed by the watermark)"),
+    WATERMARK_LAG_SECONDS: ("gauge", "s", "Wall clock minus a streaming projection's watermark"),
     PROCESS_ACTIVE: ("gauge", "1", "Process-manager instances not yet finished"),
     PROCESS_DEADLINES_OVERDUE: ("gauge", "1", "Process-manager deadlines past due"),
     CDC_SOURCE_LAG: ("gauge", "1", "Changes in the CDC source not yet published"),

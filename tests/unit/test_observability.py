@@ -46,6 +46,7 @@ def test_attribute_span_and_metric_names_are_pinned() -> None:
         "PARTITION": "partition",
         "PROJECTION": "projection",
         "SHARD": "shard",
+        "ACTION": "action",
         "STREAM": "stream",
         "URL_PATH": "url.path",
     }
@@ -79,6 +80,7 @@ def test_attribute_span_and_metric_names_are_pinned() -> None:
         "keel.projection.dead_letters",
         "keel.window.late_events",
         "keel.window.open",
+        "keel.watermark.lag.seconds",
         "keel.process.active",
         "keel.process.deadlines.overdue",
         "keel.cdc.source_lag",

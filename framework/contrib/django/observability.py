@@ -33,6 +33,7 @@ from framework.observability import (
     Check,
     Health,
     LagSampler,
+    StreamSampler,
     database_check,
     projection_lag,
     store_check,
@@ -57,22 +58,25 @@ log = logging.getLogger(__name__)
 WRITER_KIND = "writer"
 
 _lock = threading.Lock()
-_sampler: LagSampler | None = None
+_samplers: list[LagSampler | StreamSampler] = []
 
 
 def setup_metrics(*, sample_lag: bool = True) -> bool:
     """Install the Prometheus exporter if ``KEEL["METRICS_EXPORTER"]`` asks for it (once per
     process), and report the configured projections' lag; True when metrics are exported."""
-    global _sampler
     if get_settings().metrics_exporter != "prometheus":
         return False
     from framework.observability import prometheus
+    from framework.streaming import StreamProjection
 
     with _lock:
         prometheus.install(service_name=get_application().name)
-        if sample_lag and _sampler is None:
+        if sample_lag and not _samplers:
             projections = list(get_projections().values())
-            _sampler = LagSampler(projections, get_application().store, get_engine()).start()
+            engine = get_engine()
+            streaming = [p for p in projections if isinstance(p, StreamProjection)]
+            _samplers.append(LagSampler(projections, get_application().store, engine).start())
+            _samplers.append(StreamSampler(streaming, engine).start())
     return True
 
 
@@ -96,11 +100,10 @@ def serve_metrics(port: int | None) -> None:
 
 def reset() -> None:
     """Forget the lag sampler (settings changed; tests)."""
-    global _sampler
     with _lock:
-        if _sampler is not None:
-            _sampler.stop()
-        _sampler = None
+        for sampler in _samplers:
+            sampler.stop()
+        _samplers.clear()
 
 
 @never_cache
