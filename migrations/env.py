@@ -2,8 +2,9 @@
 
 Target metadata: the framework's tables (positions, dead letters, projection versions), the
 operational ones (heartbeats, samples) and the tables of every projection in the modules
-below. Autogenerate only ever touches tables it owns: a table in the database that no owned metadata names (Django's, another service's, a rebuild's
-``__rebuild`` shadow) is never proposed for dropping.
+below. Autogenerate only ever touches tables it owns: a table in the database that no owned
+metadata names (Django's, another service's, a rebuild's ``__rebuild`` shadow) is never
+proposed for dropping.
 
 **Adding a projection** is one line: append its module to ``PROJECTION_MODULES`` (for example
 ``"projections.orders"``), then ``alembic revision --autogenerate -m "orders projection"``.

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from framework.observability import _names as n
 from framework.observability._logs import log_context
 from framework.observability._metrics import instruments
-from framework.observability._tracing import process_span, tracing_enabled
+from framework.observability._tracing import MAX_LINKS, process_span, tracing_enabled
 
 if TYPE_CHECKING:
     from framework.persistence import RecordedEvent
@@ -35,14 +35,16 @@ _OUTCOMES = (
 )
 
 
-def traceparents_of(events: Sequence[RecordedEvent]) -> list[str]:
-    """The ``traceparent`` each event's metadata carries (events without one are left out)."""
-    found = []
+def traceparents_of(events: Sequence[RecordedEvent], limit: int = MAX_LINKS) -> list[str]:
+    r"""The distinct ``traceparent``\ s the events' metadata carries, the first ``limit``."""
+    found: dict[str, None] = {}
     for event in events:
         match = _TRACEPARENT.search(event.state)
         if match:
-            found.append(match.group(1).decode("ascii"))
-    return found
+            found[match.group(1).decode("ascii")] = None
+            if len(found) >= limit:
+                break
+    return list(found)
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from framework.observability import _names as n
 
 __all__ = [
+    "MAX_LINKS",
     "TRACEPARENT",
     "cdc_span",
     "command_span",
@@ -80,12 +81,19 @@ def context_of(traceparent: str | None) -> otel_context.Context | None:
     return found
 
 
+MAX_LINKS = 16
+"""Links per batch span: enough to follow a batch back to its commands, cheap to make (a
+batch of a thousand events may come from a thousand commands)."""
+
+
 def link_to(traceparents: Iterable[str | None]) -> list[Link]:
-    """Links to each distinct valid context among ``traceparents`` (at most 128)."""
+    """Links to the first :data:`MAX_LINKS` distinct valid contexts among ``traceparents``."""
     links: list[Link] = []
     seen: set[str] = set()
     for parent in traceparents:
-        if not parent or parent in seen or len(links) >= 128:
+        if len(links) >= MAX_LINKS:
+            break
+        if not parent or parent in seen:
             continue
         seen.add(parent)
         ctx = context_of(parent)

@@ -1,0 +1,180 @@
+"""Observability overhead: commands/s and projection events/s with tracing and metrics on (the
+OpenTelemetry SDK installed, every span sampled, exporting to memory; metrics to an in-memory
+reader) against off (the API alone, a no-op), side by side.
+
+The global providers can be set only once per process, so each measurement is its own
+process (``python -m bench.observability MODE ...``), and the modes alternate (off, on, off,
+on...) so that drift of the machine hits both; each mode's best run is compared.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from bench.harness import REPO, Context, Row, Section, ServiceMissing
+
+__all__ = ["run"]
+
+TITLE = "Observability: tracing + metrics on (SDK, in-memory export) vs off"
+CHUNKS = 3
+PROJECTION_RUNS = 5
+
+
+def _install_sdk() -> Any:
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=65536))
+    trace.set_tracer_provider(provider)
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    return provider, exporter, reader
+
+
+def measure(mode: str, store_url: str, db_url: str, commands: int, name: str) -> dict[str, Any]:
+    """One process's figures: ``commands`` deposits through ``Application.execute``, then one
+    worker projecting them."""
+    from bench.domain import Deposit, OpenAccount, build_app
+    from bench.readmodel import balances_projection, open_engine
+    from framework.worker import ProjectionWorker, setup_tables
+
+    sdk = _install_sdk() if mode == "on" else None
+    app = build_app(store_url, name, snapshot_every=None)
+    writer = None
+    if store_url.startswith("kafka"):
+        from framework.writer import writer as writer_context
+
+        writer = writer_context(app)
+        writer.__enter__()
+    accounts = [uuid.uuid4() for _ in range(20)]
+    for account in accounts:
+        app.execute(OpenAccount(account_id=account, owner="bench", email="b@example.com"))
+    # Best of a few chunks (and of a few projection runs): the machine is shared and noisy.
+    command_rates = []
+    for chunk in range(CHUNKS):
+        started = time.perf_counter()
+        for i in range(commands // CHUNKS):
+            account = accounts[(i + chunk) % len(accounts)]
+            app.execute(Deposit(account_id=account, amount=Decimal("1.00")))
+        command_rates.append((commands // CHUNKS) / (time.perf_counter() - started))
+    engine = open_engine(db_url)
+    event_rates = []
+    events = 0
+    for run in range(PROJECTION_RUNS):
+        projection = balances_projection(f"{name}_balances_{run}")
+        setup_tables(engine, projection)
+        worker = ProjectionWorker(projection, app.store, engine, group=f"{name}-obs-{run}")
+        started = time.perf_counter()
+        stats = worker.run(until_caught_up=True)
+        events = stats.events_applied + stats.events_skipped
+        event_rates.append(events / (time.perf_counter() - started))
+    figures: dict[str, Any] = {
+        "mode": mode,
+        "commands": commands,
+        "commands_per_s": max(command_rates),
+        "command_rates": command_rates,
+        "events": events,
+        "events_per_s": max(event_rates),
+        "event_rates": event_rates,
+    }
+    if sdk is not None:
+        provider, exporter, reader = sdk
+        provider.force_flush()
+        figures["spans"] = len(exporter.get_finished_spans())
+        data = reader.get_metrics_data()
+        figures["metrics"] = sum(
+            len(scope.metrics) for rm in data.resource_metrics for scope in rm.scope_metrics
+        )
+    if writer is not None:
+        writer.__exit__(None, None, None)
+    app.close()
+    engine.dispose()
+    return figures
+
+
+def _run_one(ctx: Context, mode: str, store: str, commands: int) -> dict[str, Any]:
+    name = ctx.name(f"obs_{store}")
+    if store == "kafka":
+        store_url = ctx.kafka_url(name, partitions=1)
+    else:
+        store_url = f"sqlite:///{ctx.path(name + '-events.db')}"
+    db_url = f"sqlite:///{ctx.path(name + '-read.db')}"
+    argv = [mode, store_url, db_url, str(commands), name]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.observability", *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.observability {mode} {store} failed:\n{done.stderr[-2000:]}")
+    figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def run(ctx: Context) -> Section:
+    section = Section("observability", TITLE)
+    commands = ctx.pick(60, 1500, 4500)
+    rounds = ctx.pick(1, 2, 4)
+    stores = ["sqlite"] if ctx.smoke or ctx.quick else ["sqlite", "kafka"]
+    for store in stores:
+        if store == "kafka":
+            try:
+                ctx.services.need_kafka()
+            except ServiceMissing as missing:
+                section.skipped.append(f"Kafka: {missing}")
+                continue
+        best: dict[str, dict[str, float]] = {"off": {}, "on": {}}
+        runs: list[dict[str, Any]] = []
+        for _ in range(rounds):
+            for mode in ("off", "on"):
+                ctx.log(f"  {store}, observability {mode}: {commands:,} commands")
+                figures = _run_one(ctx, mode, store, commands)
+                runs.append(figures)
+                for key, value in (
+                    ("commands", figures["commands_per_s"]),
+                    ("events", figures["events_per_s"]),
+                ):
+                    best[mode][key] = max(best[mode].get(key, 0.0), value)
+        spans = max(r.get("spans", 0) for r in runs)
+        for key, unit, what in (
+            ("commands", "commands/s", "Application.execute (deposits, 1 caller)"),
+            ("events", "events/s", "ProjectionWorker into SQLite"),
+        ):
+            section.add(
+                Row(f"{store}_{key}_off", f"{what}, {store}: off (peer)", best["off"][key], unit)
+            )
+            section.add(
+                Row(
+                    f"{store}_{key}_on",
+                    f"{what}, {store}: tracing + metrics on",
+                    best["on"][key],
+                    unit,
+                    peer=f"{store}_{key}_off",
+                    raw={"runs": runs},
+                )
+            )
+        section.notes.append(
+            f"{store}: {commands:,} commands per process in {CHUNKS} chunks, then {PROJECTION_RUNS} "
+            f"projection runs over them; best chunk of {rounds} alternating processes per "
+            f"mode; with the SDK on, a process recorded up to {spans:,} spans (all sampled)"
+        )
+    return section
+
+
+if __name__ == "__main__":
+    mode, store_url, db_url, count, name = sys.argv[1:6]
+    print(json.dumps(measure(mode, store_url, db_url, int(count), name)))
