@@ -170,7 +170,8 @@ def run(ctx: Context) -> Section:
         section.notes.append(
             f"{store}: {commands:,} commands per process in {CHUNKS} chunks, then "
             f"{PROJECTION_RUNS} projection runs over them; best chunk of {rounds} alternating "
-            f"processes per mode; with the SDK on, a process recorded up to {spans:,} spans (all sampled)"
+            f"processes per mode; with the SDK on, a process recorded up to {spans:,} spans "
+            "(all sampled)"
         )
     return section
 
