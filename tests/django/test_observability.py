@@ -249,3 +249,30 @@ def test_logs_carry_the_command_ids(
     assert command_ids()["command_id"] == "-"  # outside the command again
     with log_context(command_id="x"):
         assert command_ids()["command_id"] == "x"
+
+
+def test_writer_heartbeats_say_which_shards_are_owned(shop: Any) -> None:
+    from framework.contrib.django.observability import WriterBeat, shards_check
+
+    class Member:  # what a WriterMember tells its beat: the shards it decides now
+        shards: list[int] = [0, 1]
+
+        def owned(self) -> list[int]:
+            return list(self.shards)
+
+    member = Member()
+    assert not shards_check(3).ok  # no writer ever beat
+    beat = WriterBeat(member, "writer:test-1", interval=0.05).start()
+    try:
+        beat.beat()
+        check = shards_check(3)
+        assert not check.ok and check.detail == "no live writer owns shard(s) [2]"
+        member.shards = [0, 1, 2]
+        beat.beat()
+        assert shards_check(3).ok
+        member.shards = [0, 2]  # lost shard 1 in a rebalance
+        beat.beat()
+        assert shards_check(3).detail == "no live writer owns shard(s) [1]"
+    finally:
+        beat.stop()
+    assert shards_check(1).detail == "no live writer owns shard(s) [0]"  # stopped: owns nothing

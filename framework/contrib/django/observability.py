@@ -46,6 +46,7 @@ __all__ = [
     "ready_view",
     "serve_metrics",
     "setup_metrics",
+    "shards_check",
     "web_health",
     "worker_health",
     "workers_view",
@@ -198,18 +199,23 @@ def writer_health() -> Health:
     shards = getattr(app.store, "shards", None)
     if shards is None or not hasattr(app.store, "commands_topic"):
         return health.add(Check("writers", True, "the store decides commands in-process"))
+    return health.add(shards_check(shards))
+
+
+def shards_check(shards: int) -> Check:
+    """Every one of ``shards`` writer shards is listed by a writer with a fresh heartbeat."""
     try:
         beats = heartbeats.read_beats(get_engine())
     except Exception as error:
-        return health.add(Check("read-model database", False, f"unreachable: {error}"[:300]))
+        return Check("read-model database", False, f"unreachable: {error}"[:300])
     owned: set[int] = set()
     for beat in beats.values():
         if beat.kind == WRITER_KIND and beat.alive and beat.detail:
             owned.update(json.loads(beat.detail).get("shards", []))
     missing = sorted(set(range(shards)) - owned)
     if missing:
-        return health.add(Check("writers", False, f"no live writer owns shard(s) {missing}"))
-    return health.add(Check("writers", True, f"all {shards} shard(s) owned"))
+        return Check("writers", False, f"no live writer owns shard(s) {missing}")
+    return Check("writers", True, f"all {shards} shard(s) owned")
 
 
 class WriterBeat:
