@@ -222,3 +222,23 @@ def test_process_manager_and_cdc_spans_are_available() -> None:
     )
     assert spans["process pg.public.orders"].kind == SpanKind.CONSUMER
     assert observability.context_of("garbage") is None
+
+
+def test_a_worker_process_can_serve_metrics_on_its_own_port() -> None:
+    import urllib.request
+
+    from framework.observability import prometheus
+
+    telemetry.install()
+    observability.instruments.projection_events.add(
+        2, {"projection": "served", "outcome": "applied"}
+    )
+    server = prometheus.serve(20216)
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:20216/metrics", timeout=5) as response:
+            text = response.read().decode()
+    finally:
+        server.shutdown()
+    assert telemetry.parse_metrics(
+        text, "keel_projection_events_total", projection="served", outcome="applied"
+    ) == [2.0]
