@@ -144,16 +144,30 @@ def _goals(smoke: bool, quick: bool = False) -> list[Goal]:
         ),
         Goal(
             "observability_commands_sqlite",
-            "commands/s with tracing + metrics on (SDK, in-memory export) >= 0.9x off",
+            "commands/s with tracing + metrics on (SDK, in-memory export) >= 0.9x off (SQLite)",
             "observability",
             "sqlite_commands_on",
             0.9,
         ),
         Goal(
             "observability_events_sqlite",
-            "projection events/s with tracing + metrics on >= 0.9x off",
+            "projection events/s with tracing + metrics on >= 0.9x off (SQLite store)",
             "observability",
             "sqlite_events_on",
+            0.9,
+        ),
+        Goal(
+            "observability_commands_kafka",
+            "Kafka: commands/s with tracing + metrics on >= 0.9x off",
+            "observability",
+            "kafka_commands_on",
+            0.9,
+        ),
+        Goal(
+            "observability_events_kafka",
+            "Kafka: projection events/s with tracing + metrics on >= 0.9x off",
+            "observability",
+            "kafka_events_on",
             0.9,
         ),
         Goal(
