@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -86,7 +86,8 @@ class ObservedCommand:
             version = result.versions.get(result.aggregate_id)
             if version is not None:
                 span.set_attribute(n.KEEL_AGGREGATE_VERSION, version)
-            span.set_attribute(n.KEEL_OUTCOME, n.REPLAYED if result.replayed else n.OK)
+            if result.replayed:  # ok is the span's plain status; a replay is worth saying
+                span.set_attribute(n.KEEL_OUTCOME, n.REPLAYED)
 
 
 @contextmanager
@@ -99,23 +100,20 @@ def observed_command(
     command_type = metadata.command_type or "?"
     started = time.perf_counter()
     outcome = n.OK
-    with ExitStack() as stack:
-        stack.enter_context(
-            log_context(
-                command_id=metadata.command_id,
-                correlation_id=metadata.correlation_id,
-                causation_id=metadata.causation_id,
-            )
-        )
-        span = stack.enter_context(
-            command_span(
-                command_type,
-                command_id=metadata.command_id,
-                correlation_id=metadata.correlation_id,
-                causation_id=metadata.causation_id,
-                traceparent=parent,
-            )
-        )
+    with (
+        log_context(
+            command_id=metadata.command_id,
+            correlation_id=metadata.correlation_id,
+            causation_id=metadata.causation_id,
+        ),
+        command_span(
+            command_type,
+            command_id=metadata.command_id,
+            correlation_id=metadata.correlation_id,
+            causation_id=metadata.causation_id,
+            traceparent=parent,
+        ) as span,
+    ):
         try:
             yield ObservedCommand(traced(metadata), span)
         except BaseException as error:

@@ -66,9 +66,8 @@ def current_traceparent() -> str | None:
     # Only sampled traces travel: the events keep their metadata forever.
     if not found.is_valid or not found.trace_flags.sampled:
         return None
-    carrier: dict[str, str] = {}
-    _propagator.inject(carrier)
-    return carrier.get(TRACEPARENT)
+    # W3C Trace Context, version 00 (what the propagator writes, without its carrier dance).
+    return f"00-{found.trace_id:032x}-{found.span_id:016x}-{found.trace_flags:02x}"
 
 
 def context_of(traceparent: str | None) -> otel_context.Context | None:
@@ -147,7 +146,8 @@ def command_span(
         (n.KEEL_CORRELATION_ID, correlation_id),
         (n.KEEL_CAUSATION_ID, causation_id),
     ):
-        if value is not None:
+        # A command's own correlation and causation ids default to its id: say it once.
+        if value is not None and (key == n.KEEL_COMMAND_ID or value != command_id):
             attributes[key] = str(value)
     return _span(
         n.SPAN_COMMAND.format(command=command_type),
@@ -182,7 +182,8 @@ def send_attributes(
     }
     if aggregate_id is not None:
         attributes[n.KEEL_AGGREGATE_ID] = str(aggregate_id)
-        attributes[n.MESSAGING_KAFKA_MESSAGE_KEY] = str(aggregate_id)
+        if system == n.MESSAGING_SYSTEM_KAFKA:  # the record key is the aggregate id
+            attributes[n.MESSAGING_KAFKA_MESSAGE_KEY] = attributes[n.KEEL_AGGREGATE_ID]
     if version is not None:
         attributes[n.KEEL_AGGREGATE_VERSION] = version
     if partition is not None:
