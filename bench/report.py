@@ -27,6 +27,7 @@ SECTIONS: dict[str, str] = {
     "latency": "bench.latency",
     "memory": "bench.memory",
     "streaming": "bench.streaming",
+    "observability": "bench.observability",
 }
 """Section name (for ``--only``) -> module with ``run(ctx) -> Section``, in running order."""
 
@@ -140,6 +141,35 @@ def _goals(smoke: bool, quick: bool = False) -> list[Goal]:
             "streaming",
             "windowed_sqlite",
             0.7,
+        ),
+        Goal(
+            "observability_commands_sqlite",
+            "commands per CPU-second with tracing + metrics on (SDK, in-memory export) >= 0.9x "
+            "off (SQLite)",
+            "observability",
+            "sqlite_commands_cpu_on",
+            0.9,
+        ),
+        Goal(
+            "observability_events_sqlite",
+            "projection events per CPU-second, tracing + metrics on >= 0.9x off (SQLite store)",
+            "observability",
+            "sqlite_events_cpu_on",
+            0.9,
+        ),
+        Goal(
+            "observability_commands_kafka",
+            "Kafka: commands per CPU-second, tracing + metrics on >= 0.9x off",
+            "observability",
+            "kafka_commands_cpu_on",
+            0.9,
+        ),
+        Goal(
+            "observability_events_kafka",
+            "Kafka: projection events per CPU-second, tracing + metrics on >= 0.9x off",
+            "observability",
+            "kafka_events_cpu_on",
+            0.9,
         ),
         Goal(
             "load_100k_vs_10",

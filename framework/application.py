@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -44,6 +45,9 @@ from framework.errors import (
     StreamGapError,
     UnknownCommandError,
 )
+from framework.observability._commands import observed_command
+from framework.observability._metrics import instruments
+from framework.observability._tracing import destination_of, send_span
 from framework.persistence import (
     EventStore,
     NewEvent,
@@ -337,10 +341,14 @@ class Application:
         wait for its result (OutcomeUnknownError; re-sending the same command is safe).
         """
         metadata = self._metadata(command, user, correlation_id, causation_id)
-        router = self.router
-        if router is not None:
-            return router.execute(command, metadata, timeout)
-        return self.execute_here(command, metadata)
+        with observed_command(metadata) as observed:
+            router = self.router
+            if router is not None:
+                result = router.execute(command, observed.metadata, timeout)
+            else:
+                result = self.execute_here(command, observed.metadata)
+            observed.done(result)
+            return result
 
     def send(
         self,
@@ -356,11 +364,12 @@ class Application:
         writer executes it exactly once. The embedded stores have no queue: they execute it
         here (errors propagate)."""
         metadata = self._metadata(command, user, correlation_id, causation_id)
-        router = self.router
-        if router is not None:
-            router.send(command, metadata)
-        else:
-            self.execute_here(command, metadata)
+        with observed_command(metadata) as observed:
+            router = self.router
+            if router is not None:
+                router.send(command, observed.metadata)
+            else:
+                observed.done(self.execute_here(command, observed.metadata))
         return command.command_id
 
     def _metadata(
@@ -405,14 +414,32 @@ class Application:
                 return previous
             decision = self.decide(command, metadata, UnitOfWork(self))
             try:
-                positions = self.store.append([*decision.events, decision.record()])
+                positions = self._append(decision)
             except ConcurrencyError:
+                instruments.command_conflicts.add(1, {"command": command.command_type})
                 continue
             return self.committed(decision, positions)
         raise ConflictRetriesExhaustedError(
             f"{command.command_type} {command.command_id} lost {self.max_conflict_retries + 1} "
             "races for the same aggregates; nothing was written"
         )
+
+    def _append(self, decision: Decision) -> Positions:
+        events = [*decision.events, decision.record()]
+        primary = decision.primary
+        system, topic = destination_of(self.store)
+        with send_span(
+            topic,
+            system=system,
+            count=len(events),
+            aggregate_id=primary,
+            version=decision.versions.get(primary) if primary else None,
+        ):
+            started = time.perf_counter()
+            positions = self.store.append(events)
+        instruments.store_txn_duration.record(time.perf_counter() - started)
+        instruments.store_append_events.add(len(decision.events))
+        return positions
 
     def decide(self, command: Command, metadata: Metadata, uow: UnitOfWork) -> Decision:
         """Run the handler and encode the events it caused; nothing is written."""

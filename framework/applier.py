@@ -37,6 +37,7 @@ from framework.codec import codec
 from framework.database import Backoff, is_connectivity_error, read_only
 from framework.dead_letters import parked_fields
 from framework.errors import PositionConflictError, ProjectionError, ProjectionStoppedError
+from framework.observability._batches import event_log_context, observed_batch
 from framework.persistence import RecordedEvent
 from framework.positions import dead_letters_table, now, read_positions, write_positions
 from framework.projection import Projection
@@ -101,8 +102,13 @@ class Applier:
         stop: threading.Event | None = None,
         *,
         on_conflict: Callable[[int, int | None], None] | None = None,
+        destination: tuple[str, str] = ("keel", "events"),
+        group: str | None = None,
     ) -> None:
         self.projection = projection
+        self.messaging_system, self.topic = destination
+        """Where the events come from (names the batches' ``process <topic>`` spans)."""
+        self.group = group
         self.engine = engine
         self.settings = settings
         self.stop = stop or threading.Event()
@@ -134,6 +140,12 @@ class Applier:
     def apply_partition(self, partition: int, events: Sequence[RecordedEvent]) -> bool:
         """Apply one partition's events (in offset order; duplicates allowed). Returns ``False``
         when the stored position had moved (the caller should re-seek from ``positions``)."""
+        if not events:
+            return self._apply_partition(partition, events)
+        with observed_batch(self, partition, events):
+            return self._apply_partition(partition, events)
+
+    def _apply_partition(self, partition: int, events: Sequence[RecordedEvent]) -> bool:
         if partition not in self.positions:
             raise ProjectionError(f"partition {partition}'s position was never loaded")
         fresh: list[RecordedEvent] = []
@@ -173,6 +185,12 @@ class Applier:
         return True
 
     def _retry_or_park(self, partition: int, event: RecordedEvent, error: BaseException) -> None:
+        with event_log_context(event):
+            self._retry_or_park_logged(partition, event, error)
+
+    def _retry_or_park_logged(
+        self, partition: int, event: RecordedEvent, error: BaseException
+    ) -> None:
         backoff = Backoff(self.settings.retry_initial, self.settings.retry_max)
         attempts = 1
         # An error that says retrying cannot help (``retryable = False``) is parked at once.

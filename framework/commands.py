@@ -130,3 +130,6 @@ class Metadata(BaseModel):
     correlation_id: UUID | None = None
     causation_id: UUID | None = None
     issued_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    traceparent: str | None = Field(default=None, max_length=200)
+    """The W3C trace context of the span that issued the command (None when untraced): a
+    writer's spans join the caller's trace, a projection batch links back to it."""

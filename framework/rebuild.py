@@ -31,6 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from framework.applier import Applier, ApplierStats
 from framework.errors import ProjectionError, ProjectionStoppedError
+from framework.observability._tracing import destination_of, rebuild_span
 from framework.persistence import EventStore
 from framework.positions import dead_letters_table, now, positions_table, write_version
 from framework.projection import SHADOW_SUFFIX, Projection
@@ -115,6 +116,32 @@ def rebuild(
     projection moves the shadow positions meanwhile, or if the log keeps outrunning the
     rebuild for ``max_rounds`` rounds.
     """
+    with rebuild_span(projection.name):
+        return _rebuild(
+            projection,
+            store,
+            engine,
+            from_positions=from_positions,
+            settings=settings,
+            progress=progress,
+            stop=stop,
+            swap=swap,
+            max_rounds=max_rounds,
+        )
+
+
+def _rebuild(
+    projection: Projection,
+    store: EventStore,
+    engine: Engine,
+    *,
+    from_positions: Mapping[int, int] | None,
+    settings: ProjectionSettings | None,
+    progress: ProgressCallback | None,
+    stop: threading.Event | None,
+    swap: bool,
+    max_rounds: int,
+) -> RebuildResult:
     settings = settings or projection_settings(projection.name)
     stop = stop or threading.Event()
     report = progress or console_progress(projection.name)
@@ -123,7 +150,7 @@ def rebuild(
         postgres = conn.dialect.name == "postgresql"
     shadow = projection.shadow(rename_constraints=postgres)
     _prepare(engine, shadow, from_positions or {})
-    applier = Applier(shadow, engine, settings, stop)
+    applier = Applier(shadow, engine, settings, stop, destination=destination_of(store))
     partitions = list(range(store.partitions))
     applier.load(partitions)
     progress_state = _Progress(projection.name, report, started)

@@ -44,6 +44,7 @@ from framework.errors import (
     ProjectionTimeoutError,
     StoreUnavailableError,
 )
+from framework.observability._tracing import destination_of
 from framework.persistence import (
     ConsumerSettings,
     EventStore,
@@ -132,6 +133,8 @@ class ProjectionWorker:
             self.settings,
             self.stop_event,
             on_conflict=self._reseek,
+            destination=destination_of(store),
+            group=self.group,
         )
 
     @property

@@ -1,9 +1,10 @@
 """Alembic environment for the read-model databases.
 
-Target metadata: the framework's tables (positions, dead letters, projection versions) plus the
-tables of every projection in the modules below. Autogenerate only ever touches tables it owns:
-a table in the database that no owned metadata names (Django's, another service's, a rebuild's
-``__rebuild`` shadow) is never proposed for dropping.
+Target metadata: the framework's tables (positions, dead letters, projection versions), the
+operational ones (heartbeats, samples) and the tables of every projection in the modules
+below. Autogenerate only ever touches tables it owns: a table in the database that no owned
+metadata names (Django's, another service's, a rebuild's ``__rebuild`` shadow) is never
+proposed for dropping.
 
 **Adding a projection** is one line: append its module to ``PROJECTION_MODULES`` (for example
 ``"projections.orders"``), then ``alembic revision --autogenerate -m "orders projection"``.
@@ -50,7 +51,10 @@ def _modules() -> list[str]:
 
 
 def _target_metadata() -> list[sa.MetaData]:
-    found: list[sa.MetaData] = [framework_metadata]
+    # Operational tables (heartbeats, samples): plain SQLAlchemy, importable without Django.
+    from framework.contrib.django.heartbeats import metadata as operations_metadata
+
+    found: list[sa.MetaData] = [framework_metadata, operations_metadata]
     for name in _modules():
         module = importlib.import_module(name)
         for projection in projections_in(vars(module).values()):

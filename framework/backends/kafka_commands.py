@@ -53,6 +53,8 @@ from framework.errors import (
     StoreUnavailableError,
     UnknownCommandError,
 )
+from framework.observability._commands import traced
+from framework.observability._tracing import send_span
 
 if TYPE_CHECKING:
     from framework.application import Application
@@ -394,6 +396,18 @@ class KafkaCommandRouter:
         reply: int | None,
         timeout: float,
         deadline: float,
+    ) -> None:
+        with send_span(self.store.commands_topic, count=1, partition=shard):
+            # The record carries this span's trace context: the writer's spans join the trace.
+            self._produce_traced(command, traced(metadata), shard, reply, timeout)
+
+    def _produce_traced(
+        self,
+        command: Command,
+        metadata: Metadata,
+        shard: int,
+        reply: int | None,
+        timeout: float,
     ) -> None:
         expires = time.time() + max(self.store.command_ttl, timeout)
         value = encode_command(command, metadata, reply_partition=reply, expires_at=expires)

@@ -70,6 +70,7 @@ from framework.errors import (
     OutcomeUnknownError,
     StoreUnavailableError,
 )
+from framework.observability import _commands as observed
 from framework.persistence import NewEvent, Positions, RecordedEvent
 
 if TYPE_CHECKING:
@@ -131,6 +132,8 @@ class _Entry:
     decision: Decision | None = None
     outcome: CommandResult | BaseException | None = None
     recorded: list[RecordedEvent] = field(default_factory=list)
+    span: Any = None
+    """The command's span (observability), ended once its transaction committed or not."""
 
 
 class _Retry(Exception):
@@ -306,8 +309,12 @@ class ShardOwner:
                 continue
             entries, rest, spoiled = self._decide(batch)
             try:
-                self._transact(entries)
+                with observed.observed_transaction(self.store.topic, _sends(entries)):
+                    self._transact(entries)
             except _Retry as retry:
+                for entry in entries:
+                    if entry.span is not None:
+                        observed.end_command(entry.span, error=retry)
                 self.stats["retries"] += 1
                 log.warning("shard %s: %s; deciding the batch again", self.shard, retry)
                 self._drop_producer()
@@ -359,6 +366,7 @@ class ShardOwner:
                 return entries, batch[i:], set()  # a resend: answer it once the first is written
             in_batch.add(command.command_id)
             entry.command = command
+            entry.span, metadata = observed.start_command(metadata)
             loader = _BatchLoader(self, overlay)
             try:
                 previous = self.app.previous_result(command)
@@ -372,6 +380,7 @@ class ShardOwner:
                 if loader.used_overlay and any(e.decision for e in entries):
                     # The handler may have half-changed aggregates of earlier commands: write
                     # those first, then decide this one again on clean state.
+                    observed.end_command(entry.span, error=error)
                     return entries, batch[i:], loader.touched
                 for aggregate_id in loader.touched:
                     self.cache.pop(aggregate_id, None)
@@ -549,6 +558,9 @@ class ShardOwner:
             log.exception("could not index the committed events; taking the shard over again")
             self._drop_producer()
         for entry in entries:
+            if entry.span is not None:
+                failed = entry.outcome if isinstance(entry.outcome, BaseException) else None
+                observed.end_command(entry.span, entry.outcome if not failed else None, failed)
             if entry.decision is not None:
                 self.app.committed(entry.decision, positions_of(entry.recorded))
                 for aggregate in entry.decision.touched:
@@ -587,6 +599,18 @@ def _positions(
         at = out.setdefault(id(entry), {})
         at[partition] = max(at.get(partition, 0), offset + 1)
     return out
+
+
+def _sends(entries: Sequence[_Entry]) -> list[tuple[Any, UUID | None, int | None, int]]:
+    """Each decided command's span, aggregate, version and event count (observability)."""
+    found = []
+    for entry in entries:
+        decision = entry.decision
+        if decision is not None and entry.span is not None:
+            primary = decision.primary
+            version = decision.versions.get(primary) if primary else None
+            found.append((entry.span, primary, version, len(decision.events)))
+    return found
 
 
 def _offset_and_metadata(offset: int) -> Any:
@@ -640,6 +664,7 @@ class WriterMember:
         self._throttled: set[int] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._observers = observed.observe_writer(self)
         s = self.settings
         try:
             self.consumer = self.store._new_consumer(
@@ -806,6 +831,7 @@ class WriterMember:
             router.attach(self)
 
     def _shutdown(self) -> None:
+        observed.unobserve_writer(self._observers)
         router = self.app.router
         if isinstance(router, KafkaCommandRouter):
             router.detach(self)

@@ -435,3 +435,29 @@ def test_stream_status_reports_watermark_open_windows_and_late_events():
     assert status.open_windows["hourly"] == 2 and status.amended_after_close["hourly"] == 1
     assert status.late_events["stats"] == {"drop": 1}
     assert status.late_events["daily"] == {"dead_letter": 1}
+
+
+def test_stream_figures_are_instruments():
+    from framework.observability import StreamSampler
+    from tests.support import telemetry
+
+    outcome = given_partitions(
+        {0: [made(A, 90, "3.00"), made(B, 5, "8.00")], 1: [made(C, 95, "1.00")]}
+    ).project(SalesStreams)
+    telemetry.install()
+    sampler = StreamSampler([outcome.projection], outcome.engine).start()
+    try:
+        name = outcome.projection.name
+        opened = telemetry.scrape("keel_window_open", projection=name, stream="hourly")
+        late = telemetry.scrape("keel_window_late_events_total", projection=name)
+    finally:
+        sampler.stop()
+    status = streaming.stream_status(outcome.projection, outcome.engine)
+    assert [v for _, v in opened] == [status.open_windows["hourly"]] == [2]
+    assert sorted((labels["stream"], labels["action"], v) for labels, v in late) == sorted(
+        (stream, action, count)
+        for stream, actions in status.late_events.items()
+        for action, count in actions.items()
+    )
+    assert ("stats", "drop", 1) in [(lb["stream"], lb["action"], v) for lb, v in late]
+    assert telemetry.scrape("keel_window_open", projection=name) == []  # stopped: not reported

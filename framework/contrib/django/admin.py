@@ -470,6 +470,10 @@ class ProjectionAdmin(ReadOnlyAdmin):
             "projections": operations.status_rows(dead_letters=True),
             "stale_after": heartbeats.STALE_AFTER,
             "lag_chart": _lag_chart(),
+            "throughput_chart": _samples_chart(
+                "throughput", "Events applied per second, last hour"
+            ),
+            "dead_letters_chart": _samples_chart("dead_letters", "Dead letters, last hour"),
             "can_view_events": _has_perm(request, "keel.view_events"),
             "can_rebuild": _has_perm(request, "keel.rebuild_projection"),
             "can_redrive": _has_perm(request, "keel.redrive_deadletter"),
@@ -589,6 +593,18 @@ class ChangeFeedAdmin(ReadOnlyAdmin):
                 f"still failing, {result.remaining} dead letter(s) left.",
             )
         return redirect(f"{self.admin_site.name}:keel_changefeed_changelist")
+
+
+def _samples_chart(metric: str, title: str) -> str:
+    from framework.contrib.django.charts import line_chart
+    from framework.contrib.django.conf import get_engine
+
+    try:
+        found = heartbeats.read_samples(get_engine(), metric)
+    except Exception as error:  # the chart is a nicety; the table above is the record
+        log.warning("no %s chart: %s", metric, error)
+        return ""
+    return line_chart(found, title=title)
 
 
 admin.site.register(keel_models.Command, CommandAdmin)

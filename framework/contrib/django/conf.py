@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from django.conf import settings as django_settings
 from django.core.signals import setting_changed
@@ -115,6 +115,21 @@ class KeelSettings(BaseSettings):
         max_length=200,
         description="Path prefix of the JSON API: error answers under it are JSON "
         "(framework.contrib.django.error_pages).",
+    )
+
+    metrics_exporter: Literal["none", "prometheus"] = Field(
+        "none",
+        description="'prometheus': install the OpenTelemetry SDK's meter provider with a "
+        "Prometheus reader, served by the /metrics view (and --metrics-port of the workers and "
+        "writers); needs the [metrics] extra. 'none': the application installs its own SDK, "
+        "or nothing is measured.",
+    )
+
+    health_stall_after: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a projection may lag without applying an event before its "
+        "workers count as stopped (health: not ready).",
     )
 
     @field_validator("application")
@@ -385,6 +400,9 @@ def reset() -> None:
     with _lock:
         state = dict(_state)
         _state.clear()
+    from framework.contrib.django import observability
+
+    observability.reset()  # its lag sampler holds the old store and engine
     app = state.get("application")
     if app is not None:
         app.close()

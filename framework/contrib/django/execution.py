@@ -29,6 +29,7 @@ from framework.errors import (
     StoreUnavailableError,
     UnknownCommandError,
 )
+from framework.observability import request_span
 from framework.persistence import Positions
 
 __all__ = [
@@ -76,9 +77,19 @@ def execute(
     from framework.contrib.django.audit import log_command
 
     app = get_application()
-    result = app.execute(
-        command, user=username(request), correlation_id=correlation or correlation_id(request)
-    )
+    user = username(request)
+    match = getattr(request, "resolver_match", None)
+    route = (match.route if match is not None else "") or request.path
+    with request_span(
+        request.method or "GET",
+        route,
+        request.path,
+        user=user,
+        traceparent=request.headers.get("traceparent"),
+    ):
+        result = app.execute(
+            command, user=user, correlation_id=correlation or correlation_id(request)
+        )
     if not result.replayed:
         kind = aggregate_type(result.aggregate_id) if result.aggregate_id else None
         log_command(request, command, result, kind)

@@ -31,9 +31,13 @@ __all__ = [
     "Pulse",
     "beat",
     "lag_samples",
+    "owner",
     "read_beats",
     "read_lag",
+    "read_samples",
     "record_lag",
+    "record_samples",
+    "samples",
     "table",
 ]
 
@@ -62,6 +66,17 @@ lag_samples = sa.Table(
     sa.Column("lag", sa.BigInteger, nullable=False),
 )
 
+samples = sa.Table(
+    "keel_samples",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("metric", sa.String(50), primary_key=True),
+    sa.Column("at", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("value", sa.Float, nullable=False),
+)
+"""Other figures over time, beside the lag: ``throughput`` (events applied per second since
+the previous sample) and ``dead_letters``, for the projections page's charts."""
+
 KEEP_SAMPLES = dt.timedelta(hours=24)
 """How long lag samples are kept (older ones are deleted as new ones arrive)."""
 
@@ -72,7 +87,8 @@ _created: set[int] = set()
 _lock = threading.Lock()
 
 
-def _owner() -> str:
+def owner() -> str:
+    """This process, as heartbeats name it (``host:pid``)."""
     return f"{socket.gethostname()}:{os.getpid()}"[:200]
 
 
@@ -122,7 +138,7 @@ def beat(
     now = dt.datetime.now(dt.UTC)
     values: dict[str, Any] = {
         "kind": kind,
-        "owner": _owner(),
+        "owner": owner(),
         "beat_at": now,
         "progress": progress,
         "detail": (detail or "")[:500] or None,
@@ -165,12 +181,16 @@ class Pulse:
         name: str,
         *,
         sample: Callable[[], int | None] | None = None,
+        dead_letters: Callable[[], int | None] | None = None,
         interval: float = 2.0,
         sample_every: float = 10.0,
     ) -> None:
         self.engine = engine
         self.name = name
         self.sample = sample
+        self.dead_letters = dead_letters
+        self.total = 0  # events applied by this pulse's worker, for the throughput samples
+        self._sampled_total = 0
         self.interval = interval
         self.sample_every = sample_every
         self.beat_at: dt.datetime | None = None
@@ -184,12 +204,14 @@ class Pulse:
         with self._lock:
             self.beat_at = dt.datetime.now(dt.UTC)
             self.pending += applied
+            self.total += applied
 
     def flush(self) -> None:
         """Write the last beat now (the writer thread calls this; so does a stopping worker)."""
         with self._lock:
             beat_at, applied = self.beat_at, self.pending
             self.pending = 0
+            previous_total = self._sampled_total
         if beat_at is None or (beat_at == self.written and not applied):
             return
         try:
@@ -201,11 +223,20 @@ class Pulse:
             log.debug("no heartbeat for %s: %s", self.name, error)
         now = time.monotonic()
         if self.sample is not None and now - self.sampled >= self.sample_every:
-            self.sampled = now
+            elapsed, self.sampled = now - self.sampled, now
             try:
                 lag = self.sample()
                 if lag is not None:
                     record_lag(self.engine, self.name, lag)
+                figures: dict[str, float] = {}
+                with self._lock:
+                    total, self._sampled_total = self.total, self.total
+                if elapsed < 10 * self.sample_every:  # not the first sample
+                    figures["throughput"] = (total - previous_total) / elapsed
+                dead = self.dead_letters() if self.dead_letters is not None else None
+                if dead is not None:
+                    figures["dead_letters"] = dead
+                record_samples(self.engine, self.name, figures)
             except Exception as error:  # a missed sample is no reason to stop
                 log.debug("no lag sample for %s: %s", self.name, error)
 
@@ -216,7 +247,7 @@ class Pulse:
 
 def _write(engine: sa.Engine, name: str, beat_at: dt.datetime, applied: int) -> None:
     _ensure(engine)
-    values: dict[str, Any] = {"kind": "worker", "owner": _owner(), "beat_at": beat_at}
+    values: dict[str, Any] = {"kind": "worker", "owner": owner(), "beat_at": beat_at}
     with engine.begin() as conn:
         updated = conn.execute(
             table.update()
@@ -297,4 +328,37 @@ def read_lag(
         for row in conn.execute(query):
             moment = row.at if row.at.tzinfo else row.at.replace(tzinfo=dt.UTC)
             found.setdefault(row.name, []).append((moment, int(row.lag)))
+    return found
+
+
+def record_samples(engine: sa.Engine, name: str, figures: dict[str, float]) -> None:
+    """Keep one sample of each figure (``throughput``, ``dead_letters``)."""
+    if not figures:
+        return
+    _ensure(engine)
+    now = dt.datetime.now(dt.UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            samples.insert(),
+            [{"name": name, "metric": m, "at": now, "value": v} for m, v in figures.items()],
+        )
+        conn.execute(samples.delete().where(samples.c.at < now - KEEP_SAMPLES))
+
+
+def read_samples(
+    engine: sa.Engine, metric: str, since: dt.timedelta = dt.timedelta(hours=1)
+) -> dict[str, list[tuple[dt.datetime, float]]]:
+    """One figure's samples of the last ``since``, per projection, oldest first."""
+    _ensure(engine)
+    start = dt.datetime.now(dt.UTC) - since
+    query = (
+        sa.select(samples)
+        .where(samples.c.metric == metric, samples.c.at >= start)
+        .order_by(samples.c.name, samples.c.at)
+    )
+    found: dict[str, list[tuple[dt.datetime, float]]] = {}
+    with engine.connect() as conn:
+        for row in conn.execute(query):
+            moment = row.at if row.at.tzinfo else row.at.replace(tzinfo=dt.UTC)
+            found.setdefault(row.name, []).append((moment, float(row.value)))
     return found

@@ -190,7 +190,9 @@ class DjangoProjectionWorker(ProjectionWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.pulse = heartbeats.Pulse(self.engine, self.projection.name, sample=self._lag)
+        self.pulse = heartbeats.Pulse(
+            self.engine, self.projection.name, sample=self._lag, dead_letters=self._dead_letters
+        )
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -205,6 +207,11 @@ class DjangoProjectionWorker(ProjectionWorker):
         super().process(events)
         self.pulse(len(events))
         close_old_connections()
+
+    def _dead_letters(self) -> int:
+        from framework import dead_letters
+
+        return dead_letters.count(self.engine, self.projection)
 
     def _lag(self) -> int | None:
         """Events between this worker's positions and the head, over its partitions."""

@@ -19,6 +19,7 @@ from framework.contrib.django.conf import (
     get_projections,
     get_settings,
 )
+from framework.contrib.django.observability import serve_metrics
 from framework.contrib.django.operations import DjangoProjectionWorker
 from framework.errors import FrameworkError
 
@@ -58,6 +59,12 @@ class Command(BaseCommand):
             help="seconds without a heartbeat before Kafka gives a dead worker's partitions to "
             "another (default: KEEL_PROJECTION_SESSION_TIMEOUT or 10)",
         )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            help="serve Prometheus /metrics on 127.0.0.1:PORT (KEEL['METRICS_EXPORTER'] = "
+            "'prometheus' and the [metrics] extra)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         checks.running_worker = True
@@ -94,6 +101,7 @@ class Command(BaseCommand):
         try:
             store = get_application().store
             engine = get_engine()
+            serve_metrics(options["metrics_port"])
             workers = [
                 DjangoProjectionWorker(
                     known[n], store, engine, group=consumer_group(n), **overrides

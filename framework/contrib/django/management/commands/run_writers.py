@@ -10,11 +10,12 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from framework.backends.kafka_owner import WriterSettings
-from framework.contrib.django import checks
+from framework.backends.kafka_owner import WriterMember, WriterSettings
+from framework.contrib.django import checks, heartbeats
 from framework.contrib.django.conf import get_application
+from framework.contrib.django.observability import WriterBeat, serve_metrics
 from framework.errors import FrameworkError
-from framework.writer import run_writer, writer_status
+from framework.writer import writer_status
 
 
 class Command(BaseCommand):
@@ -39,6 +40,12 @@ class Command(BaseCommand):
             default=defaults.session_timeout,
             help="seconds before a dead writer's shards move to another writer "
             f"(default {defaults.session_timeout:g})",
+        )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            help="serve Prometheus /metrics on 127.0.0.1:PORT (KEEL['METRICS_EXPORTER'] = "
+            "'prometheus' and the [metrics] extra)",
         )
         parser.add_argument(
             "--status",
@@ -67,11 +74,18 @@ class Command(BaseCommand):
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         self.stdout.write(self.style.SUCCESS(f"writer for {app.name!r} running (Ctrl-C to stop)"))
+        beat: WriterBeat | None = None
         try:
-            run_writer(app, settings, stop=stop)
+            serve_metrics(options["metrics_port"])
+            member = WriterMember(app, settings)
+            name = f"writer:{settings.instance_id or heartbeats.owner()}"
+            beat = WriterBeat(member, name).start()  # for keel_health writers
+            member.run(stop)
         except FrameworkError as error:
             raise CommandError(str(error)) from error
         finally:
+            if beat is not None:
+                beat.stop()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         self.stdout.write("writer stopped")

@@ -1,0 +1,240 @@
+"""The signals of executing one command: its span, its log context, its duration and outcome.
+Used by :class:`framework.application.Application` and the Kafka shard owner."""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
+from framework.observability import _names as n
+from framework.observability._logs import log_context
+from framework.observability._metrics import Reading, instruments, observe, unobserve
+from framework.observability._tracing import (
+    command_span,
+    context_of,
+    current_traceparent,
+    send_attributes,
+    tracer,
+)
+
+if TYPE_CHECKING:
+    from framework.commands import Metadata
+
+__all__ = [
+    "ObservedCommand",
+    "end_command",
+    "observe_writer",
+    "observed_command",
+    "observed_transaction",
+    "outcome_of",
+    "start_command",
+    "traced",
+    "unobserve_writer",
+]
+
+
+def outcome_of(error: BaseException) -> str:
+    """``conflict`` (lost its races), ``rejected`` (the domain or the input refused it) or
+    ``error`` (anything else: outages, unknown outcomes, bugs)."""
+    from framework import errors
+
+    if isinstance(error, errors.ConcurrencyError):
+        return n.CONFLICT
+    if isinstance(
+        error,
+        errors.DomainError
+        | errors.CommandError
+        | errors.AggregateNotFoundError
+        | errors.AggregateExistsError
+        | errors.CrossShardCommandError
+        | errors.EventTooLargeError,
+    ):
+        return n.REJECTED
+    return n.ERROR
+
+
+def traced(metadata: Metadata) -> Metadata:
+    """``metadata`` carrying the current span's ``traceparent`` (unchanged when untraced)."""
+    parent = current_traceparent()
+    if parent is None or parent == metadata.traceparent:
+        return metadata
+    return metadata.model_copy(update={"traceparent": parent})
+
+
+class ObservedCommand:
+    """What :func:`observed_command` yields: the metadata to use, and where to report the
+    result."""
+
+    __slots__ = ("metadata", "span")
+
+    def __init__(self, metadata: Metadata, span: trace.Span) -> None:
+        self.metadata = metadata
+        self.span = span
+
+    def done(self, result: Any) -> None:
+        """Note the aggregate and versions a successful result wrote on the span."""
+        span = self.span
+        if span.is_recording() and result.aggregate_id is not None:
+            span.set_attribute(n.KEEL_AGGREGATE_ID, str(result.aggregate_id))
+            version = result.versions.get(result.aggregate_id)
+            if version is not None:
+                span.set_attribute(n.KEEL_AGGREGATE_VERSION, version)
+            if result.replayed:  # ok is the span's plain status; a replay is worth saying
+                span.set_attribute(n.KEEL_OUTCOME, n.REPLAYED)
+
+
+@contextmanager
+def observed_command(
+    metadata: Metadata, *, measure: bool = True, parent: str | None = None
+) -> Iterator[ObservedCommand]:
+    """Around executing one command: the ``command <Type>`` span (a child of ``parent`` when
+    given), the command's ids in the log context, and (``measure``) its duration and outcome
+    in ``keel.command.duration`` / ``keel.command.rejected``."""
+    command_type = metadata.command_type or "?"
+    started = time.perf_counter()
+    outcome = n.OK
+    with (
+        log_context(
+            command_id=metadata.command_id,
+            correlation_id=metadata.correlation_id,
+            causation_id=metadata.causation_id,
+        ),
+        command_span(
+            command_type,
+            command_id=metadata.command_id,
+            correlation_id=metadata.correlation_id,
+            causation_id=metadata.causation_id,
+            traceparent=parent,
+        ) as span,
+    ):
+        try:
+            yield ObservedCommand(traced(metadata), span)
+        except BaseException as error:
+            outcome = outcome_of(error)
+            if span.is_recording():
+                span.set_attribute(n.KEEL_OUTCOME, outcome)
+            if measure and outcome != n.ERROR:
+                instruments.command_rejected.add(
+                    1,
+                    {
+                        n.COMMAND: command_type,
+                        n.OUTCOME: outcome,
+                        n.ERROR_TYPE: type(error).__name__,
+                    },
+                )
+            raise
+        finally:
+            if measure:
+                instruments.command_duration.record(
+                    time.perf_counter() - started, {n.COMMAND: command_type, n.OUTCOME: outcome}
+                )
+
+
+def start_command(metadata: Metadata) -> tuple[trace.Span, Metadata]:
+    """A writer's ``command <Type>`` span for a command it took from the commands topic (a
+    child of the sender's span), not yet current, and the metadata its events get. End it
+    with :func:`end_command` once the command's transaction committed (or did not)."""
+    command_type = metadata.command_type or "?"
+    attributes: dict[str, Any] = {n.KEEL_COMMAND: command_type}
+    if metadata.command_id is not None:
+        attributes[n.KEEL_COMMAND_ID] = str(metadata.command_id)
+    if metadata.correlation_id is not None:
+        attributes[n.KEEL_CORRELATION_ID] = str(metadata.correlation_id)
+    span = tracer().start_span(
+        n.SPAN_COMMAND.format(command=command_type),
+        context=context_of(metadata.traceparent),
+        attributes=attributes,
+    )
+    if not span.is_recording():
+        return span, metadata
+    with trace.use_span(span, end_on_exit=False):
+        return span, traced(metadata)
+
+
+def end_command(span: trace.Span, result: Any = None, error: BaseException | None = None) -> None:
+    if span.is_recording():
+        if error is not None:
+            span.set_attribute(n.KEEL_OUTCOME, outcome_of(error))
+            span.set_attribute(n.ERROR_TYPE, type(error).__qualname__)
+            span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+        elif result is not None:
+            ObservedCommand(None, span).done(result)  # type: ignore[arg-type]
+    span.end()
+
+
+@contextmanager
+def observed_transaction(
+    topic: str, commands: Sequence[tuple[trace.Span, UUID | None, int | None, int]]
+) -> Iterator[None]:
+    """Around one Kafka transaction holding several commands' events: a ``send <topic>`` span
+    under each command's span (``(span, aggregate id, version, events)``), its duration in
+    ``keel.store.txn.duration`` and, once committed, the events in
+    ``keel.store.append.events``."""
+    sends = [
+        tracer().start_span(
+            n.SPAN_SEND.format(topic=topic),
+            context=trace.set_span_in_context(span),
+            kind=trace.SpanKind.PRODUCER,
+            attributes=send_attributes(topic, count, aggregate_id, version),
+        )
+        for span, aggregate_id, version, count in commands
+        if span.is_recording()
+    ]
+    started = time.perf_counter()
+    try:
+        yield
+    except BaseException as error:
+        for send in sends:
+            send.set_attribute(n.ERROR_TYPE, type(error).__qualname__)
+            send.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+            send.end()
+        raise
+    instruments.store_txn_duration.record(time.perf_counter() - started)
+    instruments.store_append_events.add(sum(count for *_, count in commands))
+    for send in sends:
+        send.end()
+
+
+def observe_writer(member: Any) -> list[tuple[str, Any]]:
+    """Report a writer member's shard owners (``stats()``, ``owned()``) as
+    ``keel.writer.transactions`` / ``fenced`` / ``retries`` and ``keel.writer.shards``."""
+    ref = weakref.ref(member)
+
+    def counter(key: str) -> Any:
+        def read() -> list[Reading]:
+            found = ref()
+            if found is None:
+                return []
+            app = found.app.name
+            return [
+                (stats.get(key, 0), {n.APP: app, n.SHARD: shard})
+                for shard, stats in found.stats().items()
+            ]
+
+        return read
+
+    def shards() -> list[Reading]:
+        found = ref()
+        return [] if found is None else [(len(found.owned()), {n.APP: found.app.name})]
+
+    return [
+        (metric, observe(metric, observer))
+        for metric, observer in (
+            (n.WRITER_TRANSACTIONS, counter("transactions")),
+            (n.WRITER_FENCED, counter("fenced")),
+            (n.WRITER_RETRIES, counter("retries")),
+            (n.WRITER_SHARDS, shards),
+        )
+    ]
+
+
+def unobserve_writer(observers: list[tuple[str, Any]]) -> None:
+    for metric, observer in observers:
+        unobserve(metric, observer)

@@ -1,0 +1,137 @@
+"""Instruments, through the OpenTelemetry metrics API (a no-op until the application installs
+the SDK's ``MeterProvider``; :mod:`framework.observability.prometheus` installs one that
+Prometheus can scrape).
+
+Counters and histograms are recorded where the work happens. Gauges are observed: a module
+that knows a figure registers a callback with :func:`observe`, and the SDK calls it at each
+collection (a scrape), so an idle process costs nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from framework.observability import _names as n
+
+__all__ = [
+    "Reading",
+    "instruments",
+    "observe",
+    "unobserve",
+]
+
+Reading = tuple[float, Mapping[str, Any]]
+"""One observed value with its attributes, e.g. ``(12, {"projection": "orders"})``."""
+
+Observer = Callable[[], Iterable[Reading]]
+
+_meter = metrics.get_meter("keel")
+_observers: dict[str, list[Observer]] = {}
+_lock = threading.Lock()
+
+# Seconds; the semconv buckets for messaging durations (5 ms ... 10 s), with 1 ms below.
+_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10)
+_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+
+def observe(metric: str, observer: Observer) -> Observer:
+    """Report ``observer()``'s readings as the gauge (or observed counter) ``metric`` (one of
+    :data:`~framework.observability.METRICS` of kind ``gauge``, or ``keel.writer.*``).
+    Returns ``observer``, for :func:`unobserve`. An observer that raises is skipped."""
+    if metric not in _OBSERVED:
+        raise ValueError(f"{metric!r} is not an observed instrument (one of {sorted(_OBSERVED)})")
+    with _lock:
+        _observers.setdefault(metric, []).append(observer)
+    return observer
+
+
+def unobserve(metric: str, observer: Observer) -> None:
+    """Stop reporting ``observer`` (a worker that stops, a writer that leaves)."""
+    with _lock:
+        found = _observers.get(metric, [])
+        if observer in found:
+            found.remove(observer)
+
+
+def _callback(metric: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def collect(_options: CallbackOptions) -> Iterable[Observation]:
+        with _lock:
+            observers = list(_observers.get(metric, ()))
+        readings: list[Observation] = []
+        for observer in observers:
+            try:
+                readings.extend(Observation(value, dict(attrs)) for value, attrs in observer())
+            except Exception:  # one broken source must not blank the whole scrape
+                continue
+        return readings
+
+    return collect
+
+
+class _Instruments:
+    """The recorded instruments (observed ones are created below, once)."""
+
+    def __init__(self) -> None:
+        m = _meter
+        d = n.METRICS
+        self.command_duration = m.create_histogram(
+            n.COMMAND_DURATION,
+            unit="s",
+            description=d[n.COMMAND_DURATION][2],
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self.command_conflicts = m.create_counter(
+            n.COMMAND_CONFLICTS, description=d[n.COMMAND_CONFLICTS][2]
+        )
+        self.command_rejected = m.create_counter(
+            n.COMMAND_REJECTED, description=d[n.COMMAND_REJECTED][2]
+        )
+        self.store_append_events = m.create_counter(
+            n.STORE_APPEND_EVENTS, description=d[n.STORE_APPEND_EVENTS][2]
+        )
+        self.store_txn_duration = m.create_histogram(
+            n.STORE_TXN_DURATION,
+            unit="s",
+            description=d[n.STORE_TXN_DURATION][2],
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self.projection_events = m.create_counter(
+            n.PROJECTION_EVENTS, description=d[n.PROJECTION_EVENTS][2]
+        )
+        self.projection_batch_size = m.create_histogram(
+            n.PROJECTION_BATCH_SIZE,
+            description=d[n.PROJECTION_BATCH_SIZE][2],
+            explicit_bucket_boundaries_advisory=_SIZE_BUCKETS,
+        )
+        self.process_duration = m.create_histogram(
+            n.PROCESS_DURATION,
+            unit="s",
+            description=d[n.PROCESS_DURATION][2],
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+
+
+_OBSERVED = {
+    name: (kind, unit, description)
+    for name, (kind, unit, description) in n.METRICS.items()
+    if kind == "gauge"
+    or name in (n.WRITER_TRANSACTIONS, n.WRITER_FENCED, n.WRITER_RETRIES, n.WINDOW_LATE_EVENTS)
+}
+
+for _name, (_kind, _unit, _description) in _OBSERVED.items():
+    if _kind == "gauge":
+        _meter.create_observable_gauge(
+            _name, callbacks=[_callback(_name)], unit=_unit, description=_description
+        )
+    else:
+        _meter.create_observable_counter(
+            _name, callbacks=[_callback(_name)], unit=_unit, description=_description
+        )
+
+instruments = _Instruments()
+"""The recorded instruments (``instruments.command_duration.record(...)``)."""
