@@ -399,7 +399,7 @@ class KafkaCommandRouter:
     ) -> None:
         with send_span(self.store.commands_topic, count=1, partition=shard):
             # The record carries this span's trace context: the writer's spans join the trace.
-            self._produce_traced(command, traced(metadata), shard, reply, timeout)
+            self._produce_traced(command, traced(metadata), shard, reply, timeout, deadline)
 
     def _produce_traced(
         self,
@@ -408,6 +408,7 @@ class KafkaCommandRouter:
         shard: int,
         reply: int | None,
         timeout: float,
+        deadline: float,
     ) -> None:
         expires = time.time() + max(self.store.command_ttl, timeout)
         value = encode_command(command, metadata, reply_partition=reply, expires_at=expires)
