@@ -365,7 +365,11 @@ def test_t4_a_paused_writer_commits_nothing_after_another_takes_over(
     figures = Counter[str]()
     outcomes: list[str] = []
     anomalies = Counter[str]()
-    for stop_in in ("begin_transaction", "commit_transaction"):
+    cases = [stop_in for stop_in in ("begin_transaction", "commit_transaction") for _ in range(3)]
+    done: set[str] = set()
+    for stop_in in cases:
+        if stop_in in done:
+            continue
         name = unique_name("t4")
         target = uuid.uuid4()
         store = open_store(url, name=name)
@@ -390,6 +394,12 @@ def test_t4_a_paused_writer_commits_nothing_after_another_takes_over(
             while not stopped(child.pid or 0):
                 assert time.monotonic() < deadline, "the zombie never paused"
                 time.sleep(0.02)
+            if any("zombie" in payload(r) for r in raw_records(kafka_bootstrap, store.topic, 3)):
+                # Its append committed before the pause took hold (seen under heavy load): no
+                # zombie was made, so nothing is tested. Count it and set the case up again.
+                figures["paused_after_commit"] += 1
+                store.close()
+                continue
             # The zombie is paused inside its append; this process takes the writer over.
             for v in (4, 5):
                 append(v)
@@ -421,6 +431,7 @@ def test_t4_a_paused_writer_commits_nothing_after_another_takes_over(
         figures["gaps"] += max(versions) - len(set(versions))
         figures["parent_ok"] += len(versions)
         store.close()
+        done.add(stop_in)
     print(
         f"T4: cases=2 zombie_committed={figures['zombie_committed']} "
         f"zombie_committed_raw={figures['zombie_committed_raw']} "
@@ -428,8 +439,10 @@ def test_t4_a_paused_writer_commits_nothing_after_another_takes_over(
         f"zombie_fenced={figures['zombie_fenced']} zombie_outcomes={','.join(outcomes)} "
         f"dup_versions={figures['dup_versions']} gaps={figures['gaps']} "
         f"parent_events={figures['parent_ok']} "
+        f"paused_after_commit={figures['paused_after_commit']} "
         + " ".join(f"{k}={v}" for k, v in sorted(anomalies.items()))
     )
+    assert done == {"begin_transaction", "commit_transaction"}, "no zombie could be set up"
     assert set(anomalies.values()) == {0}, anomalies
     assert figures["zombie_committed"] == figures["zombie_committed_raw"] == 0
     assert figures["stale_records_in_log"] == 1  # the commit-time zombie really had sent
