@@ -48,6 +48,7 @@ class PaymentProcess(ProcessManager):
         Order.Confirmed: lambda e: e.originator_id,
         Order.Cancelled: lambda e: e.originator_id,
         OrderPayment.Received: lambda e: e.order_id,
+        OrderPayment.Voided: lambda e: e.order_id,
     }
     starts = (Order.Confirmed,)
 
@@ -86,14 +87,20 @@ class PaymentProcess(ProcessManager):
 
     @deadline("payment_due")
     def overdue(self, state: PaymentState, ctx: Context) -> PaymentState:
-        assert state.order_id is not None and state.payment_id is not None
+        # The payment decides the race with a late payment: it is either voided (then the order
+        # is cancelled, below) or already received (the void is refused and paid() ships).
+        assert state.payment_id is not None
+        ctx.send(VoidPayment(payment_id=state.payment_id, reason="payment window passed"))
+        return state.evolve(stage="voiding: no payment")
+
+    @reacts(OrderPayment.Voided)
+    def voided(self, state: PaymentState, event: Any, ctx: Context) -> PaymentState:
         ctx.send(
             CancelOrder(
-                order_id=state.order_id,
+                order_id=event.order_id,
                 reason="payment failed",
                 note="no payment within the payment window",
             )
         )
-        ctx.send(VoidPayment(payment_id=state.payment_id, reason="payment window passed"))
         ctx.complete()
         return state.evolve(stage="cancelled: no payment")

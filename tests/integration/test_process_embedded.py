@@ -106,8 +106,9 @@ def test_paid_orders_ship_and_unpaid_ones_are_cancelled(services: Services) -> N
         "CommandIssued",
         "DeadlineScheduled",
         "DeadlineReached",
-        "CommandIssued",
-        "CommandIssued",
+        "CommandIssued",  # VoidPayment
+        "Triggered",  # OrderPayment.Voided
+        "CommandIssued",  # CancelOrder
         "Completed",
     ]
     payment = s.payments.load(payments_app.OrderPayment, payment_id_for(unpaid))  # type: ignore[attr-defined]

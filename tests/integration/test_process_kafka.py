@@ -42,7 +42,7 @@ from framework.writer import writer
 from projections.payments import PaymentOrdersProjection, PaymentsProjection
 from sample_app.payments import application as payments_app
 from sample_app.payments.commands import ReceivePayment
-from sample_app.payments.domain import payment_id_for
+from sample_app.payments.domain import PaymentNotOpen, payment_id_for
 from sample_app.payments.process import PaymentProcess
 from sample_app.shop import application as shop_app
 from sample_app.shop.commands import CancelOrder, ConfirmOrder, PlaceOrder, RegisterCustomer
@@ -131,6 +131,7 @@ class Driver:
         self.to_pay: list[uuid.UUID] = []
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
+        self.late_payments = 0
 
     def order(self, pay: bool) -> uuid.UUID:
         order_id = uuid.uuid4()
@@ -160,6 +161,13 @@ class Driver:
                 return True
             except AggregateNotFoundError:
                 return False  # not requested yet: the process manager has not got there
+            except PaymentNotOpen:
+                # Too late: the window passed and the payment was voided first. The order must
+                # end cancelled, like one never paid.
+                self.paid.discard(order_id)
+                self.unpaid.add(order_id)
+                self.late_payments += 1
+                return True
             except OutcomeUnknownError:
                 continue  # the same command id again is safe
         return False
@@ -397,7 +405,8 @@ def test_killing_the_process_manager_loses_and_duplicates_nothing(
     stuck += len(pm_status.overdue) + pm_status.outbox_pending
     print(
         f"PM: kills={done_kills} orders={len(orders)} paid={len(driver.paid)} "
-        f"cancelled={len(driver.unpaid)} wrong={wrong} duplicates={duplicates} stuck={stuck} "
+        f"cancelled={len(driver.unpaid)} late_payments={driver.late_payments} wrong={wrong} "
+        f"duplicates={duplicates} stuck={stuck} "
         f"active={pm_status.active} dead_letters={pm_status.dead_letters} "
         f"rebootstrap_resent={resent} rebootstrap_effects_equal={replay_equal} "
         f"digest_equal={digest_equal}"
