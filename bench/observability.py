@@ -1,11 +1,17 @@
 """Observability overhead: commands/s and projection events/s with tracing and metrics on (the
-OpenTelemetry SDK installed, every span sampled, exporting to memory; metrics to an in-memory
-reader) against off (the API alone, a no-op), side by side, per CPU-second of the process
-(what the SDK costs) and per wall-clock second.
+OpenTelemetry SDK installed, every span sampled and exported; metrics to an in-memory reader)
+against off (the API alone, a no-op), side by side, per CPU-second of the process (what the SDK
+costs) and per wall-clock second.
 
 The global providers can be set only once per process, so each measurement is its own
 process (``python -m bench.observability MODE ...``), and the modes alternate (off, on, off,
 on...) so that drift of the machine hits both; the medians of every chunk are compared.
+
+Spans go through the SDK's ``BatchSpanProcessor`` to an exporter that counts and drops them, as
+a network exporter does once it has sent them. The SDK's ``InMemorySpanExporter`` keeps every
+span for the life of the process: with thousands of them alive, each full garbage collection of
+the projection phase walks them all, and a 0.2 s projection run spent 0.16 s of CPU in one
+(0.06 s with tracing off), which measured the exporter's memory rather than keel's tracing.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from bench.harness import REPO, Context, Row, Section, ServiceMissing, median
 
 __all__ = ["run"]
 
-TITLE = "Observability: tracing + metrics on (SDK, in-memory export) vs off"
+TITLE = "Observability: tracing + metrics on (SDK, every span exported) vs off"
 CHUNKS = 3
 PROJECTION_RUNS = 5
 
@@ -32,10 +38,23 @@ def _install_sdk() -> Any:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
 
-    exporter = InMemorySpanExporter()
+    class CountingExporter(SpanExporter):
+        """Counts the spans it is given and lets them go (see the module's docstring)."""
+
+        def __init__(self) -> None:
+            self.exported = 0
+
+        def export(self, spans: Any) -> SpanExportResult:
+            self.exported += len(spans)
+            return SpanExportResult.SUCCESS
+
+    exporter = CountingExporter()
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=65536))
     trace.set_tracer_provider(provider)
@@ -97,7 +116,7 @@ def measure(mode: str, store_url: str, db_url: str, commands: int, name: str) ->
     if sdk is not None:
         provider, exporter, reader = sdk
         provider.force_flush()
-        figures["spans"] = len(exporter.get_finished_spans())
+        figures["spans"] = exporter.exported
         data = reader.get_metrics_data()
         figures["metrics"] = sum(
             len(scope.metrics) for rm in data.resource_metrics for scope in rm.scope_metrics

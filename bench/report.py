@@ -144,7 +144,7 @@ def _goals(smoke: bool, quick: bool = False) -> list[Goal]:
         ),
         Goal(
             "observability_commands_sqlite",
-            "commands per CPU-second with tracing + metrics on (SDK, in-memory export) >= 0.9x "
+            "commands per CPU-second with tracing + metrics on (SDK, every span exported) >= 0.9x "
             "off (SQLite)",
             "observability",
             "sqlite_commands_cpu_on",

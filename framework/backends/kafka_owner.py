@@ -395,18 +395,33 @@ class ShardOwner:
         return entries, [], set()
 
     def _check_placement(self, decision: Decision) -> None:
-        for event in [*decision.events, decision.record()]:
-            partition = self.store.partition_for(event.route_with or event.aggregate_id)
+        changed = [e.aggregate_id for e in decision.events] + [decision.record_route]
+        for aggregate_id, partition in zip(changed, self._placement(decision), strict=True):
             if partition not in self.partitions:
                 raise CrossShardCommandError(
-                    f"{decision.command.command_type} changes aggregate {event.aggregate_id}, "
-                    f"which belongs to writer shard {self.store.shard_of(partition)}, but the "
-                    f"command was routed to shard {self.shard} (by "
+                    f"{decision.command.command_type} changes aggregate {aggregate_id}, which "
+                    f"belongs to writer shard {self.store.shard_of(partition)}, but the command "
+                    f"was routed to shard {self.shard} (by "
                     f"{type(decision.command).route_by or 'its first UUID field'}); nothing was "
                     "written. Route it by the aggregate it changes (Command.route_by), or split "
                     "the work with a process manager"
                 )
+        for event in decision.events:
             self.store.check_size(event)
+        self.store.check_size(decision.record())
+
+    def _placement(self, decision: Decision) -> list[int]:
+        """The events-topic partition of each of a decision's events, then of its record."""
+        return [self.store.partition_for(route) for route in _routes(decision)]
+
+    def _records_placement(self, entries: Sequence[_Entry]) -> list[int]:
+        """The events-topic partitions a batch writes, in the order :meth:`_write` sends the
+        records: every event, then every command record."""
+        decided = [entry.decision for entry in entries if entry.decision is not None]
+        placed = [self._placement(decision) for decision in decided]
+        return [p for partitions in placed for p in partitions[:-1]] + [
+            partitions[-1] for partitions in placed
+        ]
 
     def _transact(self, entries: Sequence[_Entry]) -> None:
         """Write a decided batch in one transaction (raises _Retry unless it committed).
@@ -453,15 +468,7 @@ class ShardOwner:
         next offset is not known yet."""
         ends = dict(self._ends)
         plan = []
-        routes = [
-            e.route_with or e.aggregate_id
-            for entry in entries
-            if entry.decision is not None
-            for e in entry.decision.events
-        ]
-        routes += [entry.decision.record_route for entry in entries if entry.decision is not None]
-        for route in routes:
-            partition = self.store.partition_for(route)
+        for partition in self._records_placement(entries):
             if partition not in ends:
                 return None
             plan.append((partition, ends[partition]))
@@ -530,15 +537,12 @@ class ShardOwner:
     def _partitions_written(self, entries: Sequence[_Entry]) -> set[TopicPartition]:
         """Every partition the transaction will write: events, command records and results."""
         store = self.store
-        written: set[TopicPartition] = set()
-        for entry in entries:
-            if entry.decision is not None:
-                routes = [e.route_with or e.aggregate_id for e in entry.decision.events]
-                routes.append(entry.decision.record_route)
-                written.update(TopicPartition(store.topic, store.partition_for(r)) for r in routes)
-            if entry.reply is not None:
-                partition = entry.reply % store.results_partitions
-                written.add(TopicPartition(store.results_topic, partition))
+        written = {TopicPartition(store.topic, p) for p in self._records_placement(entries)}
+        written |= {
+            TopicPartition(store.results_topic, entry.reply % store.results_partitions)
+            for entry in entries
+            if entry.reply is not None
+        }
         return written
 
     def _send(self, producer: KafkaProducer, event: NewEvent) -> Any:
@@ -588,6 +592,11 @@ class ShardOwner:
                 return
             if isinstance(item, _Local):
                 self._answer(item, ShardMoved())
+
+
+def _routes(decision: Decision) -> list[UUID]:
+    """What places each of a decision's events, then its command record."""
+    return [e.route_with or e.aggregate_id for e in decision.events] + [decision.record_route]
 
 
 def _positions(

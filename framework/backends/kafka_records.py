@@ -81,67 +81,76 @@ def decode_record(
     """Turn a consumed record into an event, checking every field of the layout (type and
     range). A record that breaks it comes back with the nil aggregate id, version 0 and the
     reason in ``problem``, so it is in no aggregate's stream. (The partition is not checked:
-    command records sit in the partition of the aggregate they are routed with.)"""
-    topic_raw = _header(headers, TOPIC_HEADER)
+    command records sit in the partition of the aggregate they are routed with.)
+
+    Every record a projection or an index reads passes through here, so it reads each field
+    once: the headers in one pass, the key parsed once."""
+    topic_raw, version_raw = _layout_headers(headers)
     topic = topic_raw.decode("utf-8", "replace") if isinstance(topic_raw, bytes) else ""
     state = bytes(value) if isinstance(value, bytes | bytearray) else b""
-    problem = _layout_problem(key, value, headers)
+    aggregate_id, problem = _check_layout(key, value, topic_raw, version_raw)
     if problem:
         return RecordedEvent(NIL_UUID, 0, _printable(topic), state, partition, offset, problem)
-    version = int(_header(headers, VERSION_HEADER))  # type: ignore[arg-type]
-    aggregate_id = UUID(bytes(key).decode("ascii"))  # type: ignore[arg-type]
+    version = int(version_raw)  # type: ignore[arg-type]
     return RecordedEvent(aggregate_id, version, topic, state, partition, offset)
 
 
-def _header(headers: Any, name: str) -> bytes | str | None:
-    """The header's value when ``name`` occurs exactly once; ``""`` when it repeats."""
+Header = bytes | str | None
+"""A layout header's value: its bytes; ``""`` when it repeats or is not bytes; None if absent."""
+
+
+def _layout_headers(headers: Any) -> tuple[Header, Header]:
+    """The topic and version headers, in one pass over the record's headers."""
+    topic: Header = None
+    version: Header = None
     try:
-        found = [data for header, data in (headers or ()) if header == name]
+        for name, data in headers or ():
+            if name == TOPIC_HEADER:
+                topic = "" if topic is not None else _header_value(data)
+            elif name == VERSION_HEADER:
+                version = "" if version is not None else _header_value(data)
     except (TypeError, ValueError):  # not a list of (name, value) pairs
-        return ""
-    if len(found) > 1:
-        return ""
-    if not found:
-        return None
-    data = found[0]
+        return "", ""
+    return topic, version
+
+
+def _header_value(data: Any) -> bytes | str:
     return bytes(data) if isinstance(data, bytes | bytearray) else ""
 
 
-def _layout_problem(key: Any, value: Any, headers: Any) -> str:
+def _check_layout(key: Any, value: Any, topic: Header, version: Header) -> tuple[UUID, str]:
+    """The record's aggregate id, and what breaks the layout (``""`` when nothing does)."""
     if not isinstance(value, bytes | bytearray):
-        return "it has no value"
-    try:
-        text = bytes(key).decode("ascii") if isinstance(key, bytes | bytearray) else None
-        aggregate_id = UUID(text) if text is not None else None
-    except (ValueError, UnicodeDecodeError):
-        aggregate_id = None
-    if aggregate_id is None or str(aggregate_id) != text:
-        return f"its key {_show(key)} is not an aggregate id (a UUID in canonical form)"
+        return NIL_UUID, "it has no value"
+    if not isinstance(key, bytes | bytearray) or not _CANONICAL_UUID.fullmatch(key):
+        return NIL_UUID, f"its key {_show(key)} is not an aggregate id (a UUID in canonical form)"
+    aggregate_id = UUID(bytes(key).decode("ascii"))
     if aggregate_id == NIL_UUID:
-        return "its key is the nil UUID, which names no aggregate"
-    for name in (TOPIC_HEADER, VERSION_HEADER):
-        if _header(headers, name) == "":
-            return f"its {name} header is repeated (or not bytes)"
-    version = _header(headers, VERSION_HEADER)
+        return NIL_UUID, "its key is the nil UUID, which names no aggregate"
+    for name, found in ((TOPIC_HEADER, topic), (VERSION_HEADER, version)):
+        if found == "":
+            return NIL_UUID, f"its {name} header is repeated (or not bytes)"
     if not isinstance(version, bytes) or not _DIGITS.fullmatch(version):
-        return f"its {VERSION_HEADER} header {_show(version)} is not one decimal number"
+        return NIL_UUID, f"its {VERSION_HEADER} header {_show(version)} is not one decimal number"
     if not 1 <= int(version) <= MAX_VERSION:
-        return f"its {VERSION_HEADER} header {_show(version)} is outside 1..{MAX_VERSION}"
-    topic = _header(headers, TOPIC_HEADER)
+        return NIL_UUID, (
+            f"its {VERSION_HEADER} header {_show(version)} is outside 1..{MAX_VERSION}"
+        )
     if not isinstance(topic, bytes) or not topic:
-        return f"its {TOPIC_HEADER} header {_show(topic)} is missing or empty"
+        return NIL_UUID, f"its {TOPIC_HEADER} header {_show(topic)} is missing or empty"
     try:
         text = topic.decode("utf-8")
     except UnicodeDecodeError:
-        return f"its {TOPIC_HEADER} header {_show(topic)} is not UTF-8"
+        return NIL_UUID, f"its {TOPIC_HEADER} header {_show(topic)} is not UTF-8"
     if len(text) > MAX_TOPIC or not text.isprintable():
-        return (
+        return NIL_UUID, (
             f"its {TOPIC_HEADER} header {_show(topic)} is not a printable name of at most "
             f"{MAX_TOPIC} characters"
         )
-    return ""
+    return aggregate_id, ""
 
 
+_CANONICAL_UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _DIGITS = re.compile(rb"[1-9][0-9]{0,39}")
 
 

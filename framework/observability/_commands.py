@@ -14,7 +14,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from framework.observability import _names as n
-from framework.observability._logs import log_context
+from framework.observability._logs import set_command_ids
 from framework.observability._metrics import Reading, instruments, observe, unobserve
 from framework.observability._tracing import (
     command_span,
@@ -69,72 +69,89 @@ def traced(metadata: Metadata) -> Metadata:
 
 
 class ObservedCommand:
-    """What :func:`observed_command` yields: the metadata to use, and where to report the
-    result."""
+    """Around executing one command (what :func:`observed_command` returns; a class, not a
+    generator, since every command passes through it): the ``command <Type>`` span, the
+    command's ids in the log context and, when ``measure``, its duration and outcome in
+    ``keel.command.duration`` / ``keel.command.rejected``. In the block, ``metadata`` is the
+    metadata to use (carrying the span's trace context); report a success with :meth:`done`."""
 
-    __slots__ = ("metadata", "span")
+    __slots__ = ("_measure", "_parent", "_reset", "_scope", "_started", "metadata", "span")
 
-    def __init__(self, metadata: Metadata, span: trace.Span) -> None:
+    def __init__(self, metadata: Metadata, *, measure: bool = True, parent: str | None = None):
         self.metadata = metadata
-        self.span = span
+        self._measure = measure
+        self._parent = parent
+
+    def __enter__(self) -> ObservedCommand:
+        metadata = self.metadata
+        self._started = time.perf_counter()
+        self._reset = set_command_ids(
+            metadata.command_id, metadata.correlation_id, metadata.causation_id
+        )
+        try:
+            self._scope = command_span(
+                metadata.command_type or "?",
+                command_id=metadata.command_id,
+                correlation_id=metadata.correlation_id,
+                causation_id=metadata.causation_id,
+                traceparent=self._parent,
+            )
+            self.span = self._scope.__enter__()
+            self.metadata = traced(metadata)
+        except BaseException:
+            self._reset()
+            raise
+        return self
+
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        command_type = self.metadata.command_type or "?"
+        outcome = n.OK
+        try:
+            if error is not None:
+                outcome = outcome_of(error)
+                if self.span.is_recording():
+                    self.span.set_attribute(n.KEEL_OUTCOME, outcome)
+                if self._measure and outcome != n.ERROR:
+                    instruments.command_rejected.add(
+                        1,
+                        {
+                            n.COMMAND: command_type,
+                            n.OUTCOME: outcome,
+                            n.ERROR_TYPE: type(error).__name__,
+                        },
+                    )
+            if self._measure:
+                instruments.command_duration.record(
+                    time.perf_counter() - self._started,
+                    {n.COMMAND: command_type, n.OUTCOME: outcome},
+                )
+        finally:
+            try:
+                self._scope.__exit__(kind, error, traceback)
+            finally:
+                self._reset()
 
     def done(self, result: Any) -> None:
         """Note the aggregate and versions a successful result wrote on the span."""
-        span = self.span
-        if span.is_recording() and result.aggregate_id is not None:
-            span.set_attribute(n.KEEL_AGGREGATE_ID, str(result.aggregate_id))
-            version = result.versions.get(result.aggregate_id)
-            if version is not None:
-                span.set_attribute(n.KEEL_AGGREGATE_VERSION, version)
-            if result.replayed:  # ok is the span's plain status; a replay is worth saying
-                span.set_attribute(n.KEEL_OUTCOME, n.REPLAYED)
+        _note_result(self.span, result)
 
 
-@contextmanager
+def _note_result(span: trace.Span, result: Any) -> None:
+    if span.is_recording() and result.aggregate_id is not None:
+        span.set_attribute(n.KEEL_AGGREGATE_ID, str(result.aggregate_id))
+        version = result.versions.get(result.aggregate_id)
+        if version is not None:
+            span.set_attribute(n.KEEL_AGGREGATE_VERSION, version)
+        if result.replayed:  # ok is the span's plain status; a replay is worth saying
+            span.set_attribute(n.KEEL_OUTCOME, n.REPLAYED)
+
+
 def observed_command(
     metadata: Metadata, *, measure: bool = True, parent: str | None = None
-) -> Iterator[ObservedCommand]:
-    """Around executing one command: the ``command <Type>`` span (a child of ``parent`` when
-    given), the command's ids in the log context, and (``measure``) its duration and outcome
-    in ``keel.command.duration`` / ``keel.command.rejected``."""
-    command_type = metadata.command_type or "?"
-    started = time.perf_counter()
-    outcome = n.OK
-    with (
-        log_context(
-            command_id=metadata.command_id,
-            correlation_id=metadata.correlation_id,
-            causation_id=metadata.causation_id,
-        ),
-        command_span(
-            command_type,
-            command_id=metadata.command_id,
-            correlation_id=metadata.correlation_id,
-            causation_id=metadata.causation_id,
-            traceparent=parent,
-        ) as span,
-    ):
-        try:
-            yield ObservedCommand(traced(metadata), span)
-        except BaseException as error:
-            outcome = outcome_of(error)
-            if span.is_recording():
-                span.set_attribute(n.KEEL_OUTCOME, outcome)
-            if measure and outcome != n.ERROR:
-                instruments.command_rejected.add(
-                    1,
-                    {
-                        n.COMMAND: command_type,
-                        n.OUTCOME: outcome,
-                        n.ERROR_TYPE: type(error).__name__,
-                    },
-                )
-            raise
-        finally:
-            if measure:
-                instruments.command_duration.record(
-                    time.perf_counter() - started, {n.COMMAND: command_type, n.OUTCOME: outcome}
-                )
+) -> ObservedCommand:
+    """``with observed_command(metadata) as observed:`` around executing one command (a child
+    of ``parent``'s span when given): see :class:`ObservedCommand`."""
+    return ObservedCommand(metadata, measure=measure, parent=parent)
 
 
 def start_command(metadata: Metadata) -> tuple[trace.Span, Metadata]:
@@ -165,7 +182,7 @@ def end_command(span: trace.Span, result: Any = None, error: BaseException | Non
             span.set_attribute(n.ERROR_TYPE, type(error).__qualname__)
             span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
         elif result is not None:
-            ObservedCommand(None, span).done(result)  # type: ignore[arg-type]
+            _note_result(span, result)
     span.end()
 
 

@@ -15,20 +15,20 @@ format string or a JSON formatter can show them::
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-__all__ = ["CorrelationFilter", "command_ids", "log_context"]
+__all__ = ["CorrelationFilter", "command_ids", "log_context", "set_command_ids"]
 
 _ids: ContextVar[tuple[str, str, str] | None] = ContextVar("keel_command_ids", default=None)
 
 
-@contextmanager
-def log_context(
-    *, command_id: object = None, correlation_id: object = None, causation_id: object = None
-) -> Iterator[None]:
-    """Within this block, log records carry these ids."""
+def set_command_ids(
+    command_id: object = None, correlation_id: object = None, causation_id: object = None
+) -> Callable[[], None]:
+    """From now on, log records carry these ids; call what it returns to put back the ones
+    before (what :func:`log_context` does around a block)."""
     token = _ids.set(
         (
             str(command_id) if command_id is not None else "-",
@@ -36,10 +36,19 @@ def log_context(
             str(causation_id) if causation_id is not None else "-",
         )
     )
+    return lambda: _ids.reset(token)
+
+
+@contextmanager
+def log_context(
+    *, command_id: object = None, correlation_id: object = None, causation_id: object = None
+) -> Iterator[None]:
+    """Within this block, log records carry these ids."""
+    reset = set_command_ids(command_id, correlation_id, causation_id)
     try:
         yield
     finally:
-        _ids.reset(token)
+        reset()
 
 
 def command_ids() -> dict[str, str]:

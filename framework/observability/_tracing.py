@@ -9,8 +9,8 @@ metadata of every event (so the projection batch that applies it links back to t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
+from contextvars import Token
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -101,7 +101,37 @@ def link_to(traceparents: Iterable[str | None]) -> list[Link]:
     return links
 
 
-@contextmanager
+class _Scope:
+    """One span made current for a ``with`` block, ended when it ends; an error leaving the
+    block is noted the way the semantic conventions ask (``error.type``, status, exception).
+    What ``start_as_current_span`` does, without its generator layers: commands pass through
+    here twice each."""
+
+    __slots__ = ("_token", "span")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self._token: Token[otel_context.Context] | None = None
+
+    def __enter__(self) -> Span:
+        span = self.span
+        if span.get_span_context().is_valid:  # a no-op span changes no one's context
+            self._token = otel_context.attach(trace.set_span_in_context(span))
+        return span
+
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        span = self.span
+        try:
+            if error is not None and span.is_recording():
+                span.set_attribute(n.ERROR_TYPE, type(error).__qualname__)
+                span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+                span.record_exception(error)
+        finally:
+            if self._token is not None:
+                otel_context.detach(self._token)
+            span.end()
+
+
 def _span(
     name: str,
     kind: SpanKind,
@@ -109,25 +139,10 @@ def _span(
     *,
     parent: otel_context.Context | None = None,
     links: list[Link] | None = None,
-) -> Iterator[Span]:
-    # record_exception/set_status by hand: an error's type goes in error.type, as semconv asks.
-    with tracer().start_as_current_span(
-        name,
-        context=parent,
-        kind=kind,
-        attributes=dict(attributes),
-        links=links,
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
-        try:
-            yield span
-        except BaseException as error:
-            if span.is_recording():
-                span.set_attribute(n.ERROR_TYPE, type(error).__qualname__)
-                span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
-                span.record_exception(error)
-            raise
+) -> _Scope:
+    return _Scope(
+        tracer().start_span(name, context=parent, kind=kind, attributes=attributes, links=links)
+    )
 
 
 def command_span(
