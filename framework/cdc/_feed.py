@@ -466,4 +466,3 @@ class ChangeFeed:
             conn.execute(
                 dead_letters_table.delete().where(dead_letters_table.c.projection == self.key)
             )
-
