@@ -234,10 +234,11 @@ def bare_read_store(store: EventStore) -> dict[str, Any]:
 
 def _worker_main(argv: list[str]) -> int:
     """``python -m bench.readmodel NAME APP STORE_URL DB_URL [SCHEMA]``: run a Balances worker
-    until SIGTERM."""
+    until SIGTERM, set up as ``python -m framework.worker run`` sets up its process."""
     import logging
 
     from framework.persistence import open_store
+    from framework.runtime import tune_garbage_collector
     from framework.worker import ProjectionWorker, run_forever
 
     logging.basicConfig(level=logging.WARNING)
@@ -246,7 +247,9 @@ def _worker_main(argv: list[str]) -> int:
     engine = open_engine(db_url, schema=schema[0] if schema else None)
     store = open_store(store_url, name=app)
     try:
-        run_forever(ProjectionWorker(balances_projection(name), store, engine))
+        worker = ProjectionWorker(balances_projection(name), store, engine)
+        tune_garbage_collector()  # as python -m framework.worker run does
+        run_forever(worker)
     finally:
         store.close()
         engine.dispose()

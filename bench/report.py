@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib
 import os
 import platform
 import re
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -296,6 +298,43 @@ def _postgres_version(url: str | None) -> str | None:
         return None
 
 
+WORKER_SECTIONS = ("projection", "rebuild", "streaming")
+"""Sections that run workers in this process, as their own process would: with the garbage
+collector tuned as ``python -m framework.worker`` and ``run_projections`` tune it."""
+
+
+def _worker_gc_note() -> str:
+    from framework.runtime import gc_threshold
+
+    threshold = gc_threshold()
+    how = (
+        f"start-up frozen, young generation collected every {threshold:,} allocations"
+        if threshold
+        else "KEEL_GC_THRESHOLD=0: Python's defaults"
+    )
+    return (
+        "run with the garbage-collector settings of a worker process (framework.runtime: "
+        f"{how}), keel and its peer alike"
+    )
+
+
+@contextlib.contextmanager
+def _as_in_a_worker_process(name: str) -> Iterator[None]:
+    if name not in WORKER_SECTIONS:
+        yield
+        return
+    from framework.runtime import tune_garbage_collector
+
+    before = gc.get_threshold()
+    tuned = tune_garbage_collector()
+    try:
+        yield
+    finally:
+        if tuned:
+            gc.unfreeze()
+            gc.set_threshold(*before)
+
+
 def run_all(
     *,
     quick: bool,
@@ -314,7 +353,10 @@ def run_all(
             log(f"[{name}]")
             begun = time.perf_counter()
             try:
-                section = importlib.import_module(SECTIONS[name]).run(ctx)
+                with _as_in_a_worker_process(name):
+                    section = importlib.import_module(SECTIONS[name]).run(ctx)
+                if name in WORKER_SECTIONS:
+                    section.notes.append(_worker_gc_note())
             except ServiceMissing as missing:
                 section = Section(name, name)
                 section.skipped.append(f"whole section: {missing}")

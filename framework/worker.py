@@ -59,6 +59,7 @@ from framework.positions import (
     write_version,
 )
 from framework.projection import SHADOW_SUFFIX, Projection
+from framework.runtime import tune_garbage_collector
 from framework.settings import ProjectionSettings, projection_settings
 
 __all__ = [
@@ -589,6 +590,8 @@ def main(argv: list[str] | None = None) -> int:
             instance_id=args.instance_id,
             session_timeout=args.session_timeout,
         )
+        if args.command in ("run", "rebuild"):
+            tune_garbage_collector()
         if args.command == "run":
             stats = run_forever(worker, until_caught_up=args.until_caught_up)
             log.info("%s: stopped; %s", projection.name, stats)

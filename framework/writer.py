@@ -34,6 +34,7 @@ from typing import Any
 from framework.application import Application
 from framework.backends.kafka_owner import WriterMember, WriterSettings
 from framework.errors import ConfigurationError, FrameworkError
+from framework.runtime import tune_garbage_collector
 
 __all__ = ["load_application", "main", "run_writer", "writer", "writer_status"]
 
@@ -206,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_batch=args.max_batch,
         )
         try:
+            tune_garbage_collector()
             run_writer(app, settings)
         finally:
             app.close()

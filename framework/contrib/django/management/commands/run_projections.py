@@ -22,6 +22,7 @@ from framework.contrib.django.conf import (
 from framework.contrib.django.observability import serve_metrics
 from framework.contrib.django.operations import DjangoProjectionWorker
 from framework.errors import FrameworkError
+from framework.runtime import tune_garbage_collector
 
 
 class Command(BaseCommand):
@@ -108,6 +109,7 @@ class Command(BaseCommand):
                 )
                 for n in names
             ]
+            tune_garbage_collector()  # a process of its own: see framework.runtime
         except FrameworkError as error:
             raise CommandError(str(error)) from error
         failures: dict[str, BaseException] = {}

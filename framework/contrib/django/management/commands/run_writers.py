@@ -15,6 +15,7 @@ from framework.contrib.django import checks, heartbeats
 from framework.contrib.django.conf import get_application
 from framework.contrib.django.observability import WriterBeat, serve_metrics
 from framework.errors import FrameworkError
+from framework.runtime import tune_garbage_collector
 from framework.writer import writer_status
 
 
@@ -78,6 +79,7 @@ class Command(BaseCommand):
         try:
             serve_metrics(options["metrics_port"])
             member = WriterMember(app, settings)
+            tune_garbage_collector()  # a process of its own: see framework.runtime
             name = f"writer:{settings.instance_id or heartbeats.owner()}"
             beat = WriterBeat(member, name).start()  # for keel_health writers
             member.run(stop)
