@@ -44,11 +44,14 @@ def _writer_main(url: str, name: str, ready: Any, stop: Any) -> None:
     import logging
 
     from framework.backends.kafka_owner import WriterMember
+    from framework.runtime import tune_garbage_collector
 
     logging.getLogger("kafka").setLevel(logging.ERROR)
     logging.getLogger("framework.backends.kafka_topic").setLevel(logging.ERROR)
     app = build_app(url, name, snapshot_every=100)
-    member = WriterMember(app).start()
+    member = WriterMember(app)
+    tune_garbage_collector()  # as python -m framework.writer run does
+    member.start()
     ready.set()
     stop.wait()
     member.close()
