@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
+from typing import Any
 
 with warnings.catch_warnings():
     warnings.filterwarnings(
@@ -38,6 +39,7 @@ __all__ = [
     "ConfigResourceType",
     "ConsumerRebalanceListener",
     "CooperativeStickyAssignor",
+    "GroupStickyAssignor",
     "InvalidProducerEpochError",
     "KafkaAdminClient",
     "KafkaConsumer",
@@ -65,3 +67,34 @@ def add_partitions_to_transaction(
         return
     for tp in partitions:
         add(tp)
+
+
+class _SubscribedTopics:
+    """Cluster metadata showing only ``topics`` (and what the client knows of them)."""
+
+    def __init__(self, cluster: Any, topics: set[str]) -> None:
+        self._cluster = cluster
+        self._topics = topics
+
+    def topics(self) -> set[str]:
+        return {t for t in self._topics if self._cluster.partitions_for_topic(t) is not None}
+
+    def partitions_for_topic(self, topic: str) -> Any:
+        return self._cluster.partitions_for_topic(topic) if topic in self._topics else None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cluster, name)
+
+
+class GroupStickyAssignor(CooperativeStickyAssignor):  # type: ignore[misc]
+    """kafka-python's cooperative-sticky assignor, shown only the topics the group's members
+    subscribe to. kafka-python's version walks every partition of every topic in the client's
+    metadata and drops them from lists one at a time, quadratic in the cluster's partitions: on
+    a broker holding 5,211 topics one assignment took 6.8 s, and a writer taking a shard over
+    waited for it. Same protocol name, so it shares a group with the plain assignor."""
+
+    def assign(self, cluster: Any, members: Any) -> Any:
+        topics: set[str] = set()
+        for member in members:
+            topics.update(self.parse_member_metadata(member.metadata).subscription)
+        return super().assign(_SubscribedTopics(cluster, topics), members)

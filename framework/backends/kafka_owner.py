@@ -38,7 +38,7 @@ from uuid import UUID
 from framework.application import CommandResult, Decision, UnitOfWork, a_an
 from framework.backends.kafka_client import (
     ConsumerRebalanceListener,
-    CooperativeStickyAssignor,
+    GroupStickyAssignor,
     KafkaError,
     KafkaProducer,
     TopicPartition,
@@ -691,7 +691,7 @@ class WriterMember:
                 fetch_max_wait_ms=500,
                 # Incremental rebalances: a shard that stays with its member keeps its owner
                 # (fenced, caught up, cache warm) when another writer joins or leaves.
-                partition_assignment_strategy=(CooperativeStickyAssignor,),
+                partition_assignment_strategy=(GroupStickyAssignor,),
             )
             self.consumer.subscribe([self.store.commands_topic], listener=_Listener(self))
             # Metadata before joining: a leader without it assigns nothing (see kafka_feed).
