@@ -86,9 +86,17 @@ def decode_record(
     Every record a projection or an index reads passes through here, so it reads each field
     once: the headers in one pass, the key parsed once."""
     topic_raw, version_raw = _layout_headers(headers)
-    topic = topic_raw.decode("utf-8", "replace") if isinstance(topic_raw, bytes) else ""
     state = bytes(value) if isinstance(value, bytes | bytearray) else b""
-    aggregate_id, problem = _check_layout(key, value, topic_raw, version_raw)
+    topic = _KNOWN_TOPICS.get(topic_raw) if isinstance(topic_raw, bytes) else None
+    if topic is not None:  # a topic seen before: checked then
+        aggregate_id, problem = _check_layout(
+            key, value, topic_raw, version_raw, topic_unchecked=False
+        )
+    else:
+        topic = topic_raw.decode("utf-8", "replace") if isinstance(topic_raw, bytes) else ""
+        aggregate_id, problem = _check_layout(key, value, topic_raw, version_raw)
+        if not problem and len(_KNOWN_TOPICS) < _KNOWN_TOPICS_MAX:
+            _KNOWN_TOPICS[topic_raw] = topic  # type: ignore[index]
     if problem:
         return RecordedEvent(NIL_UUID, 0, _printable(topic), state, partition, offset, problem)
     version = int(version_raw)  # type: ignore[arg-type]
@@ -118,8 +126,17 @@ def _header_value(data: Any) -> bytes | str:
     return bytes(data) if isinstance(data, bytes | bytearray) else ""
 
 
-def _check_layout(key: Any, value: Any, topic: Header, version: Header) -> tuple[UUID, str]:
-    """The record's aggregate id, and what breaks the layout (``""`` when nothing does)."""
+_KNOWN_TOPICS: dict[bytes, str] = {}
+"""Topic headers that passed the checks, decoded: a topic has few event types, and each record
+would check its type's name again."""
+_KNOWN_TOPICS_MAX = 10_000
+
+
+def _check_layout(
+    key: Any, value: Any, topic: Header, version: Header, *, topic_unchecked: bool = True
+) -> tuple[UUID, str]:
+    """The record's aggregate id, and what breaks the layout (``""`` when nothing does);
+    ``topic_unchecked=False`` for a topic header known to be good."""
     if not isinstance(value, bytes | bytearray):
         return NIL_UUID, "it has no value"
     if not isinstance(key, bytes | bytearray) or not _CANONICAL_UUID.fullmatch(key):
@@ -136,6 +153,8 @@ def _check_layout(key: Any, value: Any, topic: Header, version: Header) -> tuple
         return NIL_UUID, (
             f"its {VERSION_HEADER} header {_show(version)} is outside 1..{MAX_VERSION}"
         )
+    if not topic_unchecked:
+        return aggregate_id, ""
     if not isinstance(topic, bytes) or not topic:
         return NIL_UUID, f"its {TOPIC_HEADER} header {_show(topic)} is missing or empty"
     try:

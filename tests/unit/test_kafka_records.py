@@ -111,3 +111,24 @@ def test_an_index_of_the_old_schema_is_replaced_not_misread(tmp_path: Path) -> N
     index.apply([row(1, 1)], {0: 2})
     assert [e.version for e in index.aggregate_events(A, 0, None)] == [1]
     index.close()
+
+
+def test_a_known_topic_still_has_its_key_and_version_checked() -> None:
+    """Topic headers that passed once are not checked again; the rest of each record is."""
+    topic = b"Known.Topic" + uuid.uuid4().hex.encode()
+    good_key = str(uuid.uuid4()).encode()
+    first = decode_record(good_key, b"{}", [("keel.topic", topic), ("keel.version", b"1")],
+                          partition=0, offset=0)  # fmt: skip
+    assert first.problem == "" and first.version == 1
+    for key, version, why in (
+        (b"not-a-uuid", b"2", "is not an aggregate id"),
+        (good_key, b"9" * 12, "outside 1.."),
+        (good_key, b"x", "is not one decimal number"),
+    ):
+        again = decode_record(key, b"{}", [("keel.topic", topic), ("keel.version", version)],
+                              partition=0, offset=1)  # fmt: skip
+        assert why in again.problem and again.aggregate_id == NIL_UUID and again.version == 0
+        assert again.topic == topic.decode()
+    bad = decode_record(good_key, b"{}", [("keel.topic", b"bad\x00topic"), ("keel.version", b"3")],
+                        partition=0, offset=2)  # fmt: skip
+    assert "printable" in bad.problem
