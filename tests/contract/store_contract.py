@@ -320,7 +320,6 @@ class EventStoreContract:
         assert figures["ok"] > 0
         assert app.load(Account, account).balance == len(events) - initial
 
-
     @pytest.mark.timeout(240)
     def test_a_hot_aggregate_never_gives_up_in_one_process(self, app: Application) -> None:
         """Issue 13, item 7: 8 threads x 30 commands on one aggregate. Same-aggregate commands
