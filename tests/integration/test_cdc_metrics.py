@@ -4,20 +4,24 @@ changes it parked, through the OpenTelemetry SDK (read here from the Prometheus 
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from framework.cdc import PostgresTriggerSource
+from framework.cdc.__main__ import main
 from sample_app import crm
 from sample_app.shop.application import build
 from tests.integration.cdc_support import Crm, make_crm
 from tests.support import telemetry
 
 pytestmark = pytest.mark.timeout(120)
+PORT, TAKEN_PORT = 20517, 20518  # this session's range (20500-20999), loopback only
 
 
 @pytest.fixture
@@ -91,3 +95,50 @@ def test_a_running_feed_reports_lag_commands_and_dead_letters(legacy: Crm, tmp_p
     assert _value("keel_cdc_source_lag", **feed_label) is None  # stopped: no stale reading
     assert _value("keel_cdc_source_lag_seconds", **feed_label) is None
     app.close()
+
+
+def test_the_cli_serves_the_feed_metrics_and_refuses_a_port_in_use(
+    legacy: Crm,
+    postgres_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+):
+    telemetry.install()
+    monkeypatch.setenv("KEEL_CRM_TABLE", legacy.table)
+    monkeypatch.setenv("KEEL_CRM_FEED", legacy.feed_name)
+    monkeypatch.setenv("KEEL_SHOP_EVENT_STORE", f"sqlite:///{tmp_path}/shop.db")
+    monkeypatch.setenv("DATABASE_URL", postgres_url)
+    PostgresTriggerSource(legacy.engine, legacy.table, ["id"]).install()
+    with legacy.engine.begin() as conn:
+        legacy.insert(conn, 1)
+
+    with socket.socket() as taken:  # a port in this session's range, held by someone else
+        taken.bind(("127.0.0.1", TAKEN_PORT))
+        taken.listen()
+        code = main(["run", "sample_app.crm:feed", "--metrics-port", str(TAKEN_PORT)])
+    assert code == 2 and f"error: --metrics-port {TAKEN_PORT}:" in capsys.readouterr().err
+
+    stop = threading.Event()
+    codes: list[int] = []
+    argv = ["run", "sample_app.crm:feed", "--idle", "0.02", "--metrics-port", str(PORT)]
+    runner = threading.Thread(target=lambda: codes.append(main(argv, stop)))
+    runner.start()
+    try:
+
+        def served() -> str:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/metrics", timeout=5) as r:
+                    return str(r.read().decode())
+            except OSError:
+                return ""
+
+        wanted = f'keel_cdc_commands_total{{feed="{legacy.feed_name}"'
+        _until(lambda: wanted in served(), "the feed's counter on /metrics")
+        page = served()
+    finally:
+        stop.set()
+        runner.join(timeout=30)
+    assert codes == [0]
+    assert f'keel_cdc_source_lag{{feed="{legacy.feed_name}"' in page
+    assert telemetry.parse_metrics(page, "keel_cdc_commands_total", feed=legacy.feed_name) == [1]
