@@ -236,7 +236,7 @@ def test_feed_killed_ten_times_under_late_commits_loses_and_duplicates_nothing(
     ]
     print("\n".join(problems[:10]))
     if short:  # which changes of a short row the changelog holds, and what the shop has
-        print("cursor", status.cursor)
+        print("cursor", status.cursor, "feed counted", status.changes, "changes", status.commands)
         for crm_id in short[:3]:
             had = [type(e.event).__name__ for e in app.history(crm.customer_id(crm_id))]
             print(crm_id, rows[crm_id], _changes_of(legacy, crm_id), had)
