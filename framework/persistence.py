@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from uuid import UUID
 
 from framework.errors import ConfigurationError
+from framework.loading import import_object
 
 if TYPE_CHECKING:
     from framework.application import Application, CommandRouter
@@ -267,13 +268,9 @@ def open_store(url: str, *, name: str) -> EventStore:
         store: EventStore = module.open_store(url, name=name)
         return store
     if ":" in url and "/" not in url:
-        module_name, _, attr = url.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as error:
-            raise ConfigurationError(
-                f"cannot import the event store factory {url!r}: {error}"
-            ) from error
+        factory = import_object(
+            url, what="event store factory", example="myapp.stores:open_store"
+        )
         custom: EventStore = factory(url, name=name)
         return custom
     known = ", ".join(f"{s}://" for s in sorted(BACKENDS))

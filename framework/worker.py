@@ -44,6 +44,7 @@ from framework.errors import (
     ProjectionTimeoutError,
     StoreUnavailableError,
 )
+from framework.loading import load_object
 from framework.observability._tracing import destination_of
 from framework.persistence import (
     ConsumerSettings,
@@ -433,17 +434,14 @@ def run_forever(worker: ProjectionWorker, *, until_caught_up: bool = False) -> A
 
 
 def load_projection(target: str) -> Projection:
-    """``package.module:Name`` -> a projection instance (a class is instantiated)."""
-    import importlib
-
-    module_name, _, attr = target.partition(":")
-    if not attr:
-        raise ProjectionError(f"{target!r}: name the projection as package.module:ClassName")
-    found = getattr(importlib.import_module(module_name), attr)
-    projection = found() if isinstance(found, type) else found
-    if not isinstance(projection, Projection):
-        raise ProjectionError(f"{target!r} is not a Projection")
-    return projection
+    """``package.module:Name`` -> a projection instance (a class or factory is called)."""
+    return load_object(
+        target,
+        Projection,
+        what="projection",
+        form="package.module:ClassName",
+        example="projections.orders:OrdersProjection",
+    )
 
 
 _DESCRIPTION = """\

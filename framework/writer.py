@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import logging
 import signal
@@ -34,6 +33,7 @@ from typing import Any
 from framework.application import Application
 from framework.backends.kafka_owner import WriterMember, WriterSettings
 from framework.errors import ConfigurationError, FrameworkError
+from framework.loading import load_object
 from framework.runtime import tune_garbage_collector
 
 __all__ = ["load_application", "main", "run_writer", "writer", "writer_status"]
@@ -44,22 +44,16 @@ log = logging.getLogger(__name__)
 def load_application(spec: str, store: str | None = None) -> Application:
     """The application that ``module:attribute`` names (an Application, or a factory called with
     the store URL when ``store`` is given, else with no argument)."""
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise ConfigurationError(
-            f"{spec!r} is not module:attribute (e.g. sample_app.shop.application:build)"
-        )
-    try:
-        found: Any = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
-        raise ConfigurationError(f"cannot import {spec!r}: {error}") from error
-    if isinstance(found, Application):
-        return found.using(store) if store else found
-    if callable(found):
-        app = found(store) if store else found()
-        if isinstance(app, Application):
-            return app
-    raise ConfigurationError(f"{spec!r} is neither an Application nor a factory of one")
+
+    def make(found: Any) -> object:
+        if isinstance(found, Application):
+            return found.using(store) if store else found
+        if not callable(found):
+            return found
+        return found(store) if store else found()
+
+    example = "sample_app.shop.application:build"
+    return load_object(spec, Application, what="application", example=example, make=make)
 
 
 @contextlib.contextmanager

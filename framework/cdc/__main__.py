@@ -14,17 +14,17 @@ environment), e.g. ``sample_app.crm:feed``::
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 from framework.cdc._feed import ChangeFeed
 from framework.errors import ConfigurationError
+from framework.loading import load_object
+from framework.observability import prometheus
 
 EPILOG = """\
 FEED is module:callable, a function returning a ChangeFeed, e.g. sample_app.crm:feed.
@@ -36,20 +36,10 @@ on Kafka through its writer processes. Exit codes: 0 ok, 1 error, 2 usage,
 
 
 def load_feed(spec: str) -> ChangeFeed:
-    """The feed a ``module:callable`` factory returns."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ConfigurationError(
-            f"FEED must be module:callable (e.g. sample_app.crm:feed), got {spec!r}"
-        )
-    try:
-        factory: Any = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as error:
-        raise ConfigurationError(f"cannot load feed factory {spec!r}: {error}") from error
-    feed = factory() if callable(factory) else factory
-    if not isinstance(feed, ChangeFeed):
-        raise ConfigurationError(f"{spec} returned {type(feed).__name__}, not a ChangeFeed")
-    return feed
+    """The feed a ``module:callable`` factory returns (or a ChangeFeed the module holds)."""
+    return load_object(
+        spec, ChangeFeed, what="feed", form="module:callable", example="sample_app.crm:feed"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--until-caught-up", action="store_true", help="stop once nothing is readable")
     run.add_argument(
         "--idle", type=float, default=0.5, help="seconds between polls when idle (0.5)"
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve /metrics (Prometheus: the feed's lag, commands, dead letters) on "
+        "127.0.0.1:PORT while it runs; needs the [metrics] extra",
     )
     status = sub.add_parser(
         "status", help="cursor, lag (changes, seconds), dead letters, last error"
@@ -109,11 +106,23 @@ def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None)
         print(f"installed capture of {feed.source.name}; snapshot rows copied: {copied}")
         return 0
     if args.command == "run":
+        server = None
+        if args.metrics_port is not None:
+            try:
+                prometheus.install(service_name=f"keel-cdc-{feed.name}")
+                server = prometheus.serve(args.metrics_port)
+            except (ConfigurationError, OSError) as error:
+                print(f"error: --metrics-port {args.metrics_port}: {error}", file=sys.stderr)
+                return 2
         stop = stop or threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             if threading.current_thread() is threading.main_thread():
                 signal.signal(sig, lambda *_: stop.set())
-        done = feed.run(stop, until_caught_up=args.until_caught_up, idle=args.idle)
+        try:
+            done = feed.run(stop, until_caught_up=args.until_caught_up, idle=args.idle)
+        finally:
+            if server is not None:
+                server.shutdown()
         print(f"feed {feed.name}: {done} change(s) done")
         return 0
     if args.command == "status":

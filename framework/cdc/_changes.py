@@ -109,7 +109,9 @@ class ChangeSource(Protocol):
 
     def read(self, cursor: str | None, limit: int) -> Sequence[RowChange]:
         """Up to ``limit`` changes after ``cursor``, in order; each carries the cursor just
-        past it. An empty result means none is readable yet."""
+        past it (the feed stores the last one's). An empty result means none is readable yet.
+        A source may put a row's earlier change before a later one that its own order has
+        first, and deliver it again in its place (its commands then replay)."""
         ...
 
     def lag(self, cursor: str | None) -> Lag:

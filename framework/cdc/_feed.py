@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,7 +38,14 @@ from sqlalchemy.engine import Connection, Engine
 
 from framework import dead_letters as parking
 from framework.application import Application
-from framework.cdc._changes import _IDS, ChangeSource, RowChange, _canonical, change_command_id
+from framework.cdc._changes import (
+    _IDS,
+    ChangeSource,
+    Lag,
+    RowChange,
+    _canonical,
+    change_command_id,
+)
 from framework.commands import Command
 from framework.database import Backoff, engine_for, is_connectivity_error
 from framework.dead_letters import DeadLetter
@@ -53,6 +61,8 @@ from framework.errors import (
     PositionConflictError,
     StoreError,
 )
+from framework.observability import Reading, instruments, observe, unobserve
+from framework.observability import _names as names
 from framework.positions import dead_letters_table, framework_metadata
 
 __all__ = ["ChangeFeed", "FeedStatus", "PollResult", "RedriveResult", "feeds_table", "row_id"]
@@ -109,6 +119,9 @@ class PollResult:
     changes: int = 0
     commands: int = 0
     parked: int = 0
+    """Changes parked in the dead letters (refused, or held behind a refused one)."""
+    held: int = 0
+    """Of those, the ones held behind an earlier refused change of their row."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +170,10 @@ class ChangeFeed:
     """The feed's name: its cursor, its dead letters and every command id carry it. Never
     change it for a running feed (its commands would get new ids)."""
 
+    lag_every: float = 1.0
+    """Seconds between two lag samples of a running feed (the ``keel.cdc.source_lag``
+    gauges report the latest)."""
+
     def __init__(
         self,
         source: ChangeSource,
@@ -178,6 +195,8 @@ class ChangeFeed:
         self.batch_size = batch_size
         self.on_batch: Callable[[PollResult], None] | None = None
         """Test and progress hook, called after each committed batch."""
+        self._lag: Lag | None = None  # the latest sample of a running feed (None: no reading)
+        self._lag_taken = -1e9
 
     @property
     def key(self) -> str:
@@ -205,6 +224,7 @@ class ChangeFeed:
             if rid in blocked:
                 parked.append(self._letter(change, rid, "held", None))
                 result.parked += 1
+                result.held += 1
             else:
                 try:
                     commands = list(self.translate(change))
@@ -230,6 +250,7 @@ class ChangeFeed:
             if parked:
                 conn.execute(dead_letters_table.insert(), parked)
             self._advance(conn, cursor, changes[-1], result)
+        self._count(result)
         if self.on_batch is not None:
             self.on_batch(result)
         return result
@@ -244,28 +265,80 @@ class ChangeFeed:
         """Poll until ``stop`` is set (or, with ``until_caught_up``, until no change is past
         the cursor). A failed batch (an outage, or any error that is not a refusal of the
         change) backs off (0.2 s doubling to 10 s), is recorded as the feed's last error and
-        is read again. Returns the changes done."""
+        is read again. While it runs, the feed reports its lag (``keel.cdc.source_lag`` and
+        ``.seconds``, sampled every :attr:`lag_every` seconds). Returns the changes done."""
         stop = stop or threading.Event()
         backoff = Backoff(0.2, 10.0)
         done = 0
-        while not stop.is_set():
-            try:
-                result = self.poll()
-            except Exception as error:  # outages, and anything not the change's fault
-                log.warning("cdc %s: %s; retrying", self.name, error)
-                self._record_error(error)
-                if not backoff.sleep(stop):
-                    break
-                continue
-            backoff.reset()
-            done += result.changes
-            if result.changes == 0:
-                # Caught up means nothing past the cursor, not "nothing readable": an open
-                # transaction holds the fence back (anywhere on the server: it is xmin).
-                if until_caught_up and self.source.lag(self._cursor()).changes == 0:
-                    break
-                stop.wait(idle)
+        reporting = self._report_lag()
+        try:
+            while not stop.is_set():
+                try:
+                    result = self.poll()
+                except Exception as error:  # outages, and anything not the change's fault
+                    log.warning("cdc %s: %s; retrying", self.name, error)
+                    self._record_error(error)
+                    self._sample_lag()
+                    if not backoff.sleep(stop):
+                        break
+                    continue
+                backoff.reset()
+                done += result.changes
+                if result.changes == 0:
+                    # Caught up means nothing past the cursor, not "nothing readable": an open
+                    # transaction holds the fence back (anywhere on the server: it is xmin).
+                    if until_caught_up and self._measure_lag().changes == 0:
+                        break
+                    stop.wait(idle)
+                self._sample_lag()
+        finally:
+            for metric, observer in reporting:
+                unobserve(metric, observer)
         return done
+
+    # -- metrics -----------------------------------------------------------------------------
+
+    def _count(self, result: PollResult) -> None:
+        """Count a committed batch (after the commit: a batch read again is counted once)."""
+        feed = {names.FEED: self.name}
+        if result.commands:
+            instruments.cdc_commands.add(result.commands, feed)
+        if result.parked - result.held:
+            instruments.cdc_dead_letters.add(
+                result.parked - result.held, {**feed, names.OUTCOME: names.DEAD_LETTERED}
+            )
+        if result.held:
+            instruments.cdc_dead_letters.add(result.held, {**feed, names.OUTCOME: names.HELD})
+
+    def _measure_lag(self) -> Lag:
+        """The lag now (also the gauges' next reading)."""
+        self._lag, self._lag_taken = self.source.lag(self._cursor()), time.monotonic()
+        return self._lag
+
+    def _sample_lag(self) -> None:
+        """Refresh the gauges' lag, at most every :attr:`lag_every` seconds. A failed sample
+        leaves no reading: an unknown lag is not zero."""
+        if time.monotonic() - self._lag_taken < self.lag_every:
+            return
+        try:
+            self._measure_lag()
+        except Exception as error:
+            log.debug("cdc %s: no lag sample: %s", self.name, error)
+            self._lag, self._lag_taken = None, time.monotonic()
+
+    def _report_lag(self) -> list[tuple[str, Any]]:
+        def changes() -> list[Reading]:
+            lag = self._lag
+            return [] if lag is None else [(lag.changes, {names.FEED: self.name})]
+
+        def seconds() -> list[Reading]:
+            lag = self._lag
+            return [] if lag is None else [(lag.seconds, {names.FEED: self.name})]
+
+        return [
+            (names.CDC_SOURCE_LAG, observe(names.CDC_SOURCE_LAG, changes)),
+            (names.CDC_SOURCE_LAG_SECONDS, observe(names.CDC_SOURCE_LAG_SECONDS, seconds)),
+        ]
 
     def _apply(self, change: RowChange) -> int:
         return self._execute(change, list(self.translate(change)))
@@ -410,7 +483,7 @@ class ChangeFeed:
             parked = list(group)
             for letter in parked:
                 try:
-                    self._apply(self.change_of(letter))
+                    issued = self._apply(self.change_of(letter))
                 except Exception as error:
                     message = f"{type(error).__name__}: {error}"
                     result.failed[rid] = message
@@ -430,6 +503,8 @@ class ChangeFeed:
                     break
                 with self.engine.begin() as conn:
                     conn.execute(t.delete().where(t.c.id == letter.id))
+                if issued:
+                    instruments.cdc_commands.add(issued, {names.FEED: self.name})
                 result.done += 1
         result.remaining = parking.count(self.engine, self.key)
         return result

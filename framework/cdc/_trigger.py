@@ -16,6 +16,7 @@ snapshot. The feed reads those rows first, then every change the snapshot did no
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Sequence
@@ -222,7 +223,66 @@ class PostgresTriggerSource:
                     },
                 ).all()
                 changes += [self._change(r, {**state, "xid": r[1], "seq": r[0]}) for r in rows]
+                if rows:
+                    changes = self._earlier_first(conn, changes, state, cursor or "")
                 return changes
+
+    def _earlier_first(
+        self, conn: sa.Connection, changes: list[RowChange], state: dict[str, Any], cursor: str
+    ) -> list[RowChange]:
+        """Put before each streamed change the changes of its row that happened earlier but
+        that xid order puts after it (later in this batch, or past it).
+
+        A transaction that took its xid early may change a row after a later-xid transaction
+        changed it and committed (it waited for the row's lock): xid order has the two the
+        wrong way round. ``seq`` is taken while the row is locked, so for one row it is the
+        order the changes happened in, and such an earlier change is committed (the later
+        one waited for it), so it is readable now, whatever the fence. One past the batch
+        comes again in its own place, where its commands replay (their ids are the same)."""
+        streamed = [c for c in changes if c.op != "read"]
+        if not streamed:
+            return changes
+        last = streamed[-1].position.split(":")
+        unseen = "" if state["snap"] is None else f" AND {_UNSEEN}"
+        rows = conn.execute(
+            sa.text(
+                f"{_COLUMNS} WHERE source = :s AND {_AFTER} AND seq < :top{unseen} ORDER BY seq"
+            ),
+            {
+                "s": self.name,
+                "x": last[0],
+                "q": int(last[1]),
+                "top": max(c.offset for c in streamed),
+                "sx": state["snap_xid"],
+                "snap": state["snap"],
+            },
+        ).all()
+        # Every known change of each row, in the order it happened (seq).
+        known: dict[str, list[RowChange]] = {}
+        for change in streamed + [
+            self._change(row, {**state, "xid": row[1], "seq": row[0]}) for row in rows
+        ]:
+            known.setdefault(_row_key(change), []).append(change)
+        for group in known.values():
+            group.sort(key=lambda c: c.offset)
+        ordered: list[RowChange] = []
+        done: set[int] = set()
+        for change in changes:
+            if change.op != "read":
+                if change.offset in done:
+                    continue  # it went earlier, before a later change of its row
+                for early in known[_row_key(change)]:
+                    if early.offset >= change.offset:
+                        break
+                    if early.offset not in done:  # an earlier change: it keeps the cursor
+                        before = ordered[-1].cursor if ordered else cursor
+                        ordered.append(dataclasses.replace(early, cursor=before))
+                        done.add(early.offset)
+            ordered.append(change)
+            done.add(change.offset)
+        # The whole batch is done once the last change is: the cursor may move past it.
+        ordered[-1] = dataclasses.replace(ordered[-1], cursor=changes[-1].cursor)
+        return ordered
 
     def _change(self, row: Any, state: dict[str, Any]) -> RowChange:
         seq, xid, op, before, after, changed_at = row
@@ -283,6 +343,10 @@ class PostgresTriggerSource:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _row_key(change: RowChange) -> str:
+    return json.dumps(dict(change.key), sort_keys=True, default=str)
 
 
 def _with_cursor(change: RowChange, state: dict[str, Any]) -> RowChange:

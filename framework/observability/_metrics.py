@@ -108,6 +108,10 @@ class _Instruments:
             description=d[n.PROJECTION_BATCH_SIZE][2],
             explicit_bucket_boundaries_advisory=_SIZE_BUCKETS,
         )
+        self.cdc_commands = m.create_counter(n.CDC_COMMANDS, description=d[n.CDC_COMMANDS][2])
+        self.cdc_dead_letters = m.create_counter(
+            n.CDC_DEAD_LETTERS, description=d[n.CDC_DEAD_LETTERS][2]
+        )
         self.process_duration = m.create_histogram(
             n.PROCESS_DURATION,
             unit="s",

@@ -57,6 +57,7 @@ SHARD = "shard"
 STREAM = "stream"
 ACTION = "action"
 APP = "app"
+FEED = "feed"
 
 ATTRIBUTES = {
     name: value
@@ -106,6 +107,9 @@ WATERMARK_LAG_SECONDS = "keel.watermark.lag.seconds"
 PROCESS_ACTIVE = "keel.process.active"
 PROCESS_DEADLINES_OVERDUE = "keel.process.deadlines.overdue"
 CDC_SOURCE_LAG = "keel.cdc.source_lag"
+CDC_SOURCE_LAG_SECONDS = "keel.cdc.source_lag.seconds"
+CDC_COMMANDS = "keel.cdc.commands"
+CDC_DEAD_LETTERS = "keel.cdc.dead_letters"
 
 METRICS = {
     COMMAND_DURATION: ("histogram", "s", "Time to execute a command, by command and outcome"),
@@ -128,7 +132,10 @@ METRICS = {
     WATERMARK_LAG_SECONDS: ("gauge", "s", "Wall clock minus a streaming projection's watermark"),
     PROCESS_ACTIVE: ("gauge", "1", "Process-manager instances not yet finished"),
     PROCESS_DEADLINES_OVERDUE: ("gauge", "1", "Process-manager deadlines past due"),
-    CDC_SOURCE_LAG: ("gauge", "1", "Changes in the CDC source not yet published"),
+    CDC_SOURCE_LAG: ("gauge", "1", "Changes in a CDC feed's source past the feed's cursor"),
+    CDC_SOURCE_LAG_SECONDS: ("gauge", "s", "Age of the oldest change a CDC feed has not done"),
+    CDC_COMMANDS: ("counter", "1", "Commands a CDC feed issued (each outcome durable)"),
+    CDC_DEAD_LETTERS: ("counter", "1", "Changes a CDC feed parked, by outcome (refused or held)"),
 }
 """Every instrument: name -> (kind, unit, description)."""
 

@@ -278,3 +278,29 @@ def test_the_cli_installs_runs_and_reports(legacy: Crm, postgres_url: str, tmp_p
     assert "{'id': 2}" in listed.stdout and "failed" in listed.stdout
     redriven = _cli("redrive", "sample_app.crm:feed", env=env)
     assert redriven.returncode == 1 and "1 row(s) still failing" in redriven.stdout
+
+
+@pytest.mark.parametrize("batch_size", [200, 2])  # 2: the earlier change is past the batch
+def test_a_row_changed_by_two_overlapping_transactions_ends_as_the_last_commit_left_it(
+    legacy: Crm, batch_size: int
+):
+    feed = _feed(legacy, batch_size=batch_size)
+    feed.source.install(snapshot=False)
+    with legacy.engine.begin() as conn:
+        legacy.insert(conn, 1)
+        legacy.insert(conn, 2)
+    assert feed.run(until_caught_up=True) == 2
+    early = legacy.engine.connect()
+    early_tx = early.begin()
+    early.execute(sa.text(f"UPDATE {legacy.table} SET notes = 'x' WHERE id = 2"))  # takes its xid
+    legacy.sql("UPDATE CRM SET street = 'Second 2' WHERE id = 1")  # a later xid, committed first
+    early.execute(sa.text(f"UPDATE {legacy.table} SET street = 'Third 3' WHERE id = 1"))
+    early_tx.commit()  # the CRM's row 1 now says 'Third 3'
+    early.close()
+    # xid order reads the 'Third 3' change first; its row's earlier change comes before it.
+    assert feed.run(until_caught_up=True) == (3 if batch_size > 2 else 4)  # 4: one read twice
+    street = shop_state(feed.app, [1])[1]
+    events = len(feed.app.store.read(crm.customer_id(1)))
+    print(f"CDC[interleaving]: crm=Third 3 shop={street[1]} events={events}")
+    assert street == ("active", "Third 3", "Berlin")
+    assert events == 3  # registered, moved twice: the change read ahead replayed in its place

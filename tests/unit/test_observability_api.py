@@ -30,6 +30,7 @@ def test_attribute_span_and_metric_names_are_pinned() -> None:
         "COMMAND": "command",
         "ENDUSER_ID": "enduser.id",
         "ERROR_TYPE": "error.type",
+        "FEED": "feed",
         "HTTP_REQUEST_METHOD": "http.request.method",
         "HTTP_ROUTE": "http.route",
         "MESSAGING_BATCH_MESSAGE_COUNT": "messaging.batch.message_count",
@@ -84,6 +85,9 @@ def test_attribute_span_and_metric_names_are_pinned() -> None:
         "keel.process.active",
         "keel.process.deadlines.overdue",
         "keel.cdc.source_lag",
+        "keel.cdc.source_lag.seconds",
+        "keel.cdc.commands",
+        "keel.cdc.dead_letters",
     }
 
 

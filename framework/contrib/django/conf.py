@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from importlib import import_module
 from typing import TYPE_CHECKING, Any, Literal
 
 from django.conf import settings as django_settings
@@ -28,6 +27,7 @@ from django.dispatch import receiver
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from framework import loading
 from framework.application import Application
 from framework.commands import Command
 from framework.errors import ConfigurationError
@@ -189,18 +189,14 @@ def get_settings() -> KeelSettings:
     return settings
 
 
-def import_object(path: str) -> Any:
-    """Import ``'pkg.module:name'`` or ``'pkg.module.name'``."""
-    module_name, sep, attr = path.partition(":")
-    if not sep:
-        module_name, _, attr = path.rpartition(".")
-    try:
-        obj: Any = import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ConfigurationError(f"cannot import {path!r}: {error}") from error
-    return obj
+def import_object(
+    path: str,
+    what: str = "object settings.KEEL names",
+    example: str = "sample_app.shop.application:build",
+) -> Any:
+    """Import ``'pkg.module:name'`` or ``'pkg.module.name'``; ConfigurationError (saying what
+    to pass) when it cannot be imported."""
+    return loading.import_object(path, what=what, example=example, dotted=True)
 
 
 def get_application() -> Application:
@@ -209,7 +205,7 @@ def get_application() -> Application:
 
     def build() -> Application:
         settings = get_settings()
-        target = import_object(settings.application)
+        target = import_object(settings.application, "application (KEEL['APPLICATION'])")
         if isinstance(target, Application):
             return target
         if callable(target):
@@ -232,7 +228,7 @@ def command_classes() -> dict[str, type[Command]]:
     def build() -> dict[str, type[Command]]:
         if "application" in _state:
             return dict(_state["application"].command_types)
-        target = import_object(get_settings().application)
+        target = import_object(get_settings().application, "application (KEEL['APPLICATION'])")
         if isinstance(target, Application):
             return dict(target.command_types)
         probe = target("memory://")
@@ -317,7 +313,9 @@ def get_projections() -> dict[str, Projection]:
     def build() -> dict[str, Projection]:
         found: dict[str, Projection] = {}
         for path in get_settings().projections:
-            target = import_object(path)
+            target = import_object(
+                path, "projection (KEEL['PROJECTIONS'])", "projections.orders:OrdersProjection"
+            )
             projection = target() if isinstance(target, type) else target
             name = getattr(projection, "name", None)
             if not name:
@@ -340,7 +338,11 @@ def get_process_workers() -> dict[str, Any]:
 
         found: dict[str, ProcessWorker] = {}
         for path in get_settings().process_managers:
-            target = import_object(path)
+            target = import_object(
+                path,
+                "process manager (KEEL['PROCESS_MANAGERS'])",
+                "sample_app.payments.service:payment_process_worker",
+            )
             worker = target if isinstance(target, ProcessWorker) else target(engine=get_engine())
             if not isinstance(worker, ProcessWorker):
                 raise ConfigurationError(f"{path!r} did not give a ProcessWorker")
