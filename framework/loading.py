@@ -97,8 +97,7 @@ def load_object(
     if not isinstance(result, kind):
         got = _a(found) if result is found else f"a factory that returned {_a(result)}"
         raise ConfigurationError(
-            f"the {what} {spec!r} is {got}, not {_a(kind)} or a factory of one "
-            f"(e.g. {example})"
+            f"the {what} {spec!r} is {got}, not {_a(kind)} or a factory of one (e.g. {example})"
         )
     return result
 

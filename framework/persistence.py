@@ -268,9 +268,7 @@ def open_store(url: str, *, name: str) -> EventStore:
         store: EventStore = module.open_store(url, name=name)
         return store
     if ":" in url and "/" not in url:
-        factory = import_object(
-            url, what="event store factory", example="myapp.stores:open_store"
-        )
+        factory = import_object(url, what="event store factory", example="myapp.stores:open_store")
         custom: EventStore = factory(url, name=name)
         return custom
     known = ", ".join(f"{s}://" for s in sorted(BACKENDS))

@@ -25,6 +25,7 @@ from framework.cdc._feed import ChangeFeed
 from framework.errors import ConfigurationError
 from framework.loading import load_object
 from framework.observability import prometheus
+from framework.runtime import tune_garbage_collector
 
 EPILOG = """\
 FEED is module:callable, a function returning a ChangeFeed, e.g. sample_app.crm:feed.
@@ -113,6 +114,12 @@ def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None)
                 server = prometheus.serve(args.metrics_port)
             except (ConfigurationError, OSError) as error:
                 print(f"error: --metrics-port {args.metrics_port}: {error}", file=sys.stderr)
+                return 2
+        if stop is None:  # a process of its own (tests pass a stop): see framework.runtime
+            try:
+                tune_garbage_collector()
+            except ConfigurationError as error:
+                print(f"error: {error}", file=sys.stderr)
                 return 2
         stop = stop or threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
