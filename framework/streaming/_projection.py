@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
@@ -39,7 +39,7 @@ from sqlalchemy.engine import Connection, RootTransaction
 from framework.codec import EventEnvelope
 from framework.domain import DomainEvent
 from framework.errors import ConfigurationError
-from framework.projection import Projection
+from framework.projection import Projection, handles
 from framework.streaming._clock import Clock
 from framework.streaming._late import accept
 from framework.streaming._values import utc
@@ -105,6 +105,8 @@ class StreamContext:
         self.dirty: dict[int, datetime] = {}
         self.accepting: tuple[int, int] | None = None
         """The (partition, offset) of a parked late event being re-driven now."""
+        self.pending: dict[str, Callable[[], None]] = {}
+        """Writes the streams hold back within a batch, by stream: see :meth:`flush`."""
         _serialize(conn, projection.key)
         self.transaction = conn.get_transaction()
         # Stream times that moved are written once per transaction, just before it commits
@@ -125,6 +127,14 @@ class StreamContext:
             [{"p": p, "t": moment} for p, moment in sorted(self.dirty.items())],
         )
         self.dirty.clear()
+
+    def flush(self) -> None:
+        """Write what the streams held back: at the end of each batch, and before anything
+        (a handler, a hook, a close) might read their tables."""
+        for name in sorted(self.pending):
+            write = self.pending.pop(name, None)
+            if write is not None:
+                write()
 
     def late_by(self, partition: int, moment: datetime, grace: timedelta) -> timedelta | None:
         """How late ``moment`` is in ``partition`` (``None``: on time)."""
@@ -284,7 +294,11 @@ class StreamProjection(Projection):
             cls._keel_stream_time, cls._keel_late_events = _framework_tables(cls.name, metadata)
         super().__init_subclass__(**kwargs)
         cls._streams = streams
-        cls._user_handlers = dict(cls._handler_names)
+        cls._user_handlers = {
+            event_class: method
+            for event_class, method in cls._handler_names.items()
+            if method != "_keel_dispatch"
+        }
         consumers: dict[type[DomainEvent], list[Stream]] = {}
         for stream in streams.values():
             for event_class in stream.events():
@@ -326,8 +340,21 @@ class StreamProjection(Projection):
             self._context = (transaction, StreamContext(self, conn))
         return self._context[1]
 
-    def _keel_dispatch(self, event: Any, conn: Connection, envelope: EventEnvelope) -> None:
+    @handles(Clock.Ticked, Clock.LateAccepted, batch=True)
+    def _keel_dispatch(
+        self, events: Sequence[Any], conn: Connection, envelopes: Sequence[EventEnvelope]
+    ) -> None:
+        """Every event the projection handles, a run at a time (``batch``: the streams fold a
+        run's contributions and write them once, at its end). A failing run is retried one
+        event at a time by the applier, so a bad event is still found and parked alone."""
         ctx = self.stream_context(conn)
+        for event, envelope in zip(events, envelopes, strict=True):
+            self._keel_apply(ctx, conn, event, envelope)
+        ctx.flush()
+
+    def _keel_apply(
+        self, ctx: StreamContext, conn: Connection, event: Any, envelope: EventEnvelope
+    ) -> None:
         partition = envelope.recorded.partition
         before = ctx.watermark()
         if isinstance(event, Clock.Ticked):
@@ -342,6 +369,7 @@ class StreamProjection(Projection):
                 stream.apply(self, ctx, event, envelope)
             method = self._user_handlers.get(type(event))
             if method is not None:
+                ctx.flush()  # the handler may read the streams' tables
                 handler = getattr(self, method)
                 if "envelope" in inspect.signature(handler).parameters:
                     handler(event, conn, envelope=envelope)
