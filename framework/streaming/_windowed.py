@@ -168,6 +168,7 @@ class Windowed(Stream):
         on_close: CloseHook | None = None,
     ) -> None:
         super().__init__()
+        self._pending_key = self._next_close_key = ""  # set by bind
         self.name = name
         self.window = window
         self.aggregates = dict(aggregates)
@@ -519,9 +520,11 @@ class Windowed(Stream):
             "closed": closed,
         }
 
-    @property
-    def _pending_key(self) -> str:
-        return f"{self.attr}:pending"
+    def bind(self, owner: type[StreamProjection], attr: str) -> None:
+        super().bind(owner, attr)
+        # Keys of the transaction's cache, built once (they are looked up per event).
+        self._pending_key = f"{attr}:pending"
+        self._next_close_key = f"{attr}:next_close"
 
     def _ledger_insert(self, ledger: sa.Table) -> Any:
         cached = self._statements.get((ledger.name, "insert"))
@@ -901,12 +904,12 @@ class Windowed(Stream):
     # -- closing --------------------------------------------------------------------------------
 
     def _note_open(self, ctx: StreamContext, end: datetime) -> None:
-        known = ctx.cache.get(f"{self.attr}:next_close", False)
+        known = ctx.cache.get(self._next_close_key, False)
         if known is not False and (known is None or end < known):
-            ctx.cache[f"{self.attr}:next_close"] = end
+            ctx.cache[self._next_close_key] = end
 
     def _next_close(self, projection: Projection, ctx: StreamContext) -> datetime | None:
-        name = f"{self.attr}:next_close"
+        name = self._next_close_key
         if name not in ctx.cache:
             self._flush(ctx)  # windows this batch opened are not in the table yet
             table = self.current(projection, "open" if self.emit == "final" else "rows")
@@ -943,7 +946,7 @@ class Windowed(Stream):
         if self.retention is not None:
             ledger = self.current(projection, "contrib")
             ctx.conn.execute(ledger.delete().where(ledger.c.event_time < limit - self.retention))
-        ctx.cache.pop(f"{self.attr}:next_close", None)
+        ctx.cache.pop(self._next_close_key, None)
         for row, seen in zip(closing, announced, strict=True):
             if not seen:
                 self._announce(projection, ctx, row)
