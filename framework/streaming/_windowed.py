@@ -202,6 +202,12 @@ class Windowed(Stream):
         if emit == "final":
             self.tables["open"] = self._rows_table(f"{name}__open", metadata, open_table=True)
 
+    def bind(self, owner: type[StreamProjection], attr: str) -> None:
+        super().bind(owner, attr)
+        # Keys of the transaction's cache, built once (they are looked up per event).
+        self._pending_key = f"{attr}:pending"
+        self._next_close_key = f"{attr}:next_close"
+
     def _check(self) -> None:
         if not self.aggregates:
             raise ConfigurationError(f"{self.name}: give at least one aggregate")
@@ -519,12 +525,6 @@ class Windowed(Stream):
             "late_b": late > 0,
             "closed": closed,
         }
-
-    def bind(self, owner: type[StreamProjection], attr: str) -> None:
-        super().bind(owner, attr)
-        # Keys of the transaction's cache, built once (they are looked up per event).
-        self._pending_key = f"{attr}:pending"
-        self._next_close_key = f"{attr}:next_close"
 
     def _ledger_insert(self, ledger: sa.Table) -> Any:
         cached = self._statements.get((ledger.name, "insert"))
