@@ -130,9 +130,18 @@ class Aggregate(ABC):
     ) -> ColumnElement[Any] | None:
         return None
 
+    # Within one batch a table folds the contributions to each window in Python and writes
+    # them with one statement: ``state`` is a bound parameter holding the folded state.
+    def sql_merge(self, column: ColumnElement[Any], state: Any) -> ColumnElement[Any] | None:
+        return None
+
     @property
     def has_sql(self) -> bool:
         return type(self).sql_add is not Aggregate.sql_add
+
+    @property
+    def has_sql_merge(self) -> bool:
+        return type(self).sql_merge is not Aggregate.sql_merge
 
 
 class Count(Aggregate):
@@ -160,6 +169,10 @@ class Count(Aggregate):
     ) -> ColumnElement[Any]:
         return column - 1
 
+    def sql_merge(self, column: ColumnElement[Any], state: Any) -> ColumnElement[Any]:
+        merged: ColumnElement[Any] = column + state
+        return merged
+
 
 class Retractions(Aggregate):
     """How many contributions were retracted from the window (cancelled orders)."""
@@ -186,6 +199,9 @@ class Retractions(Aggregate):
         self, column: ColumnElement[Any], value: Any, *, retracted: bool
     ) -> ColumnElement[Any]:
         return column + 1 if retracted else column
+
+    def sql_merge(self, column: ColumnElement[Any], state: Any) -> ColumnElement[Any]:
+        return column  # adding contributions retracts nothing
 
 
 class Sum(Aggregate):
@@ -218,6 +234,9 @@ class Sum(Aggregate):
         removed: ColumnElement[Any] = column - value
         return removed
 
+    def sql_merge(self, column: ColumnElement[Any], state: Any) -> ColumnElement[Any]:
+        return self.sql_add(column, state)
+
 
 class _Extreme(Aggregate):
     _smaller: bool
@@ -240,6 +259,9 @@ class _Extreme(Aggregate):
     def sql_add(self, column: ColumnElement[Any], value: Any) -> ColumnElement[Any]:
         beaten = column > value if self._smaller else column < value
         return sa.case((column.is_(None) | beaten, value), else_=column)
+
+    def sql_merge(self, column: ColumnElement[Any], state: Any) -> ColumnElement[Any]:
+        return self.sql_add(column, state)  # the state is the extreme of the folded values
 
 
 class Min(_Extreme):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
@@ -39,7 +39,7 @@ from sqlalchemy.engine import Connection, RootTransaction
 from framework.codec import EventEnvelope
 from framework.domain import DomainEvent
 from framework.errors import ConfigurationError
-from framework.projection import Projection
+from framework.projection import Projection, handles
 from framework.streaming._clock import Clock
 from framework.streaming._late import accept
 from framework.streaming._values import utc
@@ -62,6 +62,7 @@ class Stream:
 
     def __init__(self) -> None:
         self.tables: dict[str, sa.Table] = {}
+        self._role_attrs: dict[str, str] = {}
 
     def bind(self, owner: type[StreamProjection], attr: str) -> None:
         if self.attr and self.attr != attr:
@@ -78,7 +79,10 @@ class Stream:
 
     def current(self, projection: Projection, role: str) -> sa.Table:
         """This declaration's ``role`` table as ``projection`` sees it (shadow-aware)."""
-        table: sa.Table = getattr(projection, self.table_attr(role))
+        attr = self._role_attrs.get(role)
+        if attr is None:  # looked up per event: the name is built once
+            attr = self._role_attrs[role] = self.table_attr(role)
+        table: sa.Table = getattr(projection, attr)
         return table
 
     def events(self) -> set[type[DomainEvent]]:
@@ -105,26 +109,34 @@ class StreamContext:
         self.dirty: dict[int, datetime] = {}
         self.accepting: tuple[int, int] | None = None
         """The (partition, offset) of a parked late event being re-driven now."""
+        self.pending: dict[str, Callable[[], None]] = {}
+        """Writes the streams hold back within a batch, by stream: see :meth:`flush`."""
         _serialize(conn, projection.key)
-        self.transaction = conn.get_transaction()
-        # Stream times that moved are written once per transaction, just before it commits
-        # (inside it, with the positions): one statement per partition, not one per event.
-        sa.event.listen(conn, "commit", self._flush, once=True)
-        table = projection._keel_stream_time
-        for row in conn.execute(sa.select(table)):
+        for row in conn.execute(projection._statement("times")):
             if row.max_event_time is not None:
                 self.times[row.partition] = utc(row.max_event_time)
             if row.partitions and type(projection).partitions is None:
                 self.partitions = max(self.partitions or 0, row.partitions)
 
-    def _flush(self, conn: Connection) -> None:
-        if not self.dirty or conn.get_transaction() is not self.transaction:
-            return  # nothing moved, or a stale listener of a transaction rolled back
-        conn.execute(
-            self.projection._time_update(),
-            [{"p": p, "t": moment} for p, moment in sorted(self.dirty.items())],
-        )
-        self.dirty.clear()
+    def finish(self) -> None:
+        """The end of a run of events: write what the streams held back, and the stream
+        times that moved (inside the transaction, with the positions: one statement for
+        the run, not one per event)."""
+        self.flush()
+        if self.dirty:
+            self.conn.execute(
+                self.projection._statement("time_update"),
+                [{"p": p, "t": moment} for p, moment in sorted(self.dirty.items())],
+            )
+            self.dirty.clear()
+
+    def flush(self) -> None:
+        """Write what the streams held back: at the end of each batch, and before anything
+        (a handler, a hook, a close) might read their tables."""
+        for name in sorted(self.pending):
+            write = self.pending.pop(name, None)
+            if write is not None:
+                write()
 
     def late_by(self, partition: int, moment: datetime, grace: timedelta) -> timedelta | None:
         """How late ``moment`` is in ``partition`` (``None``: on time)."""
@@ -161,7 +173,7 @@ class StreamContext:
         if was is None:
             self.conn.execute(table.insert().values(partition=partition, **values))
         elif partitions is None:
-            self.dirty[partition] = now  # written once, as the transaction commits
+            self.dirty[partition] = now  # written once, at the end of the run (finish)
         else:
             self.dirty.pop(partition, None)
             self.conn.execute(table.update().where(table.c.partition == partition).values(values))
@@ -284,7 +296,11 @@ class StreamProjection(Projection):
             cls._keel_stream_time, cls._keel_late_events = _framework_tables(cls.name, metadata)
         super().__init_subclass__(**kwargs)
         cls._streams = streams
-        cls._user_handlers = dict(cls._handler_names)
+        cls._user_handlers = {
+            event_class: method
+            for event_class, method in cls._handler_names.items()
+            if method != "_keel_dispatch"
+        }
         consumers: dict[type[DomainEvent], list[Stream]] = {}
         for stream in streams.values():
             for event_class in stream.events():
@@ -303,18 +319,21 @@ class StreamProjection(Projection):
         self._context: tuple[RootTransaction, StreamContext] | None = None
         self._closers = [s for s in self._streams.values() if s.closes]
 
-    def _time_update(self) -> Any:
-        """The per-event stream-time update, built once (per table: a shadow has its own)."""
+    def _statement(self, role: str) -> Any:
+        """The stream-time read (``times``) or update (``time_update``), built once per table
+        (a shadow has its own): building a statement costs more than running it."""
         table = self._keel_stream_time
-        cached = self.__dict__.get("_keel_time_update")
+        cached = self.__dict__.setdefault("_keel_statements", {}).get(role)
         if cached is None or cached[0] is not table:
-            statement = (
-                table.update()
-                .where(table.c.partition == sa.bindparam("p"))
-                .values(max_event_time=sa.bindparam("t"))
-            )
-            cached = (table, statement)
-            self.__dict__["_keel_time_update"] = cached
+            if role == "times":
+                statement: Any = sa.select(table)
+            else:
+                statement = (
+                    table.update()
+                    .where(table.c.partition == sa.bindparam("p"))
+                    .values(max_event_time=sa.bindparam("t"))
+                )
+            cached = self.__dict__["_keel_statements"][role] = (table, statement)
         return cached[1]
 
     def stream_context(self, conn: Connection) -> StreamContext:
@@ -326,8 +345,21 @@ class StreamProjection(Projection):
             self._context = (transaction, StreamContext(self, conn))
         return self._context[1]
 
-    def _keel_dispatch(self, event: Any, conn: Connection, envelope: EventEnvelope) -> None:
+    @handles(Clock.Ticked, Clock.LateAccepted, batch=True)
+    def _keel_dispatch(
+        self, events: Sequence[Any], conn: Connection, envelopes: Sequence[EventEnvelope]
+    ) -> None:
+        """Every event the projection handles, a run at a time (``batch``: the streams fold a
+        run's contributions and write them once, at its end). A failing run is retried one
+        event at a time by the applier, so a bad event is still found and parked alone."""
         ctx = self.stream_context(conn)
+        for event, envelope in zip(events, envelopes, strict=True):
+            self._keel_apply(ctx, conn, event, envelope)
+        ctx.finish()
+
+    def _keel_apply(
+        self, ctx: StreamContext, conn: Connection, event: Any, envelope: EventEnvelope
+    ) -> None:
         partition = envelope.recorded.partition
         before = ctx.watermark()
         if isinstance(event, Clock.Ticked):
@@ -342,6 +374,7 @@ class StreamProjection(Projection):
                 stream.apply(self, ctx, event, envelope)
             method = self._user_handlers.get(type(event))
             if method is not None:
+                ctx.flush()  # the handler may read the streams' tables
                 handler = getattr(self, method)
                 if "envelope" in inspect.signature(handler).parameters:
                     handler(event, conn, envelope=envelope)

@@ -15,6 +15,8 @@ __all__ = ["dumps", "loads", "utc"]
 
 def utc(moment: datetime) -> datetime:
     """``moment`` as an aware UTC datetime (SQLite hands back naive ones)."""
+    if moment.tzinfo is UTC:
+        return moment  # the usual case, per event: no conversion
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 

@@ -8,12 +8,23 @@ to other windows. Rows carry
 ``contributions``, ``revision`` (changes applied), ``late_events``, ``amended_after_close`` and
 ``closed``; rows of tables whose aggregates have no SQL arithmetic (mean, latest, collect,
 custom) also keep the aggregate states as JSON in ``state``.
+
+Sessions with ``emit="final"`` live in ``<table>__open`` until the watermark passes their end
+plus grace, then move to the table and ``on_close`` runs for them. Rows are a function of the
+accepted events alone (sessions are those events clustered by the gap, named after their first
+contribution), so they are the same in every interleaving. A late event the policy amends, or a
+correction, can still change a closed session: the row is amended in place (a late event that
+bridges two closed sessions merges them into one row under the earlier's id; one that extends a
+session past the watermark takes it back to ``__open`` until it closes again). ``on_close`` runs
+once for every session id that reaches the table, never again for it; a history that closed a
+session before such a change has also announced the id it had then.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -74,6 +85,28 @@ dict and a :class:`CloseContext`. It runs inside the projection's transaction, o
 command id) so a rebuild or a second close adds nothing: the trigger of a process manager."""
 
 
+@dataclass
+class _Pending:
+    """The contributions a batch made to one window, folded (written by ``_flush``)."""
+
+    key: Mapping[str, Any]
+    start: datetime
+    end: datetime
+    states: dict[str, Any]
+    closed: bool
+    count: int = 0
+    late: int = 0
+
+
+@dataclass
+class _Writes:
+    """A windowed table's writes held back within a batch."""
+
+    rows: dict[tuple[Any, ...], _Pending] = field(default_factory=dict)
+    ledger: list[dict[str, Any]] = field(default_factory=list)
+    ledger_table: sa.Table | None = None
+
+
 def _classes(spec: type[DomainEvent] | Iterable[type[DomainEvent]] | None) -> set[type[Any]]:
     if spec is None:
         return set()
@@ -107,8 +140,9 @@ class Windowed(Stream):
       the row (it counts ``late_events`` and sets ``amended_after_close``), ``"drop"`` it or
       park it as ``"dead_letter"``. Each is recorded in ``<projection>__late_events``.
     - ``emit``: ``"update"`` (rows change as events arrive) or ``"final"`` (a row appears when
-      its window closes). ``on_close(row, ctx)`` runs once per window as it closes, in the
-      transaction that closed it; key its effects by ``ctx.effect_id``.
+      its window closes; until then it is kept in ``<table>__open``). ``on_close(row, ctx)``
+      runs once per window as it closes, in the transaction that closed it; key its effects by
+      ``ctx.effect_id`` (a session's: its ``session_id``).
     - ``retention``: forget ledger entries this long after their window closed (a retraction
       after that changes nothing).
     """
@@ -134,6 +168,7 @@ class Windowed(Stream):
         on_close: CloseHook | None = None,
     ) -> None:
         super().__init__()
+        self._pending_key = self._next_close_key = ""  # set by bind
         self.name = name
         self.window = window
         self.aggregates = dict(aggregates)
@@ -156,12 +191,22 @@ class Windowed(Stream):
         # The ledger is what retractions and replacements undo; without them it is not kept.
         self.ledgered = bool(self._retracts or self._replaces)
         self._check()
-        self.fast = not self.session and all(a.has_sql for a in self.aggregates.values())
+        # The fast path: SQL arithmetic only, no row read per event (sessions merge rows, and
+        # aggregates without SQL keep their states as JSON). Buffered: one UPSERT per window
+        # and batch, when every aggregate's SQL can merge a folded state.
+        self.fast = self.fast_possible()
+        self.buffered = self.fast and all(a.has_sql_merge for a in self.aggregates.values())
         self.closes = True
         self._statements: dict[tuple[str, str], tuple[sa.Table, Any]] = {}
         self.tables = {"rows": self._rows_table(name, metadata), "contrib": self._ledger(metadata)}
         if emit == "final":
-            self.tables["open"] = self._rows_table(f"{name}__open", metadata)
+            self.tables["open"] = self._rows_table(f"{name}__open", metadata, open_table=True)
+
+    def bind(self, owner: type[StreamProjection], attr: str) -> None:
+        super().bind(owner, attr)
+        # Keys of the transaction's cache, built once (they are looked up per event).
+        self._pending_key = f"{attr}:pending"
+        self._next_close_key = f"{attr}:next_close"
 
     def _check(self) -> None:
         if not self.aggregates:
@@ -179,18 +224,17 @@ class Windowed(Stream):
             raise ConfigurationError(f"{self.name}: emit= must be 'update' or 'final'")
         if not self._contributes:
             raise ConfigurationError(f"{self.name}: contributes= needs an event class")
-        if self.session:
-            if self.emit != "update":
-                raise ConfigurationError(f"{self.name}: session windows support emit='update'")
-            if any(a.counts_retractions for a in self.aggregates.values()):
-                raise ConfigurationError(f"{self.name}: Retractions() cannot follow sessions")
+        if self.session and any(a.counts_retractions for a in self.aggregates.values()):
+            raise ConfigurationError(f"{self.name}: Retractions() cannot follow sessions")
         for name, aggregate in self.aggregates.items():
             if not isinstance(aggregate, Aggregate):
                 raise ConfigurationError(f"{self.name}.{name}: not an Aggregate: {aggregate!r}")
 
     # -- tables ---------------------------------------------------------------------------------
 
-    def _rows_table(self, name: str, metadata: sa.MetaData) -> sa.Table:
+    def _rows_table(
+        self, name: str, metadata: sa.MetaData, *, open_table: bool = False
+    ) -> sa.Table:
         columns: list[Any] = [
             sa.Column(k, type_, primary_key=True) for k, (type_, _fn) in self.key.items()
         ]
@@ -210,6 +254,9 @@ class Windowed(Stream):
         ]
         if not self.fast_possible():
             columns.append(sa.Column("state", sa.Text, nullable=False))
+        if open_table and self.session:
+            # A closed session a late event or correction opened again: its on_close has run.
+            columns.append(sa.Column("announced", sa.Boolean, nullable=False))
         return sa.Table(
             name, metadata, *columns, sa.Index(f"ix_{name}_close", "closed", "window_end")
         )
@@ -303,14 +350,18 @@ class Windowed(Stream):
         quiet = replacing
         cid = self._cid(event)
         moment = self._time(projection, event)
-        old_key, old_values = previous or ({}, {})
-        try:
-            key = {k: _pick(fn, event, k, old_key) for k, (_type, fn) in self.key.items()}
-            values = {n: _pick(a.value, event, n, old_values) for n, a in self.aggregates.items()}
-        except AttributeError:
-            if quiet:
+        if not replacing:
+            key = {k: fn(event) for k, (_type, fn) in self.key.items()}
+            values = {n: a.value(event) for n, a in self.aggregates.items()}
+        else:
+            old_key, old_values = previous or ({}, {})
+            try:
+                key = {k: _pick(fn, event, k, old_key) for k, (_type, fn) in self.key.items()}
+                values = {
+                    n: _pick(a.value, event, n, old_values) for n, a in self.aggregates.items()
+                }
+            except AttributeError:
                 return  # a partial correction of what never counted (dropped as late): nothing
-            raise
         late_by = ctx.late_by(envelope.recorded.partition, moment, self.grace)
         late = late_by is not None
         if late_by is not None:
@@ -322,15 +373,16 @@ class Windowed(Stream):
             if action != "amend":
                 return
         if self.ledgered:
-            ctx.conn.execute(
-                self._ledger_insert(self.current(projection, "contrib")),
+            pending = self._pending(ctx)
+            pending.ledger_table = self.current(projection, "contrib")
+            pending.ledger.append(
                 {
                     "contribution_id": cid,
                     "event_time": moment,
                     "late": late,
                     "contributed": dumps(values),
                     **key,
-                },
+                }
             )
         order: Order = (moment, cid)
         if self.session:
@@ -352,6 +404,7 @@ class Windowed(Stream):
         retracted: bool,
     ) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """Remove the event's contribution; returns its key and values (``None``: none)."""
+        self._flush(ctx)  # the ledger and the rows as the events before this one left them
         ledger = self.current(projection, "contrib")
         cid = self._cid(event)
         found = ctx.conn.execute(sa.select(ledger).where(ledger.c.contribution_id == cid)).first()
@@ -409,18 +462,69 @@ class Windowed(Stream):
             states = {n: a.add(states[n], values[n], order) for n, a in self.aggregates.items()}
             self._write(ctx, table, row, key, start, end, states, late, closed, delta=1)
             return
-        first = {n: a.result(a.add(a.init(), values[n], order)) for n, a in self.aggregates.items()}
-        params = {
+        if not self.buffered:
+            params = self._params(key, start, end, 1, int(late), closed)
+            for n, a in self.aggregates.items():
+                params[n] = a.result(a.add(a.init(), values[n], order))
+                params[f"v_{n}"] = values[n]
+            ctx.conn.execute(self._upsert(ctx.conn, table), params)
+            return
+        # Fold into the batch's pending row of this window: one UPSERT per window and batch,
+        # written before anything reads the table (see _flush).
+        pending = self._pending(ctx)
+        slot = (table, start, *key.values())
+        entry = pending.rows.get(slot)
+        if entry is None:
+            entry = pending.rows[slot] = _Pending(
+                key, start, end, {n: a.init() for n, a in self.aggregates.items()}, closed
+            )
+        for n, a in self.aggregates.items():
+            entry.states[n] = a.add(entry.states[n], values[n], order)
+        entry.count += 1
+        entry.late += late
+
+    def _pending(self, ctx: StreamContext) -> _Writes:
+        pending: _Writes | None = ctx.cache.get(self._pending_key)
+        if pending is None:
+            pending = ctx.cache[self._pending_key] = _Writes()
+            ctx.pending[self.attr] = lambda: self._flush(ctx)
+        return pending
+
+    def _flush(self, ctx: StreamContext) -> None:
+        """Write what this batch folded: ledger entries, then one UPSERT per window (an
+        ``executemany`` per table). The result is the one per-event statements would give:
+        every fast aggregate's SQL merges a folded state as it adds a value."""
+        pending: _Writes | None = ctx.cache.pop(self._pending_key, None)
+        ctx.pending.pop(self.attr, None)
+        if pending is None:
+            return
+        if pending.ledger_table is not None and pending.ledger:
+            ctx.conn.execute(self._ledger_insert(pending.ledger_table), pending.ledger)
+        by_table: dict[sa.Table, list[dict[str, Any]]] = {}
+        for (table, *_slot), entry in pending.rows.items():
+            params = self._params(
+                entry.key, entry.start, entry.end, entry.count, entry.late, entry.closed
+            )
+            for n, a in self.aggregates.items():
+                params[n] = a.result(entry.states[n])
+                params[f"v_{n}"] = entry.states[n]
+            by_table.setdefault(table, []).append(params)
+        for table, rows in by_table.items():
+            ctx.conn.execute(self._upsert(ctx.conn, table), rows)
+
+    @staticmethod
+    def _params(
+        key: Mapping[str, Any], start: datetime, end: datetime, n: int, late: int, closed: bool
+    ) -> dict[str, Any]:
+        return {
             **key,
             "window_start": start,
             "window_end": end,
-            **first,
-            **{f"v_{n}": values[n] for n in self.aggregates},
-            "late_n": int(late),
-            "late_b": late,
+            "n": n,
+            "late_n": late,
+            "late_b": late > 0,
             "closed": closed,
         }
-        ctx.conn.execute(self._upsert(ctx.conn, table), params)
 
     def _ledger_insert(self, ledger: sa.Table) -> Any:
         cached = self._statements.get((ledger.name, "insert"))
@@ -433,7 +537,8 @@ class Windowed(Stream):
 
     def _upsert(self, conn: sa.Connection, table: sa.Table) -> Any:
         """The fast path's one statement (built once per table and dialect: building a
-        statement per event costs more than running it)."""
+        statement per event costs more than running it): ``n`` contributions folded into the
+        states ``v_<aggregate>``."""
         cache_key = (table.name, conn.dialect.name)
         cached = self._statements.get(cache_key)
         if cached is not None and cached[0] is table:
@@ -441,27 +546,29 @@ class Windowed(Stream):
         from sqlalchemy.dialects import postgresql, sqlite
 
         c = table.c
+        count = sa.bindparam("n", type_=sa.Integer())
         late_n = sa.bindparam("late_n", type_=sa.Integer())
         late_b = sa.bindparam("late_b", type_=sa.Boolean())
         insert_values: dict[str, Any] = {k: sa.bindparam(k) for k in self.key}
         insert_values.update(
             window_start=sa.bindparam("window_start"),
             window_end=sa.bindparam("window_end"),
-            contributions=1,
-            revision=1,
+            contributions=count,
+            revision=count,
             late_events=late_n,
             amended_after_close=late_b,
             closed=sa.bindparam("closed"),
         )
         update: dict[str, Any] = {
-            "contributions": c.contributions + 1,
-            "revision": c.revision + 1,
+            "contributions": c.contributions + count,
+            "revision": c.revision + count,
             "late_events": c.late_events + late_n,
             "amended_after_close": sa.or_(c.amended_after_close, late_b),
         }
         for n, a in self.aggregates.items():
             insert_values[n] = sa.bindparam(n, type_=a.type)
-            expression = a.sql_add(c[n], sa.bindparam(f"v_{n}", type_=a.type))
+            folded = sa.bindparam(f"v_{n}", type_=a.type)
+            expression = a.sql_merge(c[n], folded) if self.buffered else a.sql_add(c[n], folded)
             if expression is not None and expression is not c[n]:
                 update[n] = expression
         dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
@@ -629,6 +736,29 @@ class Windowed(Stream):
     def _session_id(self, key: Mapping[str, Any], first: str) -> uuid.UUID:
         return uuid.uuid5(_SESSION_IDS, dumps([self.name, dict(key), first]))
 
+    def _session_tables(self, projection: Projection) -> list[tuple[sa.Table, bool]]:
+        """Where sessions live, with whether a row there has been announced: the result table
+        (with ``emit="final"`` only closed sessions, all announced) and the open ones'."""
+        if self.emit == "update":
+            return [(self.current(projection, "rows"), False)]
+        return [(self.current(projection, "rows"), True), (self.current(projection, "open"), False)]
+
+    def _session_rows(
+        self, projection: Projection, ctx: StreamContext, key: Mapping[str, Any], *where: Any
+    ) -> list[tuple[sa.Table, Any, bool]]:
+        """The key's sessions matching ``where`` (on columns both tables have), each with its
+        table and whether its ``on_close`` has run."""
+        found: list[tuple[sa.Table, Any, bool]] = []
+        for table, announced in self._session_tables(projection):
+            c = table.c
+            condition = [clause(c) for clause in where]
+            for row in ctx.conn.execute(
+                sa.select(table).where(*(c[k] == v for k, v in key.items()), *condition)
+            ):
+                seen = announced or bool(getattr(row, "announced", False))
+                found.append((table, row, seen))
+        return found
+
     def _session_add(
         self,
         projection: Projection,
@@ -639,22 +769,23 @@ class Windowed(Stream):
         order: Order,
         late: bool,
     ) -> None:
-        table = self.current(projection, "rows")
-        c = table.c
         gap = self._gap()
-        # Sessions end `gap` after their last event; an event less than `gap` from one joins it.
-        touching = ctx.conn.execute(
-            sa.select(table).where(
-                *(c[k] == v for k, v in key.items()),
-                c.window_start < moment + gap,
-                c.window_end > moment,
-            )
-        ).all()
+        # Sessions end `gap` after their last event; an event less than `gap` from one joins it,
+        # and one that bridges several merges them (open or closed: the rows are the same in
+        # every interleaving; see _session_place for on_close).
+        touching = self._session_rows(
+            projection,
+            ctx,
+            key,
+            lambda c: c.window_start < moment + gap,
+            lambda c: c.window_end > moment,
+        )
         states = {n: a.add(a.init(), values[n], order) for n, a in self.aggregates.items()}
         first = [order[0], order[1]]
         start, end = moment, moment + gap
         contributions, late_events = 1, int(late)
-        for row in touching:
+        announced: set[uuid.UUID] = set()
+        for table, row, seen in touching:
             stored = loads(row.state)
             states = {n: a.merge(stored[n], states[n]) for n, a in self.aggregates.items()}
             if (stored["_first"][0], stored["_first"][1]) < (first[0], first[1]):
@@ -662,13 +793,17 @@ class Windowed(Stream):
             start, end = min(start, utc(row.window_start)), max(end, utc(row.window_end))
             contributions += row.contributions
             late_events += row.late_events
+            if seen:
+                announced.add(row.session_id)
             ctx.conn.execute(table.delete().where(*self._pk(table, key, row.window_start)))
-        self._session_insert(ctx, table, key, start, end, states, first, contributions, late_events)
+        self._session_place(
+            projection, ctx, key, start, end, states, first, contributions, late_events, announced
+        )
 
-    def _session_insert(
+    def _session_place(
         self,
+        projection: Projection,
         ctx: StreamContext,
-        table: sa.Table,
         key: Mapping[str, Any],
         start: datetime,
         end: datetime,
@@ -676,25 +811,36 @@ class Windowed(Stream):
         first: list[Any],
         contributions: int,
         late_events: int,
+        announced: set[uuid.UUID],
     ) -> None:
+        """Write a session where it belongs now. With ``emit="final"``: the result table once
+        closed, else the open sessions' table (a late event can open a closed one again).
+        ``announced`` are the ids among the rows it replaces whose ``on_close`` has run: a
+        closed session gets its ``on_close`` when it closes under an id not among them."""
+        session_id = self._session_id(key, first[1])
         closed = ctx.closed(end, self.grace)
         if not closed:
             self._note_open(ctx, end)
-        ctx.conn.execute(
-            table.insert().values(
-                **key,
-                window_start=start,
-                window_end=end,
-                session_id=self._session_id(key, first[1]),
-                contributions=contributions,
-                revision=contributions,  # sessions: the events it holds (merges renumber)
-                late_events=late_events,
-                amended_after_close=late_events > 0,
-                closed=closed,
-                state=dumps({**states, "_first": first}),
-                **{n: a.result(states[n]) for n, a in self.aggregates.items()},
-            )
-        )
+        row: dict[str, Any] = {
+            **key,
+            "window_start": start,
+            "window_end": end,
+            "session_id": session_id,
+            "contributions": contributions,
+            "revision": contributions,  # sessions: the events it holds (merges renumber)
+            "late_events": late_events,
+            "amended_after_close": late_events > 0,
+            "closed": closed,
+            "state": dumps({**states, "_first": first}),
+            **{n: a.result(states[n]) for n, a in self.aggregates.items()},
+        }
+        if self.emit == "update" or closed:
+            ctx.conn.execute(self.current(projection, "rows").insert().values(**row))
+            if self.emit == "final" and session_id not in announced:
+                self._announce(projection, ctx, row)
+            return
+        row["announced"] = session_id in announced
+        ctx.conn.execute(self.current(projection, "open").insert().values(**row))
 
     def _session_remove(
         self,
@@ -704,17 +850,16 @@ class Windowed(Stream):
         moment: datetime,
         late: bool,
     ) -> None:
-        table = self.current(projection, "rows")
-        c = table.c
-        row = ctx.conn.execute(
-            sa.select(table).where(
-                *(c[k] == v for k, v in key.items()),
-                c.window_start <= moment,
-                c.window_end > moment,
-            )
-        ).first()
-        if row is None:
+        holding = self._session_rows(
+            projection,
+            ctx,
+            key,
+            lambda c: c.window_start <= moment,
+            lambda c: c.window_end > moment,
+        )
+        if not holding:
             return
+        table, row, seen = holding[0]
         ctx.conn.execute(table.delete().where(*self._pk(table, key, row.window_start)))
         ledger = self.current(projection, "contrib")
         lc = ledger.c
@@ -737,14 +882,15 @@ class Windowed(Stream):
                 pieces[-1].append(item)
             else:
                 pieces.append([item])
+        announced = {row.session_id} if seen else set()
         for piece in pieces:
             states = {n: a.init() for n, a in self.aggregates.items()}
             for moment_, cid, values, _late in piece:
                 for n, a in self.aggregates.items():
                     states[n] = a.add(states[n], values[n], (moment_, cid))
-            self._session_insert(
+            self._session_place(
+                projection,
                 ctx,
-                table,
                 key,
                 piece[0][0],
                 piece[-1][0] + gap,
@@ -752,18 +898,20 @@ class Windowed(Stream):
                 [piece[0][0], piece[0][1]],
                 len(piece),
                 sum(1 for i in piece if i[3]),
+                announced,
             )
 
     # -- closing --------------------------------------------------------------------------------
 
     def _note_open(self, ctx: StreamContext, end: datetime) -> None:
-        known = ctx.cache.get(f"{self.attr}:next_close", False)
+        known = ctx.cache.get(self._next_close_key, False)
         if known is not False and (known is None or end < known):
-            ctx.cache[f"{self.attr}:next_close"] = end
+            ctx.cache[self._next_close_key] = end
 
     def _next_close(self, projection: Projection, ctx: StreamContext) -> datetime | None:
-        name = f"{self.attr}:next_close"
+        name = self._next_close_key
         if name not in ctx.cache:
+            self._flush(ctx)  # windows this batch opened are not in the table yet
             table = self.current(projection, "open" if self.emit == "final" else "rows")
             found = ctx.conn.execute(
                 sa.select(sa.func.min(table.c.window_end)).where(table.c.closed.is_(False))
@@ -777,6 +925,7 @@ class Windowed(Stream):
         upcoming = self._next_close(projection, ctx)
         if upcoming is None or upcoming > limit:
             return
+        ctx.flush()  # every pending write, before rows are read and hooks run
         rows_table = self.current(projection, "rows")
         source = self.current(projection, "open" if self.emit == "final" else "rows")
         due = [source.c.closed.is_(False), source.c.window_end <= limit]
@@ -785,26 +934,40 @@ class Windowed(Stream):
             dict(r._mapping)
             for r in ctx.conn.execute(sa.select(source).where(*due).order_by(*order))
         ]
+        announced = [bool(row.pop("announced", False)) for row in closing]
+        for row in closing:
+            row["closed"] = True
         if self.emit == "final":
-            for row in closing:
-                row["closed"] = True
-                ctx.conn.execute(rows_table.insert().values(**row))
+            if closing:
+                ctx.conn.execute(rows_table.insert(), closing)
             ctx.conn.execute(source.delete().where(*due))
         else:
             ctx.conn.execute(source.update().where(*due).values(closed=True))
         if self.retention is not None:
             ledger = self.current(projection, "contrib")
             ctx.conn.execute(ledger.delete().where(ledger.c.event_time < limit - self.retention))
-        ctx.cache.pop(f"{self.attr}:next_close", None)
-        if self.on_close is not None:
-            for row in closing:
-                row["closed"] = True
-                row.pop("state", None)
-                effect = uuid.uuid5(
-                    _SESSION_IDS,
-                    dumps([self.name, utc(row["window_start"]), [row[k] for k in self.key]]),
-                )
-                self.on_close(row, CloseContext(ctx.conn, effect, projection))
+        ctx.cache.pop(self._next_close_key, None)
+        for row, seen in zip(closing, announced, strict=True):
+            if not seen:
+                self._announce(projection, ctx, row)
+
+    def _announce(self, projection: Projection, ctx: StreamContext, row: Mapping[str, Any]) -> None:
+        """Run ``on_close`` for a row that has just closed."""
+        if self.on_close is None:
+            return
+        shown = {k: v for k, v in row.items() if k not in ("state", "announced")}
+        shown["closed"] = True
+        self.on_close(shown, CloseContext(ctx.conn, self._effect_id(row), projection))
+
+    def _effect_id(self, row: Mapping[str, Any]) -> uuid.UUID:
+        """What ``on_close`` effects are keyed by: a window's start and key, a session's id
+        (its start moves when a late event extends it)."""
+        if self.session:
+            return uuid.uuid5(_SESSION_IDS, dumps([self.name, row["session_id"]]))
+        return uuid.uuid5(
+            _SESSION_IDS,
+            dumps([self.name, utc(row["window_start"]), [row[k] for k in self.key]]),
+        )
 
 
 def windowed_tables(projection: type[StreamProjection]) -> list[Windowed]:

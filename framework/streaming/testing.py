@@ -20,15 +20,20 @@ then checks that delivering every partition again changes nothing and that a reb
 partition in one go, a fast catch-up) gives the same bytes. ``all_interleavings`` (Hypothesis)
 draws interleavings, batch sizes and duplicate deliveries, and fails with the first schedule
 whose tables differ, shrunk to a small one.
+
+Runs use a fresh SQLite database in memory; ``given_partitions(..., database=url)`` runs them on
+PostgreSQL instead, each in a schema of its own that :meth:`StreamOutcome.close` drops (the
+kit closes the runs it makes itself; what is left is dropped at exit).
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import difflib
 import pprint
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Self
@@ -101,9 +106,17 @@ def _table(table: sa.Table | Stream) -> sa.Table:
 class StreamOutcome:
     """The tables after the given partitions; assert with :meth:`then_rows`."""
 
-    def __init__(self, projection: StreamProjection, engine: Engine) -> None:
+    def __init__(
+        self, projection: StreamProjection, engine: Engine, drop: Callable[[], None] = lambda: None
+    ) -> None:
         self.projection = projection
         self.engine = engine
+        self._drop = drop
+
+    def close(self) -> None:
+        """Drop this run's database (a PostgreSQL schema); SQLite's goes with the engine."""
+        self._drop()
+        self._drop = lambda: None
 
     def _current(self, table: sa.Table | Stream) -> sa.Table:
         wanted = _table(table)
@@ -165,9 +178,14 @@ class Interleavings:
 class Partitions:
     """Per-partition sequences of events; see :func:`given_partitions`."""
 
-    def __init__(self, sequences: Mapping[int, Sequence[Any]]) -> None:
+    def __init__(self, sequences: Mapping[int, Sequence[Any]], database: str | None = None) -> None:
         if not sequences or sorted(sequences) != list(range(len(sequences))):
             raise ConfigurationError("give partitions 0..N-1, e.g. {0: [...], 1: [...]}")
+        if database is not None and sa.make_url(database).get_backend_name() != "postgresql":
+            raise ConfigurationError(
+                f"database= takes a PostgreSQL URL, not {database!r} (without it: SQLite)"
+            )
+        self.database = database
         self.items: dict[int, list[Any]] = {p: list(items) for p, items in sequences.items()}
         self._recorded: dict[int, list[RecordedEvent]] | None = None
 
@@ -271,7 +289,7 @@ class Partitions:
         """Apply the partitions to a fresh SQLite database by ``schedule`` (``None``: each
         partition in one batch, as a rebuild catches up)."""
         instance = projection() if isinstance(projection, type) else projection
-        engine = create_engine("sqlite://", poolclass=StaticPool)
+        engine, drop = self._database()
         setup_tables(engine, instance)
         applier = Applier(instance, engine, ProjectionSettings(max_attempts=1, retry_initial=0))
         recorded = self.recorded()
@@ -301,7 +319,27 @@ class Partitions:
                 f"{instance!r} failed on {len(parked)} event(s): "
                 + "; ".join(f"{r.event_type}: {r.error_type}: {r.error_message}" for r in parked)
             )
-        return StreamOutcome(instance, engine)
+        return StreamOutcome(instance, engine, drop)
+
+    def _database(self) -> tuple[Engine, Callable[[], None]]:
+        """A fresh, empty database for one run, and what drops it."""
+        if self.database is None:
+            return create_engine("sqlite://", poolclass=StaticPool), lambda: None
+        schema = f"keel_kit_{uuid.uuid4().hex[:16]}"
+        admin = sa.create_engine(self.database)
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        engine = create_engine(self.database, connect_args={"options": f"-csearch_path={schema}"})
+
+        def drop() -> None:
+            atexit.unregister(drop)
+            engine.dispose()
+            with admin.begin() as conn:
+                conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            admin.dispose()
+
+        atexit.register(drop)
+        return engine, drop
 
     def trickle(self) -> Schedule:
         """Round-robin over the partitions, one event at a time."""
@@ -319,11 +357,15 @@ class Partitions:
         live = self.run(cls, self.trickle())
         again = self.run(cls, [(s[0], s[1], True) for s in self.trickle()])
         rebuilt = self.run(cls, None)
-        for name, other in (("delivering every batch twice", again), ("a rebuild", rebuilt)):
-            if other.digest() != live.digest():
-                raise AssertionError(
-                    f"{cls.__name__}: {name} gave other rows:\n" + _diff(live, other)
-                )
+        try:
+            for name, other in (("delivering every batch twice", again), ("a rebuild", rebuilt)):
+                if other.digest() != live.digest():
+                    raise AssertionError(
+                        f"{cls.__name__}: {name} gave other rows:\n" + _diff(live, other)
+                    )
+        finally:
+            again.close()
+            rebuilt.close()
         return live
 
     def all_interleavings(
@@ -360,15 +402,19 @@ class Partitions:
             outcome = self.run(projection, schedule)
             report.examples += 1
             report.seen.add(order)
-            if outcome.digest() != reference.digest():
-                report.differing += 1
-                failures.append(f"schedule {schedule}:\n{_diff(reference, outcome)}")
-                raise AssertionError(failures[-1])
+            try:
+                if outcome.digest() != reference.digest():
+                    report.differing += 1
+                    failures.append(f"schedule {schedule}:\n{_diff(reference, outcome)}")
+                    raise AssertionError(failures[-1])
+            finally:
+                outcome.close()
 
         try:
             check()
         finally:
             report.interleavings = len(report.seen)
+            reference.close()
         return report
 
 
@@ -381,6 +427,9 @@ def _diff(a: StreamOutcome, b: StreamOutcome) -> str:
     return "\n".join(lines[:200])
 
 
-def given_partitions(sequences: Mapping[int, Sequence[Any]]) -> Partitions:
-    """Start a streaming test from these per-partition sequences."""
-    return Partitions(sequences)
+def given_partitions(
+    sequences: Mapping[int, Sequence[Any]], *, database: str | None = None
+) -> Partitions:
+    """Start a streaming test from these per-partition sequences; ``database``: a PostgreSQL
+    URL to run on (default: SQLite in memory)."""
+    return Partitions(sequences, database)

@@ -270,3 +270,89 @@ class OuterJoinStreams(StreamProjection):
         sa.Column("status", sa.String(10), nullable=False),
         sa.Column("runs", sa.Integer, nullable=False),
     )
+
+
+def _session_closed(row: dict[str, Any], ctx: CloseContext) -> None:
+    # Keyed by the session's effect id; only what every history agrees on is written down
+    # (the counts at close depend on when the close came).
+    table = ctx.projection.session_effects  # type: ignore[attr-defined]
+    upsert(
+        ctx.conn,
+        table,
+        {
+            "effect_id": ctx.effect_id,
+            "session_id": row["session_id"],
+            "shopper": row["shopper"],
+            "closings": 1,
+        },
+        update={"closings": table.c.closings + 1},
+    )
+
+
+def _final_sessions(name: str, metadata: sa.MetaData, **options: Any) -> Windowed:
+    return Windowed(
+        name,
+        metadata,
+        window=Session(gap=timedelta(minutes=30)),
+        time=_when,
+        key={"shopper": (sa.String(20), lambda e: e.shopper)},
+        aggregates={"sales": Count(), "spent": Sum(lambda e: e.amount, type=sa.Numeric(14, 2))},
+        contributes=Sale.Made,
+        contribution_id=lambda e: e.originator_id,
+        grace=timedelta(minutes=5),
+        emit="final",
+        **options,
+    )
+
+
+def _effects_table(name: str, metadata: sa.MetaData) -> sa.Table:
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("effect_id", sa.Uuid, primary_key=True),
+        sa.Column("session_id", sa.Uuid, nullable=False),
+        sa.Column("shopper", sa.String(20), nullable=False),
+        sa.Column("closings", sa.Integer, nullable=False),
+    )
+
+
+class SessionStreams(StreamProjection):
+    """Shopping sessions whose rows appear when they close (``emit="final"``), under each late
+    policy, each announcing its closed sessions through ``on_close``."""
+
+    name = "test_session_streams"
+    metadata = sa.MetaData()
+    event_time = staticmethod(lambda e: e.at)
+
+    amended = _final_sessions(
+        "t_final_sessions",
+        metadata,
+        replaces=Sale.Corrected,
+        retracts=Sale.Voided,
+        on_close=_session_closed,
+    )
+    dropped = _final_sessions(
+        "t_final_sessions_drop", metadata, late="drop", on_close=_session_closed
+    )
+    parked = _final_sessions(
+        "t_final_sessions_parked", metadata, late="dead_letter", on_close=_session_closed
+    )
+    session_effects = _effects_table("t_session_effects", metadata)
+
+
+class SessionProperty(StreamProjection):
+    """For the property test: final sessions with every late event amended, corrected and
+    voided (the rows), and final sessions whose late events are dropped and which never change
+    after close, so their ``on_close`` effects are the same in every interleaving too."""
+
+    name = "test_session_property"
+    metadata = sa.MetaData()
+    event_time = staticmethod(lambda e: e.at)
+
+    sessions = _final_sessions(
+        "t_prop_sessions", metadata, replaces=Sale.Corrected, retracts=Sale.Voided
+    )
+    announced = _final_sessions(
+        "t_prop_sessions_drop", metadata, late="drop", on_close=_session_closed
+    )
+    session_effects = _effects_table("t_prop_session_effects", metadata)
