@@ -57,6 +57,7 @@ SHARD = "shard"
 STREAM = "stream"
 ACTION = "action"
 APP = "app"
+PROCESS = "process"
 
 ATTRIBUTES = {
     name: value
@@ -105,6 +106,8 @@ WINDOW_OPEN = "keel.window.open"
 WATERMARK_LAG_SECONDS = "keel.watermark.lag.seconds"
 PROCESS_ACTIVE = "keel.process.active"
 PROCESS_DEADLINES_OVERDUE = "keel.process.deadlines.overdue"
+PROCESS_DEAD_LETTERS = "keel.process.dead_letters"
+PROCESS_OUTCOMES = "keel.process.outcomes"
 CDC_SOURCE_LAG = "keel.cdc.source_lag"
 
 METRICS = {
@@ -128,6 +131,12 @@ METRICS = {
     WATERMARK_LAG_SECONDS: ("gauge", "s", "Wall clock minus a streaming projection's watermark"),
     PROCESS_ACTIVE: ("gauge", "1", "Process-manager instances not yet finished"),
     PROCESS_DEADLINES_OVERDUE: ("gauge", "1", "Process-manager deadlines past due"),
+    PROCESS_DEAD_LETTERS: ("gauge", "1", "Parked process-manager inputs and deadlines"),
+    PROCESS_OUTCOMES: (
+        "counter",
+        "1",
+        "Process-manager inputs and deadlines that were no-ops, skipped or parked, by outcome",
+    ),
     CDC_SOURCE_LAG: ("gauge", "1", "Changes in the CDC source not yet published"),
 }
 """Every instrument: name -> (kind, unit, description)."""

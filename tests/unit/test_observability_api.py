@@ -44,6 +44,7 @@ def test_attribute_span_and_metric_names_are_pinned() -> None:
         "MESSAGING_SYSTEM": "messaging.system",
         "OUTCOME": "outcome",
         "PARTITION": "partition",
+        "PROCESS": "process",
         "PROJECTION": "projection",
         "SHARD": "shard",
         "ACTION": "action",
@@ -83,6 +84,8 @@ def test_attribute_span_and_metric_names_are_pinned() -> None:
         "keel.watermark.lag.seconds",
         "keel.process.active",
         "keel.process.deadlines.overdue",
+        "keel.process.dead_letters",
+        "keel.process.outcomes",
         "keel.cdc.source_lag",
     }
 
