@@ -143,6 +143,7 @@ class Services:
             targets=[self.shop, self.payments],
             engine=self.engine,
             clock=self.clock,
+            poll_timeout=0.02,  # an idle embedded feed: do not wait long for more
             **options,
         )
 
