@@ -397,6 +397,8 @@ class Applier:
                 created_at=now(),
             )
         )
+        if error is not None:
+            self.projection.parked(conn, event, error)
 
     # -- the database ---------------------------------------------------------------------------
 

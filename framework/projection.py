@@ -50,7 +50,7 @@ import copy
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -59,6 +59,9 @@ from sqlalchemy.sql.elements import conv
 from framework.codec import EventEnvelope
 from framework.domain import DomainEvent, event_types
 from framework.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from framework.persistence import RecordedEvent
 
 __all__ = [
     "SHADOW_SUFFIX",
@@ -203,6 +206,10 @@ class Projection:
             handler(events, conn, envelopes=list(envelopes))
         else:
             handler(events, conn)
+
+    def parked(self, conn: Connection, event: RecordedEvent, error: BaseException) -> None:
+        """Called in the transaction that parks ``event`` as a dead letter after its handler
+        failed every attempt (a hook for counters; nothing by default)."""
 
     def shadow(self, *, rename_constraints: bool = False) -> Projection:
         """A copy whose table attributes point at shadow tables (``<table>__rebuild``) in a

@@ -12,6 +12,7 @@ from framework.observability._lag import LagSampler, PartitionLag, projection_la
 from framework.observability._logs import CorrelationFilter, command_ids, log_context
 from framework.observability._metrics import Reading, instruments, observe, unobserve
 from framework.observability._names import ATTRIBUTES, METRICS, SPAN_NAMES
+from framework.observability._process import ProcessSampler
 from framework.observability._streams import StreamSampler
 from framework.observability._tracing import (
     TRACEPARENT,
@@ -38,6 +39,7 @@ __all__ = [
     "Health",
     "LagSampler",
     "PartitionLag",
+    "ProcessSampler",
     "Reading",
     "StreamSampler",
     "bounded",

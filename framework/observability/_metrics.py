@@ -124,7 +124,14 @@ _OBSERVED = {
     name: (kind, unit, description)
     for name, (kind, unit, description) in n.METRICS.items()
     if kind == "gauge"
-    or name in (n.WRITER_TRANSACTIONS, n.WRITER_FENCED, n.WRITER_RETRIES, n.WINDOW_LATE_EVENTS)
+    or name
+    in (
+        n.WRITER_TRANSACTIONS,
+        n.WRITER_FENCED,
+        n.WRITER_RETRIES,
+        n.WINDOW_LATE_EVENTS,
+        n.PROCESS_OUTCOMES,
+    )
 }
 
 for _name, (_kind, _unit, _description) in _OBSERVED.items():

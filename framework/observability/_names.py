@@ -58,6 +58,7 @@ STREAM = "stream"
 ACTION = "action"
 APP = "app"
 FEED = "feed"
+PROCESS = "process"
 
 ATTRIBUTES = {
     name: value
@@ -106,6 +107,8 @@ WINDOW_OPEN = "keel.window.open"
 WATERMARK_LAG_SECONDS = "keel.watermark.lag.seconds"
 PROCESS_ACTIVE = "keel.process.active"
 PROCESS_DEADLINES_OVERDUE = "keel.process.deadlines.overdue"
+PROCESS_DEAD_LETTERS = "keel.process.dead_letters"
+PROCESS_OUTCOMES = "keel.process.outcomes"
 CDC_SOURCE_LAG = "keel.cdc.source_lag"
 CDC_SOURCE_LAG_SECONDS = "keel.cdc.source_lag.seconds"
 CDC_COMMANDS = "keel.cdc.commands"
@@ -132,6 +135,12 @@ METRICS = {
     WATERMARK_LAG_SECONDS: ("gauge", "s", "Wall clock minus a streaming projection's watermark"),
     PROCESS_ACTIVE: ("gauge", "1", "Process-manager instances not yet finished"),
     PROCESS_DEADLINES_OVERDUE: ("gauge", "1", "Process-manager deadlines past due"),
+    PROCESS_DEAD_LETTERS: ("gauge", "1", "Parked process-manager inputs and deadlines"),
+    PROCESS_OUTCOMES: (
+        "counter",
+        "1",
+        "Process-manager inputs and deadlines that were no-ops, skipped or parked, by outcome",
+    ),
     CDC_SOURCE_LAG: ("gauge", "1", "Changes in a CDC feed's source past the feed's cursor"),
     CDC_SOURCE_LAG_SECONDS: ("gauge", "s", "Age of the oldest change a CDC feed has not done"),
     CDC_COMMANDS: ("counter", "1", "Commands a CDC feed issued (each outcome durable)"),

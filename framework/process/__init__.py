@@ -2,9 +2,17 @@
 
 Write one with :class:`ProcessManager`, ``@reacts`` and ``@deadline``; test it with
 :func:`framework.process.testing.given`; run it with :class:`ProcessWorker` or
-``python -m framework.process run MODULE:FACTORY``.
+``python -m framework.process run MODULE:FACTORY``. A deadline whose handler keeps failing is
+parked (:mod:`framework.process.deadlines`) and re-driven with ``ProcessWorker.redrive`` or
+``python -m framework.process dead-letters MODULE:FACTORY --redrive``.
 """
 
+from framework.process.deadlines import (
+    ParkedDeadline,
+    fire_due,
+    parked_deadlines,
+    redrive_deadlines,
+)
 from framework.process.manager import (
     Clock,
     Context,
@@ -20,7 +28,6 @@ from framework.process.runner import (
     ProcessStatus,
     ProcessWorker,
     Relay,
-    fire_due,
     start_at_head,
     status,
 )
@@ -29,6 +36,7 @@ __all__ = [
     "Clock",
     "Context",
     "FakeClock",
+    "ParkedDeadline",
     "ProcessManager",
     "ProcessState",
     "ProcessStatus",
@@ -38,7 +46,9 @@ __all__ = [
     "UnknownInstanceError",
     "deadline",
     "fire_due",
+    "parked_deadlines",
     "reacts",
+    "redrive_deadlines",
     "start_at_head",
     "status",
 ]

@@ -1,4 +1,5 @@
-"""The process-manager command line: ``python -m framework.process {run,status,timeline}``."""
+"""The process-manager command line:
+``python -m framework.process {run,status,timeline,dead-letters}``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from framework.errors import ConfigurationError, FrameworkError
-from framework.process.runner import ProcessWorker
+from framework.process.deadlines import DEADLINE_PARTITION
+from framework.process.runner import ProcessWorker, status
 from framework.process.store import timeline
 
 __all__ = ["load_worker", "main"]
@@ -25,10 +27,13 @@ Run or inspect one process manager.
 
   run       handle its input events, fire due deadlines and send its commands until
             SIGTERM/SIGINT; several may run at once (they share the input partitions)
-  status    active and completed instances, overdue deadlines, the oldest open instance,
-            unsent commands, dead letters and the no-op counters (exit 1 when a deadline is
-            overdue by more than --grace seconds)
-  timeline  the facts of one instance, oldest first
+  status        active and completed instances, overdue and parked deadlines, the oldest
+                open instance, unsent commands, dead letters and the counters (exit 1 when a
+                deadline is overdue by more than --grace seconds, 3 when something is parked)
+  timeline      the facts of one instance, oldest first
+  dead-letters  the parked inputs and deadlines (handlers that failed every attempt); with
+                --redrive, handle them again first (all, or those given with --id): a parked
+                deadline fires once, or is dropped as a no-op when its instance has moved on
 
 TARGET is package.module:factory, a function taking keyword options (instance_id, start_from)
 and returning a framework.process.ProcessWorker wired to its sources, targets and database,
@@ -44,6 +49,8 @@ examples:
   python -m framework.process status sample_app.payments.service:payment_process_worker
   python -m framework.process timeline sample_app.payments.service:payment_process_worker \\
       3f0c...-order-id
+  python -m framework.process dead-letters sample_app.payments.service:payment_process_worker \\
+      --redrive --id 12       # after fixing what made the handler fail
 """
 
 
@@ -68,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("command", choices=["run", "status", "timeline"])
+    parser.add_argument("command", choices=["run", "status", "timeline", "dead-letters"])
     parser.add_argument("target", help="package.module:factory returning a ProcessWorker")
     parser.add_argument("instance", nargs="?", help="timeline: the instance id")
     parser.add_argument(
@@ -94,6 +101,18 @@ def main(argv: list[str] | None = None) -> int:
         help="status: how late a deadline may be before it counts as overdue",
     )
     parser.add_argument("--json", action="store_true", help="status: print JSON")
+    parser.add_argument(
+        "--redrive",
+        action="store_true",
+        help="dead-letters: handle the parked inputs and deadlines again (after a fix)",
+    )
+    parser.add_argument(
+        "--id",
+        type=int,
+        action="append",
+        metavar="N",
+        help="dead-letters --redrive: only dead letter N (repeatable; default: all)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -132,29 +151,40 @@ def main(argv: list[str] | None = None) -> int:
                     f"{json.dumps(f['data'], default=str)[:160]}"
                 )
             return 0
-        from framework.process.runner import status
-
+        if args.command == "dead-letters":
+            return _dead_letters(worker, redrive=args.redrive, ids=args.id)
         s = status(worker.pm, worker.engine, worker.clock, grace_seconds=args.grace)
         if args.json:
-            print(
-                json.dumps(
-                    {
-                        "name": s.name,
-                        "active": s.active,
-                        "completed": s.completed,
-                        "overdue": [list(map(str, o)) for o in s.overdue],
-                        "oldest_open": list(map(str, s.oldest_open or ())),
-                        "outbox_pending": s.outbox_pending,
-                        "dead_letters": s.dead_letters,
-                        "counters": s.counters,
-                    }
-                )
-            )
+            print(json.dumps(s.as_json()))
         else:
             print("\n".join(s.lines()))
-        return 1 if s.overdue else 0
+        if s.overdue:
+            return 1
+        return 3 if s.dead_letters else 0
     except FrameworkError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:
         worker.engine.dispose()
+
+
+def _dead_letters(worker: ProcessWorker, *, redrive: bool, ids: list[int] | None) -> int:
+    if redrive:
+        done = worker.redrive(ids)
+        failing = "; ".join(f"{k}: {v}" for k, v in list(done.failed.items())[:5]) or "none"
+        print(f"re-drove {done.applied}; still failing: {failing}; {done.remaining} left")
+    letters = worker.dead_letters()
+    for d in letters:
+        if d.partition == DEADLINE_PARTITION:
+            instance = json.loads(d.payload)["instance_id"]
+            where = f"deadline {d.event_type.removeprefix('deadline:')} of {instance}"
+        else:
+            where = f"{d.projection} p{d.partition}@{d.offset} {d.event_type} v{d.version}"
+            where += f" of {d.aggregate_id}"
+        print(
+            f"#{d.id} {where} [{d.reason}, {d.attempts} attempt(s)] "
+            f"{d.error_type}: {d.error_message}"
+        )
+    if not letters:
+        print(f"{worker.pm.name} has no dead letters")
+    return 3 if letters else 0

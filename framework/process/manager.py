@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Literal, Protocol, Self, TypeVar
 
@@ -158,10 +158,12 @@ class ProcessManager:
     - ``on_unknown``: what a non-starting event for an instance that does not exist does:
       ``"ignore"`` (default; counted in the status as ``unknown_ignored``), ``"dead_letter"``
       (parked, to re-drive later) or ``"start"`` (starts the instance anyway).
-    - ``on_error``: a failing handler: ``"park"`` (default: retried ``max_attempts`` times with
-      capped backoff, then parked in the dead letters, like a projection's poison event),
-      ``"skip"`` (recorded as a ``Failed`` fact and counted; the instance goes on) or
-      ``"stop"`` (the worker stops; the event is applied again after a restart).
+    - ``on_error``: a failing handler, of an input or of a deadline: ``"park"`` (default:
+      retried ``max_attempts`` times with capped backoff, then parked in the dead letters, like
+      a projection's poison event; a parked deadline is recorded as ``DeadlineParked`` and
+      fires again only when re-driven), ``"skip"`` (recorded as a ``Failed`` or
+      ``DeadlineFailed`` fact and counted; the instance goes on) or ``"stop"`` (the worker
+      stops; the input or deadline is handled again after a restart).
     """
 
     name: ClassVar[str] = ""
@@ -260,14 +262,22 @@ class ProcessManager:
         ]
         return ctx.outcome(facts)
 
-    def reach(self, instance: Instance, name: str, now: datetime) -> Outcome:
-        """Decide what reaching deadline ``name`` does (a no-op when it is no longer open)."""
+    def reach(
+        self, instance: Instance, name: str, now: datetime, *, redrive: str | None = None
+    ) -> Outcome:
+        """Decide what reaching deadline ``name`` does (a no-op when it is no longer open).
+
+        A parked deadline (its handler failed every attempt) fires only when re-driven:
+        ``redrive`` is its trigger, and a deadline moved, cancelled or completed since it was
+        parked is a no-op instead."""
         open_deadline = instance.deadlines.get(name)
-        if instance.completed or open_deadline is None:
-            return Outcome.noop(
-                "deadline_after_completion" if instance.completed else "deadline_not_open"
-            )
-        trigger = f"deadline:{name}:{open_deadline.scheduled_at_version}"
+        if instance.completed:
+            return Outcome.noop("deadline_after_completion")
+        if open_deadline is None or open_deadline.parked != (redrive is not None):
+            return Outcome.noop("deadline_not_open")
+        trigger = open_deadline.trigger
+        if redrive is not None and redrive != trigger:
+            return Outcome.noop("deadline_not_open")  # rescheduled since: the new one counts
         method_name = self._deadlines.get(name)
         ctx = Context(self, instance, trigger, now)
         ctx.cancelled.add(name)  # reached: no longer open (recorded as DeadlineReached)
@@ -280,11 +290,23 @@ class ProcessManager:
         ]
         return ctx.outcome(facts, reached=name)
 
+    def deadline_failed(
+        self, instance: Instance, name: str, error: BaseException, *, parked: bool
+    ) -> Outcome:
+        """A deadline whose handler failed: ``DeadlineParked`` (it stays open, waiting for a
+        re-drive; the runner no longer fires it) or, with ``on_error="skip"``,
+        ``DeadlineFailed`` (it is closed, the instance goes on)."""
+        data = {"name": name, "trigger": instance.deadlines[name].trigger}
+        data["error"] = _error_text(error)
+        if parked:
+            return Outcome([Fact("DeadlineParked", data)], reason="deadline_parked")
+        return Outcome([Fact("DeadlineFailed", data)], reason="deadline_skipped")
+
     def failed(self, instance: Instance, event: DomainEvent, error: BaseException) -> Outcome:
         """The ``on_error="skip"`` outcome: a ``Failed`` fact (the trigger counts as seen)."""
         fact = Fact(
             "Failed",
-            {"trigger": trigger_of(event), "error": f"{type(error).__name__}: {error}"[:2000]},
+            {"trigger": trigger_of(event), "error": _error_text(error)},
         )
         return Outcome([fact], reason="skipped_errors")
 
@@ -299,6 +321,10 @@ def _reaction_class(pm: ProcessManager, event: DomainEvent) -> type[DomainEvent]
 def trigger_of(event: DomainEvent) -> str:
     """The stable id of an input event: its aggregate and version."""
     return f"{event.originator_id}@{event.originator_version}"
+
+
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:2000]
 
 
 def _dump(state: ProcessState) -> dict[str, Any]:
@@ -323,9 +349,18 @@ class Fact:
 
 @dataclass(frozen=True)
 class Deadline:
+    """An open deadline. ``parked``: its handler failed every attempt; it waits in the dead
+    letters for a re-drive (and is not fired by the runner meanwhile)."""
+
     name: str
     due_at: datetime
     scheduled_at_version: int
+    parked: bool = False
+
+    @property
+    def trigger(self) -> str:
+        """Its stable id (the trigger of the commands it issues)."""
+        return f"deadline:{self.name}:{self.scheduled_at_version}"
 
 
 @dataclass
@@ -360,8 +395,10 @@ class Instance:
         elif fact.kind == "DeadlineScheduled":
             due = datetime.fromisoformat(data["due_at"])
             self.deadlines[data["name"]] = Deadline(data["name"], due, self.version)
-        elif fact.kind in ("DeadlineCancelled", "DeadlineReached"):
+        elif fact.kind in ("DeadlineCancelled", "DeadlineReached", "DeadlineFailed"):
             self.deadlines.pop(data["name"], None)
+        elif fact.kind == "DeadlineParked" and data["name"] in self.deadlines:
+            self.deadlines[data["name"]] = replace(self.deadlines[data["name"]], parked=True)
         elif fact.kind == "Completed":
             self.completed = True
 

@@ -13,9 +13,11 @@
   facts, the derived rows, the outbox commands and the new position in one transaction. Kafka
   partitions the input by aggregate, and the instance's version check settles the rest: two
   workers never both move one instance.
-- **Deadlines.** :func:`fire_due` appends ``DeadlineReached`` for each deadline that the clock
-  says is due, in the same kind of transaction; a deadline of an instance that completed
-  meanwhile is a no-op, counted as ``deadline_after_completion``.
+- **Deadlines.** :func:`~framework.process.deadlines.fire_due` appends ``DeadlineReached`` for
+  each deadline that the clock says is due, in the same kind of transaction; a deadline of an
+  instance that completed meanwhile is a no-op, counted as ``deadline_after_completion``. A
+  failing deadline handler follows ``pm.on_error`` (retry, then park; skip; stop), and a
+  parked one is re-driven with :meth:`ProcessWorker.redrive`.
 - **Relay.** :class:`Relay` sends the outbox's commands with ``app.send`` to the application
   that handles them and marks them sent. A crash between the two re-sends the same command id,
   which the target replays: the effect is exactly-once.
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -36,8 +38,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from framework import dead_letters
 from framework.application import Application
 from framework.database import Backoff
+from framework.dead_letters import DeadLetter, RedriveResult
 from framework.errors import (
     CommandError,
     ConfigurationError,
@@ -46,9 +50,16 @@ from framework.errors import (
     ProcessError,
     ProjectionStoppedError,
 )
+from framework.observability import ProcessSampler
 from framework.persistence import EventStore
 from framework.positions import dead_letters_table, framework_metadata, now, read_positions
 from framework.positions import write_positions as _write_positions
+from framework.process.deadlines import (
+    ParkedDeadline,
+    fire_due,
+    parked_deadlines,
+    redrive_deadlines,
+)
 from framework.process.manager import Clock, ProcessManager, SystemClock, UnknownInstanceError
 from framework.process.store import (
     count,
@@ -69,6 +80,7 @@ __all__ = [
     "Relay",
     "fire_due",
     "instances",
+    "redrive_deadlines",
     "start_at_head",
     "status",
 ]
@@ -129,6 +141,9 @@ class ProcessInput(Projection):
                 log.info("%s", conflict)
         raise ProcessConflictError(f"{pm.name}: instance {instance_id} kept moving; retried")
 
+    def parked(self, conn: Connection, event: Any, error: BaseException) -> None:
+        count(conn, self.manager.name, "input_parked")  # for keel.process.outcomes
+
     def shadow(self, *, rename_constraints: bool = False) -> Projection:
         raise ConfigurationError(
             f"{self.manager.name} is a process manager: rebuilding would issue its commands "
@@ -153,45 +168,6 @@ def start_at_head(projection: Projection, store: EventStore, engine: Engine) -> 
         if head:
             _write_positions(conn, projection.key, head, dict.fromkeys(head))
         return True
-
-
-# -- deadlines --------------------------------------------------------------------------------
-
-
-def fire_due(pm: ProcessManager, engine: Engine, clock: Clock, *, limit: int = 100) -> int:
-    """Reach every deadline of ``pm`` that is due by ``clock``; returns how many were handled.
-
-    A failing deadline handler is logged and counted (``deadline_errors``) and stays due, so it
-    shows as overdue in the status until it succeeds."""
-    moment = clock.now()
-    t = deadlines_table
-    with engine.connect() as conn:
-        due = conn.execute(
-            sa.select(t.c.instance_id, t.c.name)
-            .where(t.c.pm == pm.name, t.c.due_at <= moment)
-            .order_by(t.c.due_at)
-            .limit(limit)
-        ).all()
-    handled = 0
-    for instance_id, name in due:
-        try:
-            with engine.begin() as conn:
-                _reach(conn, pm, instance_id, name, moment)
-            handled += 1
-        except ProcessConflictError as conflict:
-            log.info("%s", conflict)  # another runner got there first: looked at again later
-        except Exception as error:
-            log.exception("%s: deadline %s of %s failed: %s", pm.name, name, instance_id, error)
-            with engine.begin() as conn:
-                count(conn, pm.name, "deadline_errors")
-    return handled
-
-
-def _reach(
-    conn: Connection, pm: ProcessManager, instance_id: str, name: str, moment: datetime
-) -> None:
-    instance = load_instance(conn, pm, instance_id)
-    record(conn, instance, pm.reach(instance, name, moment))
 
 
 # -- the relay --------------------------------------------------------------------------------
@@ -331,6 +307,7 @@ class ProcessWorker:
             thread = threading.Thread(target=w.run, args=(stop,), name=i.name, daemon=True)
             thread.start()
             threads.append(thread)
+        sampler = ProcessSampler([self]).start()  # keel.process.* while it runs
         backoff = Backoff(0.2, 5.0)
         # Deadlines wait until the inputs have caught up with what was in the log at start:
         # after an outage, a payment that came in meanwhile is seen before its deadline fires.
@@ -351,12 +328,13 @@ class ProcessWorker:
                     stop.wait(delay)
         finally:
             stop.set()
+            sampler.stop()
             for thread in threads:
                 thread.join(30)
 
     def step(self, *, deadlines: bool = True) -> int:
         """One round of deadlines and relay; returns how much it did."""
-        done = fire_due(self.pm, self.engine, self.clock) if deadlines else 0
+        done = fire_due(self.pm, self.engine, self.clock, stop=self.stop_event) if deadlines else 0
         if self.relay is not None:
             done += self.relay.send_pending()
         return done
@@ -379,6 +357,33 @@ class ProcessWorker:
     def status(self) -> ProcessStatus:
         return status(self.pm, self.engine, self.clock)
 
+    def dead_letters(self) -> list[DeadLetter]:
+        """The manager's dead letters: its inputs' parked events, then its parked deadlines
+        (``partition == -1``; :func:`~framework.process.deadlines.parked_deadlines` reads
+        them as such)."""
+        found: list[DeadLetter] = []
+        for key in [*(i.key for i in self.inputs), self.pm.name]:
+            found += dead_letters.list_dead_letters(self.engine, key)
+        return found
+
+    def redrive(self, ids: Collection[int] | None = None) -> RedriveResult:
+        """Re-drive the dead letters with ``ids`` (default: all): parked input events, each
+        aggregate's in order (:func:`framework.dead_letters.redrive`), and parked deadlines,
+        each fired once (:func:`~framework.process.deadlines.redrive_deadlines`)."""
+        total = RedriveResult()
+        for i in self.inputs:
+            letters = dead_letters.list_dead_letters(self.engine, i)
+            chosen = sorted({d.aggregate_id for d in letters if ids is None or d.id in ids})
+            if chosen:
+                done = dead_letters.redrive(i, self.engine, aggregate_ids=chosen)
+                total.applied += done.applied
+                total.failed.update(done.failed)
+        done = redrive_deadlines(self.pm, self.engine, self.clock, ids=ids)
+        total.applied += done.applied
+        total.failed.update(done.failed)
+        total.remaining = len(self.dead_letters())
+        return total
+
 
 # -- status -----------------------------------------------------------------------------------
 
@@ -395,7 +400,10 @@ class ProcessStatus:
     oldest_open: tuple[str, datetime] | None
     outbox_pending: int
     dead_letters: int
+    """Parked inputs and parked deadlines."""
     counters: dict[str, int] = field(default_factory=dict)
+    parked: list[ParkedDeadline] = field(default_factory=list)
+    """Deadlines whose handler failed every attempt (not fired until re-driven)."""
 
     def lines(self) -> list[str]:
         oldest = (
@@ -406,19 +414,50 @@ class ProcessStatus:
         counted = ", ".join(f"{k}={v}" for k, v in sorted(self.counters.items())) or "none"
         out = [
             f"{self.name}: {self.active} active, {self.completed} completed; oldest open: {oldest}",
-            f"  overdue deadlines: {len(self.overdue)}; outbox pending: {self.outbox_pending}; "
-            f"dead letters: {self.dead_letters}",
+            f"  overdue deadlines: {len(self.overdue)}; parked deadlines: {len(self.parked)}; "
+            f"outbox pending: {self.outbox_pending}; dead letters: {self.dead_letters}",
             f"  counters: {counted}",
         ]
         out += [f"  OVERDUE {i} {n} due {d:%Y-%m-%d %H:%M:%S}" for i, n, d in self.overdue[:20]]
+        out += [
+            f"  PARKED #{p.id} {p.instance_id} {p.name} after {p.attempts} attempt(s): "
+            f"{p.error_type.rsplit('.', 1)[-1]}: {p.error_message[:200]}"
+            for p in self.parked[:20]
+        ]
         return out
+
+    def as_json(self) -> dict[str, Any]:
+        """The status as JSON-ready values (``--json`` of the commands)."""
+        return {
+            "name": self.name,
+            "active": self.active,
+            "completed": self.completed,
+            "overdue": [[i, n, str(d)] for i, n, d in self.overdue],
+            "parked_deadlines": [
+                {
+                    "id": p.id,
+                    "instance_id": p.instance_id,
+                    "deadline": p.name,
+                    "due_at": str(p.due_at),
+                    "error_type": p.error_type,
+                    "error_message": p.error_message,
+                    "attempts": p.attempts,
+                }
+                for p in self.parked
+            ],
+            "oldest_open": [str(v) for v in self.oldest_open] if self.oldest_open else None,
+            "outbox_pending": self.outbox_pending,
+            "dead_letters": self.dead_letters,
+            "counters": self.counters,
+        }
 
 
 def status(
     pm: ProcessManager, engine: Engine, clock: Clock | None = None, *, grace_seconds: float = 0.0
 ) -> ProcessStatus:
     """Active and completed instances, overdue deadlines (past due by more than
-    ``grace_seconds``), the oldest open instance, unsent commands, dead letters, counters."""
+    ``grace_seconds``), parked deadlines, the oldest open instance, unsent commands, dead
+    letters, counters."""
     from datetime import timedelta
 
     moment = (clock or SystemClock()).now() - timedelta(seconds=grace_seconds)
@@ -451,7 +490,10 @@ def status(
         ).scalar_one()
         dl = dead_letters_table
         parked = conn.execute(
-            sa.select(sa.func.count()).where(dl.c.projection.like(f"{pm.name}.%"))
+            sa.select(sa.func.count()).where(
+                (dl.c.projection == pm.name)  # its deadlines
+                | dl.c.projection.startswith(f"{pm.name}.", autoescape=True)  # its inputs
+            )
         ).scalar_one()
         counted = counters(conn, pm.name)
     return ProcessStatus(
@@ -463,6 +505,7 @@ def status(
         outbox_pending=int(pending),
         dead_letters=int(parked),
         counters=counted,
+        parked=parked_deadlines(pm, engine),
     )
 
 

@@ -5,10 +5,12 @@
   instance cannot both commit.
 - ``keel_pm_instances``: one row per instance (open or completed, version, when started) for
   the status and the admin; moved with a guarded ``UPDATE ... WHERE version = :expected``.
-- ``keel_pm_deadlines``: the open deadlines, derived from the facts, for the deadline runner.
+- ``keel_pm_deadlines``: the open deadlines, derived from the facts, for the deadline runner
+  (a parked one is left out: it waits in ``keel_dead_letters`` for a re-drive).
 - ``keel_outbox``: the commands to send, each with its deterministic id. The relay marks them
   sent; sending one twice is harmless (the target dedups by command id).
-- ``keel_pm_counters``: the no-op counters (duplicates, unknown instances, late deadlines).
+- ``keel_pm_counters``: the counted outcomes (duplicates, unknown instances, late deadlines,
+  skipped and parked handlers), reported as ``keel.process.outcomes``.
 
 All of an input's rows (facts, instance, deadlines, outbox, counters) and the input worker's
 position change in **one** transaction: a crash leaves either all of them or none.
@@ -29,6 +31,8 @@ from framework.positions import framework_metadata, now
 from framework.process.manager import Fact, Instance, Outcome, ProcessManager
 
 __all__ = [
+    "count",
+    "counters",
     "counters_table",
     "deadlines_table",
     "facts_table",
@@ -36,6 +40,7 @@ __all__ = [
     "load_instance",
     "outbox_table",
     "record",
+    "timeline",
 ]
 
 facts_table = sa.Table(
@@ -200,7 +205,9 @@ def _sync_deadlines(conn: Connection, instance: Instance) -> None:
     t = deadlines_table
     key = (t.c.pm == instance.pm.name) & (t.c.instance_id == instance.instance_id)
     conn.execute(t.delete().where(key))
-    if instance.deadlines:
+    # A parked deadline is not fired again until re-driven: it waits in the dead letters.
+    firing = [d for d in instance.deadlines.values() if not d.parked]
+    if firing:
         conn.execute(
             t.insert(),
             [
@@ -210,7 +217,7 @@ def _sync_deadlines(conn: Connection, instance: Instance) -> None:
                     "name": d.name,
                     "due_at": d.due_at,
                 }
-                for d in instance.deadlines.values()
+                for d in firing
             ],
         )
 

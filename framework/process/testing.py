@@ -77,7 +77,7 @@ class ProcessScenario:
                 (d.due_at, instance_id, d.name)
                 for instance_id in self.streams
                 for d in self._load(instance_id).deadlines.values()
-                if d.due_at <= target
+                if d.due_at <= target and not d.parked
             )
             if not due:
                 break

@@ -98,3 +98,96 @@ def test_the_page_needs_the_view_permission(payments: Any, make_user: Any) -> No
     client = Client()
     client.force_login(make_user("clerk"))
     assert client.get("/admin/keel/projection/process-managers/").status_code in (302, 403)
+
+
+@pytest.fixture
+def parked(payments: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The payments fixture's deadline, fallen due with a handler that fails: parked."""
+    worker, order = payments
+
+    def failing(state: Any, ctx: Any) -> Any:
+        raise RuntimeError("the payment provider is out of reach")
+
+    monkeypatch.setattr(worker.pm, "overdue", failing)
+    monkeypatch.setattr(worker.pm, "max_attempts", 1)
+    worker.clock.advance(timedelta(minutes=31))
+    worker.step()
+    return worker, order
+
+
+def run_refused(name: str, *args: str, match: str) -> str:
+    """Run a command that must end with a CommandError matching ``match``; its output."""
+    out = io.StringIO()
+    with pytest.raises(CommandError, match=match):
+        call_command(name, *args, stdout=out, stderr=io.StringIO())
+    return out.getvalue()
+
+
+def test_a_parked_deadline_shows_in_the_status_and_is_redriven_there(
+    parked: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from framework.process.store import timeline
+
+    worker, order = parked
+    [found] = json.loads(run_refused("process_status", "--json", match="1 deadline.s. parked"))
+    assert found["overdue"] == [] and found["dead_letters"] == 1
+    [letter] = found["parked_deadlines"]
+    assert (letter["instance_id"], letter["deadline"]) == (str(order), "payment_due")
+    assert "out of reach" in letter["error_message"]
+    monkeypatch.delattr(worker.pm, "overdue")  # fixed
+    out = run("process_status", "--redrive")
+    assert "payment_process: re-drove 1" in out and "parked deadlines: 0" in out
+    with worker.engine.connect() as conn:
+        kinds = [f["kind"] for f in timeline(conn, "payment_process", str(order))]
+    assert kinds.count("DeadlineParked") == 1 and kinds.count("DeadlineReached") == 1
+
+
+def test_the_admin_lists_a_parked_deadline_and_redrives_it(
+    parked: Any, admin_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker, _order = parked
+    page = admin_client.get("/admin/keel/projection/process-managers/").content.decode()
+    assert 'class="keel-pm-parked">1<' in page and "keel-parked-deadline" in page
+    assert "out of reach" in page and "keel-pm-redrive" in page
+    [letter] = worker.dead_letters()
+    monkeypatch.delattr(worker.pm, "overdue")  # fixed
+    answer = admin_client.post(
+        "/admin/keel/projection/process-managers/payment_process/redrive/",
+        {"dead_letter": [str(letter.id)]},
+    )
+    assert answer.status_code == 302
+    after = admin_client.get(answer["Location"]).content.decode()
+    assert "re-drove 1 dead letter" in after and 'class="keel-pm-parked">0<' in after
+    assert worker.dead_letters() == [] and worker.status().parked == []
+
+
+def test_redriving_needs_the_permission(parked: Any, make_user: Any) -> None:
+    worker, _order = parked
+    client = Client()
+    client.force_login(make_user("viewer", "keel.view_projection"))
+    [letter] = worker.dead_letters()
+    answer = client.post(
+        "/admin/keel/projection/process-managers/payment_process/redrive/",
+        {"dead_letter": [str(letter.id)]},
+    )
+    assert answer.status_code == 403
+    assert len(worker.dead_letters()) == 1
+
+
+def test_the_metrics_view_reports_the_process_managers(
+    payments: Any, admin_client: Client, settings: Any
+) -> None:
+    from tests.support import telemetry
+
+    _worker, _order = payments
+    telemetry.install()
+    # Changing KEEL rebuilds the workers, on the wall clock: by it the fake clock's deadline
+    # (2026-01-01) is long overdue.
+    settings.KEEL = {**settings.KEEL, "METRICS_EXPORTER": "prometheus"}
+    text = admin_client.get("/metrics").content.decode()
+    for metric, value in (
+        ("keel_process_active", 1),
+        ("keel_process_deadlines_overdue", 1),
+        ("keel_process_dead_letters", 0),
+    ):
+        assert telemetry.parse_metrics(text, metric, process="payment_process") == [value], metric

@@ -270,7 +270,7 @@ def test_error_policies_park_or_skip(services: Services, pm_class: type[Fragile]
     with s.engine.connect() as conn:
         kinds = [f["kind"] for f in timeline(conn, worker.pm.name, str(order))]
     if pm_class is Fragile:  # retried, then parked with the projections' dead letters
-        assert (found.dead_letters, kinds) == (1, [])
+        assert (found.dead_letters, kinds, found.counters) == (1, [], {"input_parked": 1})
         listed = dead_letters.list_dead_letters(s.engine, worker.inputs[0])
         assert "misconfigured" in listed[0].error_message
     else:

@@ -397,6 +397,11 @@ class ProjectionAdmin(ReadOnlyAdmin):
                 name="keel_process_managers",
             ),
             path(
+                "process-managers/<str:name>/redrive/",
+                site.admin_view(require_POST(self.process_redrive_view)),
+                name="keel_process_redrive",
+            ),
+            path(
                 "process-managers/<str:name>/<str:instance>/",
                 site.admin_view(self.process_instance_view),
                 name="keel_process_instance",
@@ -404,8 +409,9 @@ class ProjectionAdmin(ReadOnlyAdmin):
         ]
 
     def process_managers_view(self, request: HttpRequest) -> HttpResponse:
-        """Each process manager: active instances, overdue deadlines, oldest open instance,
-        unsent commands, counters, and its newest instances."""
+        """Each process manager: active instances, overdue and parked deadlines, oldest open
+        instance, unsent commands, counters, its dead letters (with re-drive) and its newest
+        instances."""
         if not self.has_view_permission(request):
             raise PermissionDenied
         from framework.contrib.django.conf import get_process_workers
@@ -419,6 +425,9 @@ class ProjectionAdmin(ReadOnlyAdmin):
                     {
                         "name": name,
                         "status": status(worker.pm, worker.engine, worker.clock),
+                        "inputs_parked": [d for d in worker.dead_letters() if d.projection != name][
+                            :100
+                        ],
                         "instances": instances(worker.engine, worker.pm, limit=50),
                     }
                 )
@@ -429,8 +438,36 @@ class ProjectionAdmin(ReadOnlyAdmin):
             "opts": self.opts,
             "title": "Process managers",
             "managers": rows,
+            "can_redrive": _has_perm(request, "keel.redrive_deadletter"),
         }
         return TemplateResponse(request, "keel/process_managers.html", context)
+
+    def process_redrive_view(self, request: HttpRequest, name: str) -> HttpResponse:
+        """Re-drive the selected dead letters of one process manager (parked inputs and
+        deadlines; a parked deadline fires once)."""
+        if not _has_perm(request, "keel.redrive_deadletter"):
+            raise PermissionDenied
+        from framework.contrib.django.conf import get_process_workers
+
+        back = redirect(f"{self.admin_site.name}:keel_process_managers")
+        worker = get_process_workers().get(name)
+        ids = {int(i) for i in request.POST.getlist("dead_letter") if i.isdigit()}
+        if worker is None or not ids:
+            messages.error(request, "Select dead letters of a configured process manager.")
+            return back
+        try:
+            done = worker.redrive(ids)
+        except FrameworkError as error:
+            messages.error(request, f"Re-drive of {name} failed: {error}")
+            return back
+        failing = "; ".join(f"{k}: {v}" for k, v in list(done.failed.items())[:5])
+        level = messages.warning if done.failed else messages.success
+        level(
+            request,
+            f"{name}: re-drove {done.applied} dead letter(s); {done.remaining} left"
+            + (f"; still failing: {failing}" if failing else ""),
+        )
+        return back
 
     def process_instance_view(self, request: HttpRequest, name: str, instance: str) -> HttpResponse:
         """One instance's timeline: every fact, oldest first."""

@@ -18,7 +18,7 @@ them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from django.conf import settings as django_settings
@@ -48,6 +48,7 @@ __all__ = [
     "get_projections",
     "get_settings",
     "import_object",
+    "pick_process_workers",
     "reset",
 ]
 
@@ -353,6 +354,25 @@ def get_process_workers() -> dict[str, Any]:
 
     workers: dict[str, Any] = _cached("process_workers", build)
     return workers
+
+
+def pick_process_workers(names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The configured process managers' workers named ``names`` (default: every one), in
+    that order; a ConfigurationError names the unknown ones and the known ones, or says none
+    is configured."""
+    workers = get_process_workers()
+    if not workers:
+        raise ConfigurationError(
+            "no process manager is configured: list their worker factories in "
+            "KEEL['PROCESS_MANAGERS']"
+        )
+    chosen = list(names or sorted(workers))
+    unknown = [n for n in chosen if n not in workers]
+    if unknown:
+        raise ConfigurationError(
+            f"unknown process manager {unknown} (known: {', '.join(sorted(workers))})"
+        )
+    return {n: workers[n] for n in chosen}
 
 
 def get_cdc_feeds() -> dict[str, Any]:

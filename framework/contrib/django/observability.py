@@ -2,7 +2,9 @@
 
 - :func:`metrics_view` serves ``/metrics`` (Prometheus text) when ``KEEL["METRICS_EXPORTER"]``
   is ``"prometheus"``; the web process reports every configured projection's lag, lag in
-  seconds and dead letters (sampled at scrape time), so a stopped worker shows as rising lag.
+  seconds and dead letters, and every configured process manager's active instances, overdue
+  deadlines, dead letters and counted outcomes (sampled at scrape time from the database), so
+  a stopped worker shows as rising lag or overdue deadlines.
 - :func:`live_view`, :func:`ready_view`, :func:`workers_view` and :func:`writers_view` answer
   200 or 503 with the checks as JSON; ``manage.py keel_health`` gives the same verdict as an
   exit code.
@@ -26,13 +28,16 @@ from framework.contrib.django import heartbeats
 from framework.contrib.django.conf import (
     get_application,
     get_engine,
+    get_process_workers,
     get_projections,
     get_settings,
 )
+from framework.errors import FrameworkError
 from framework.observability import (
     Check,
     Health,
     LagSampler,
+    ProcessSampler,
     StreamSampler,
     database_check,
     projection_lag,
@@ -59,7 +64,7 @@ log = logging.getLogger(__name__)
 WRITER_KIND = "writer"
 
 _lock = threading.Lock()
-_samplers: list[LagSampler | StreamSampler] = []
+_samplers: list[LagSampler | StreamSampler | ProcessSampler] = []
 
 
 def setup_metrics(*, sample_lag: bool = True) -> bool:
@@ -78,6 +83,12 @@ def setup_metrics(*, sample_lag: bool = True) -> bool:
             streaming = [p for p in projections if isinstance(p, StreamProjection)]
             _samplers.append(LagSampler(projections, get_application().store, engine).start())
             _samplers.append(StreamSampler(streaming, engine).start())
+            try:
+                managers = list(get_process_workers().values())
+            except FrameworkError as error:  # the projections' figures still go out
+                log.warning("no process-manager metrics: %s", error)
+                managers = []
+            _samplers.append(ProcessSampler(managers).start())
     return True
 
 

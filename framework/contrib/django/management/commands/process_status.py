@@ -1,4 +1,4 @@
-"""``manage.py process_status [NAME ...] [--json] [--grace SECONDS]``."""
+"""``manage.py process_status [NAME ...] [--json] [--grace SECONDS] [--redrive [--id N]]``."""
 
 from __future__ import annotations
 
@@ -7,17 +7,19 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from framework.contrib.django.conf import get_process_workers
+from framework.contrib.django.conf import pick_process_workers
 from framework.errors import FrameworkError
 from framework.process import status
 
 
 class Command(BaseCommand):
     help = (
-        "Show each process manager's active and completed instances, overdue deadlines, the "
-        "oldest open instance, unsent commands, dead letters and its no-op counters "
-        "(duplicates, unknown instances, deadlines after completion). Exits with an error "
-        "when a deadline is overdue by more than --grace seconds."
+        "Show each process manager's active and completed instances, overdue and parked "
+        "deadlines, the oldest open instance, unsent commands, dead letters and its counters "
+        "(duplicates, unknown instances, deadlines after completion, skipped and parked "
+        "handlers). Exits with an error when a deadline is overdue by more than --grace "
+        "seconds or a deadline is parked. --redrive handles the parked inputs and deadlines "
+        "again first (after a fix): a parked deadline fires once."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -29,48 +31,47 @@ class Command(BaseCommand):
             default=60.0,
             help="seconds a deadline may be late before it counts as overdue (default 60)",
         )
+        parser.add_argument(
+            "--redrive",
+            action="store_true",
+            help="re-drive the dead letters (parked inputs and deadlines) first",
+        )
+        parser.add_argument(
+            "--id",
+            type=int,
+            action="append",
+            metavar="N",
+            help="with --redrive: only dead letter N (repeatable; default: all)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            workers = get_process_workers()
+            workers = pick_process_workers(options["names"])
         except FrameworkError as error:
             raise CommandError(str(error)) from error
-        names = options["names"] or sorted(workers)
-        unknown = [n for n in names if n not in workers]
-        if unknown:
-            raise CommandError(
-                f"unknown process manager {unknown} (known: {', '.join(sorted(workers))})"
-            )
+        if options["redrive"]:
+            for name, worker in workers.items():
+                done = worker.redrive(options["id"])
+                failing = "; ".join(f"{k}: {v}" for k, v in list(done.failed.items())[:5])
+                self.stdout.write(
+                    f"{name}: re-drove {done.applied}; still failing: {failing or 'none'}; "
+                    f"{done.remaining} left"
+                )
         found = [
-            status(
-                workers[n].pm, workers[n].engine, workers[n].clock, grace_seconds=options["grace"]
-            )
-            for n in names
+            status(w.pm, w.engine, w.clock, grace_seconds=options["grace"])
+            for w in workers.values()
         ]
         if options["json"]:
-            self.stdout.write(
-                json.dumps(
-                    [
-                        {
-                            "name": s.name,
-                            "active": s.active,
-                            "completed": s.completed,
-                            "overdue": [[i, d, str(t)] for i, d, t in s.overdue],
-                            "oldest_open": [str(v) for v in s.oldest_open]
-                            if s.oldest_open
-                            else None,
-                            "outbox_pending": s.outbox_pending,
-                            "dead_letters": s.dead_letters,
-                            "counters": s.counters,
-                        }
-                        for s in found
-                    ],
-                    indent=2,
-                )
-            )
+            self.stdout.write(json.dumps([s.as_json() for s in found], indent=2))
         else:
             for s in found:
                 self.stdout.write("\n".join(s.lines()))
         overdue = sum(len(s.overdue) for s in found)
         if overdue:
             raise CommandError(f"{overdue} deadline(s) overdue: is run_process_managers running?")
+        parked = sum(len(s.parked) for s in found)
+        if parked:
+            raise CommandError(
+                f"{parked} deadline(s) parked after failing: fix the handler, then "
+                "process_status --redrive"
+            )

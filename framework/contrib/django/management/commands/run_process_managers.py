@@ -1,4 +1,5 @@
-"""``manage.py run_process_managers [NAME ...] [--instance-id ID] [--start-from now]``."""
+"""``manage.py run_process_managers [NAME ...] [--instance-id ID] [--start-from now]
+[--metrics-port PORT]``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from framework.contrib.django import checks
-from framework.contrib.django.conf import get_process_workers
+from framework.contrib.django.conf import pick_process_workers
+from framework.contrib.django.observability import serve_metrics
 from framework.errors import FrameworkError
 
 
@@ -36,25 +38,27 @@ class Command(BaseCommand):
             help="where a process manager that never ran starts reading its sources "
             "(default: the beginning of each topic)",
         )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            metavar="PORT",
+            help="serve /metrics (keel.process.* among them) on 127.0.0.1:PORT; needs "
+            "KEEL['METRICS_EXPORTER'] = 'prometheus'",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         checks.running_worker = True
         self.check(display_num_errors=False)
         try:
-            workers = get_process_workers()
+            workers = pick_process_workers(options["names"])
+            serve_metrics(options["metrics_port"])
         except FrameworkError as error:
             raise CommandError(str(error)) from error
-        names = options["names"] or sorted(workers)
-        unknown = [n for n in names if n not in workers]
-        if unknown or not names:
-            known = ", ".join(sorted(workers)) or "none: set KEEL['PROCESS_MANAGERS']"
-            raise CommandError(f"unknown process manager {unknown} (known: {known})")
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
         threads = []
-        for name in names:
-            worker = workers[name]
+        for name, worker in workers.items():
             worker.start_from = options["start_from"]
             if options["instance_id"]:
                 for w in worker.workers:
