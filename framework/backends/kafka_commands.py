@@ -397,45 +397,37 @@ class KafkaCommandRouter:
         timeout: float,
         deadline: float,
     ) -> None:
-        with send_span(self.store.commands_topic, count=1, partition=shard):
-            # The record carries this span's trace context: the writer's spans join the trace.
-            self._produce_traced(command, traced(metadata), shard, reply, timeout, deadline)
-
-    def _produce_traced(
-        self,
-        command: Command,
-        metadata: Metadata,
-        shard: int,
-        reply: int | None,
-        timeout: float,
-        deadline: float,
-    ) -> None:
         expires = time.time() + max(self.store.command_ttl, timeout)
-        value = encode_command(command, metadata, reply_partition=reply, expires_at=expires)
-        producer = self._ready_producer(deadline)
-
-        def send() -> None:
-            future = producer.send(
-                self.store.commands_topic,
-                key=str(command.command_id).encode("ascii"),
-                value=value,
-                partition=shard,
+        with send_span(self.store.commands_topic, count=1, partition=shard):
+            producer = self._ready_producer(deadline)
+            # The record carries this span's trace context: the writer's spans join the trace.
+            value = encode_command(
+                command, traced(metadata), reply_partition=reply, expires_at=expires
             )
-            future.get(timeout=max(0.0, deadline - time.monotonic()))
 
-        try:
-            # send() itself may block for metadata (max_block_ms); the deadline bounds both.
-            call_bounded(send, max(0.0, deadline - time.monotonic()), "keel-command-send")
-        except (KafkaTimeoutError, BoundedCallTimeout) as error:
-            raise OutcomeUnknownError(
-                f"sending {command.command_type} {command.command_id} timed out ({error}); it "
-                "may or may not run: re-send the same command (same command id) to find out"
-            ) from error
-        except KafkaError as error:
-            raise StoreUnavailableError(
-                f"cannot send {command.command_type} to {self.store.commands_topic!r}: {error}; "
-                "nothing was sent"
-            ) from error
+            def send() -> None:
+                future = producer.send(
+                    self.store.commands_topic,
+                    key=str(command.command_id).encode("ascii"),
+                    value=value,
+                    partition=shard,
+                )
+                future.get(timeout=max(0.0, deadline - time.monotonic()))
+
+            try:
+                # send() itself may block for metadata (max_block_ms); the deadline bounds both.
+                call_bounded(send, max(0.0, deadline - time.monotonic()), "keel-command-send")
+            except (KafkaTimeoutError, BoundedCallTimeout) as error:
+                raise OutcomeUnknownError(
+                    f"sending {command.command_type} {command.command_id} timed out ({error}); "
+                    "it may or may not run: re-send the same command (same command id) to find "
+                    "out"
+                ) from error
+            except KafkaError as error:
+                raise StoreUnavailableError(
+                    f"cannot send {command.command_type} to {self.store.commands_topic!r}: "
+                    f"{error}; nothing was sent"
+                ) from error
 
     def _no_answer(self, command: Command, timeout: float) -> str:
         what = f"no result for {command.command_type} {command.command_id} within {timeout:g} s"

@@ -18,8 +18,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
-
+from framework.backends.kafka_client import KafkaConsumer, TopicPartition
 from framework.cdc._changes import Lag, Op, RowChange
 from framework.errors import ConfigurationError, StoreUnavailableError
 

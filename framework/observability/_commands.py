@@ -199,7 +199,7 @@ def observed_transaction(
             n.SPAN_SEND.format(topic=topic),
             context=trace.set_span_in_context(span),
             kind=trace.SpanKind.PRODUCER,
-            attributes=send_attributes(topic, count, aggregate_id, version),
+            attributes=send_attributes(topic, count, aggregate_id=aggregate_id, version=version),
         )
         for span, aggregate_id, version, count in commands
         if span.is_recording()

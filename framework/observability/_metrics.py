@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Observation
 
 from framework.observability import _names as n
 
@@ -73,51 +73,35 @@ def _callback(metric: str) -> Callable[[CallbackOptions], Iterable[Observation]]
     return collect
 
 
+def _recorded(name: str) -> Any:
+    """The counter or histogram ``name``, as :data:`_names.METRICS` declares it."""
+    kind, unit, description = n.METRICS[name]
+    unit = "" if unit == "1" else unit  # "1" would rename the Prometheus series (``_ratio``)
+    if kind == "histogram":
+        buckets = _DURATION_BUCKETS if unit == "s" else _SIZE_BUCKETS
+        return _meter.create_histogram(
+            name, unit=unit, description=description, explicit_bucket_boundaries_advisory=buckets
+        )
+    return _meter.create_counter(name, unit=unit, description=description)
+
+
 class _Instruments:
     """The recorded instruments (observed ones are created below, once)."""
 
+    command_duration: Histogram
+    command_conflicts: Counter
+    command_rejected: Counter
+    store_append_events: Counter
+    store_txn_duration: Histogram
+    projection_events: Counter
+    projection_batch_size: Histogram
+    cdc_commands: Counter
+    cdc_dead_letters: Counter
+    process_duration: Histogram
+
     def __init__(self) -> None:
-        m = _meter
-        d = n.METRICS
-        self.command_duration = m.create_histogram(
-            n.COMMAND_DURATION,
-            unit="s",
-            description=d[n.COMMAND_DURATION][2],
-            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
-        )
-        self.command_conflicts = m.create_counter(
-            n.COMMAND_CONFLICTS, description=d[n.COMMAND_CONFLICTS][2]
-        )
-        self.command_rejected = m.create_counter(
-            n.COMMAND_REJECTED, description=d[n.COMMAND_REJECTED][2]
-        )
-        self.store_append_events = m.create_counter(
-            n.STORE_APPEND_EVENTS, description=d[n.STORE_APPEND_EVENTS][2]
-        )
-        self.store_txn_duration = m.create_histogram(
-            n.STORE_TXN_DURATION,
-            unit="s",
-            description=d[n.STORE_TXN_DURATION][2],
-            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
-        )
-        self.projection_events = m.create_counter(
-            n.PROJECTION_EVENTS, description=d[n.PROJECTION_EVENTS][2]
-        )
-        self.projection_batch_size = m.create_histogram(
-            n.PROJECTION_BATCH_SIZE,
-            description=d[n.PROJECTION_BATCH_SIZE][2],
-            explicit_bucket_boundaries_advisory=_SIZE_BUCKETS,
-        )
-        self.cdc_commands = m.create_counter(n.CDC_COMMANDS, description=d[n.CDC_COMMANDS][2])
-        self.cdc_dead_letters = m.create_counter(
-            n.CDC_DEAD_LETTERS, description=d[n.CDC_DEAD_LETTERS][2]
-        )
-        self.process_duration = m.create_histogram(
-            n.PROCESS_DURATION,
-            unit="s",
-            description=d[n.PROCESS_DURATION][2],
-            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
-        )
+        for attribute in self.__annotations__:
+            setattr(self, attribute, _recorded(getattr(n, attribute.upper())))
 
 
 _OBSERVED = {

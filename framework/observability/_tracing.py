@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from contextvars import Token
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -179,47 +179,50 @@ def destination_of(store: Any) -> tuple[str, str]:
     return (n.MESSAGING_SYSTEM_KAFKA if hasattr(store, "commands_topic") else "keel"), name
 
 
-def send_attributes(
-    topic: str,
-    count: int,
-    aggregate_id: object = None,
-    version: int | None = None,
-    partition: int | None = None,
-    system: str = n.MESSAGING_SYSTEM_KAFKA,
-) -> dict[str, Any]:
-    """The attributes of a ``send <topic>`` span."""
-    attributes: dict[str, Any] = {
+class SendFields(TypedDict, total=False):
+    """What a ``send <topic>`` span says besides its topic and count."""
+
+    aggregate_id: object
+    version: int | None
+    partition: int | None
+    system: str
+
+
+def _messaging(operation: str, topic: str, count: int, system: str) -> dict[str, Any]:
+    """The messaging-convention attributes every ``send`` and ``process`` span carries."""
+    return {
         n.MESSAGING_SYSTEM: system,
-        n.MESSAGING_OPERATION_NAME: "send",
-        n.MESSAGING_OPERATION_TYPE: "send",
+        n.MESSAGING_OPERATION_NAME: operation,
+        n.MESSAGING_OPERATION_TYPE: operation,
         n.MESSAGING_DESTINATION_NAME: topic,
         n.MESSAGING_BATCH_MESSAGE_COUNT: count,
     }
+
+
+def send_attributes(topic: str, count: int, **fields: Unpack[SendFields]) -> dict[str, Any]:
+    """The attributes of a ``send <topic>`` span."""
+    system = fields.get("system", n.MESSAGING_SYSTEM_KAFKA)
+    attributes = _messaging("send", topic, count, system)
+    aggregate_id = fields.get("aggregate_id")
     if aggregate_id is not None:
         attributes[n.KEEL_AGGREGATE_ID] = str(aggregate_id)
         if system == n.MESSAGING_SYSTEM_KAFKA:  # the record key is the aggregate id
             attributes[n.MESSAGING_KAFKA_MESSAGE_KEY] = attributes[n.KEEL_AGGREGATE_ID]
+    version = fields.get("version")
     if version is not None:
         attributes[n.KEEL_AGGREGATE_VERSION] = version
+    partition = fields.get("partition")
     if partition is not None:
         attributes[n.MESSAGING_DESTINATION_PARTITION_ID] = str(partition)
     return attributes
 
 
-def send_span(
-    topic: str,
-    *,
-    count: int,
-    aggregate_id: object = None,
-    version: int | None = None,
-    partition: int | None = None,
-    system: str = n.MESSAGING_SYSTEM_KAFKA,
-) -> Any:
+def send_span(topic: str, *, count: int, **fields: Unpack[SendFields]) -> Any:
     """``send <topic>`` (PRODUCER) around one append to the events topic."""
     return _span(
         n.SPAN_SEND.format(topic=topic),
         SpanKind.PRODUCER,
-        send_attributes(topic, count, aggregate_id, version, partition, system),
+        send_attributes(topic, count, **fields),
     )
 
 
@@ -237,18 +240,16 @@ def process_span(
 ) -> Any:
     """``process <topic>`` (CONSUMER) around one applied batch, linked to the commands whose
     events it holds (``traceparents``, from their metadata)."""
-    attributes: dict[str, Any] = {
-        n.MESSAGING_SYSTEM: system,
-        n.MESSAGING_OPERATION_NAME: "process",
-        n.MESSAGING_OPERATION_TYPE: "process",
-        n.MESSAGING_DESTINATION_NAME: topic,
-        n.MESSAGING_DESTINATION_PARTITION_ID: str(partition),
-        n.MESSAGING_BATCH_MESSAGE_COUNT: count,
-        n.MESSAGING_KAFKA_OFFSET: first_offset,
-        n.KEEL_OFFSET_FIRST: first_offset,
-        n.KEEL_OFFSET_LAST: last_offset,
-        n.KEEL_PROJECTION: projection,
-    }
+    attributes = _messaging("process", topic, count, system)
+    attributes.update(
+        {
+            n.MESSAGING_DESTINATION_PARTITION_ID: str(partition),
+            n.MESSAGING_KAFKA_OFFSET: first_offset,
+            n.KEEL_OFFSET_FIRST: first_offset,
+            n.KEEL_OFFSET_LAST: last_offset,
+            n.KEEL_PROJECTION: projection,
+        }
+    )
     if group:
         attributes[n.MESSAGING_CONSUMER_GROUP_NAME] = group
     links = link_to(traceparents)
@@ -292,14 +293,7 @@ def cdc_span(source: str, *, count: int, traceparents: Iterable[str | None] = ()
     return _span(
         n.SPAN_CDC.format(source=source),
         SpanKind.CONSUMER,
-        {
-            n.MESSAGING_SYSTEM: n.MESSAGING_SYSTEM_KAFKA,
-            n.MESSAGING_OPERATION_NAME: "process",
-            n.MESSAGING_OPERATION_TYPE: "process",
-            n.MESSAGING_DESTINATION_NAME: source,
-            n.MESSAGING_BATCH_MESSAGE_COUNT: count,
-            n.KEEL_SOURCE: source,
-        },
+        {**_messaging("process", source, count, n.MESSAGING_SYSTEM_KAFKA), n.KEEL_SOURCE: source},
         links=link_to(traceparents),
     )
 

@@ -4,19 +4,19 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from typing import Any
 
-from framework.errors import ConfigurationError, FrameworkError
+from framework.errors import FrameworkError
+from framework.loading import load_object
 from framework.process.deadlines import DEADLINE_PARTITION
 from framework.process.runner import ProcessWorker, status
 from framework.process.store import timeline
+from framework.runtime import tune_garbage_collector
 
 __all__ = ["load_worker", "main"]
 
@@ -55,17 +55,22 @@ examples:
 
 
 def load_worker(target: str, **options: Any) -> ProcessWorker:
-    """``package.module:factory`` -> the :class:`ProcessWorker` it builds."""
-    module_name, _, attr = target.partition(":")
-    if not attr:
-        raise ConfigurationError(f"{target!r}: name the factory as package.module:function")
-    found: Callable[..., ProcessWorker] | ProcessWorker = getattr(
-        importlib.import_module(module_name), attr
+    """``package.module:factory`` -> the :class:`ProcessWorker` it builds (a factory is called
+    with ``options``; a ProcessWorker itself is taken as it is)."""
+
+    def make(found: Any) -> object:
+        if isinstance(found, ProcessWorker) or not callable(found):
+            return found
+        return found(**options)
+
+    return load_object(
+        target,
+        ProcessWorker,
+        what="process-manager factory",
+        example="sample_app.payments.service:payment_process_worker",
+        form="package.module:factory",
+        make=make,
     )
-    worker = found if isinstance(found, ProcessWorker) else found(**options)
-    if not isinstance(worker, ProcessWorker):
-        raise ConfigurationError(f"{target!r} did not give a ProcessWorker")
-    return worker
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,13 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         worker = load_worker(args.target, **options)
-    except (FrameworkError, ImportError, AttributeError, TypeError) as error:
+    except (FrameworkError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
         if args.create_tables:
             worker.setup()
         if args.command == "run":
+            tune_garbage_collector()  # a process of its own: see framework.runtime
             stop = threading.Event()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: stop.set())

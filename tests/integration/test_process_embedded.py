@@ -234,7 +234,11 @@ def test_the_command_line_status_and_timeline(
     assert "DeadlineScheduled" in capsys.readouterr().out
     assert main(["timeline", target, "nope"]) == 1
     assert main(["status", "sample_app.payments.service"]) == 2
-    assert "package.module:function" in capsys.readouterr().err
+    assert "package.module:factory" in capsys.readouterr().err
+    assert main(["status", "sample_app.nowhere:worker"]) == 2
+    assert "no module 'sample_app.nowhere'" in capsys.readouterr().err
+    assert main(["status", "sample_app.payments.service:PaymentProcess"]) == 2
+    assert "not a ProcessWorker" in capsys.readouterr().err
 
 
 class Fragile(PaymentProcess):

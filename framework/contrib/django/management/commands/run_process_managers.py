@@ -13,6 +13,7 @@ from framework.contrib.django import checks
 from framework.contrib.django.conf import pick_process_workers
 from framework.contrib.django.observability import serve_metrics
 from framework.errors import FrameworkError
+from framework.runtime import tune_garbage_collector
 
 
 class Command(BaseCommand):
@@ -54,6 +55,7 @@ class Command(BaseCommand):
             serve_metrics(options["metrics_port"])
         except FrameworkError as error:
             raise CommandError(str(error)) from error
+        tune_garbage_collector()  # a process of its own: see framework.runtime
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
