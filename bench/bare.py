@@ -24,6 +24,7 @@ def read_kafka(
         isolation_level="read_committed",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        metrics_enabled=False,  # as keel's clients run: no sensors nothing reads
     )
     started = time.perf_counter()
     consumer.subscribe([topic])
@@ -79,6 +80,7 @@ def produce_records(
         enable_idempotence=True,
         transactional_id=topic + "-tx",
         retry_backoff_ms=5,
+        metrics_enabled=False,  # as keel's clients run: no sensors nothing reads
     )
     producer.init_transactions()
     started = time.perf_counter()

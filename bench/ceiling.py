@@ -126,7 +126,9 @@ def raw_producer(
 ) -> dict[str, Any]:
     """Produce ``events`` with a bare producer: idempotent (``per_transaction=None``) or
     transactional, committing every ``per_transaction`` events."""
-    from kafka import KafkaProducer
+    # keel's client defaults (its quiet selector, kafka-python's own metrics off): the peer
+    # differs from the store by the store alone.
+    from framework.backends.kafka_client import KafkaProducer
 
     topic = ctx.name("rawceil") + ".events"
     _create_topic(ctx, topic, partitions)

@@ -268,6 +268,7 @@ def _ensure(
     configs: Mapping[str, str],
     timeout: float,
 ) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
     described = _describe(admin, topic)
     if described is not None:
         return described
@@ -285,10 +286,15 @@ def _ensure(
         log.info("created topic %r (%s partitions, RF %s)", topic, partitions, replication_factor)
     except TopicAlreadyExistsError:
         pass  # Another process created it first.
-    admin.wait_for_topics([topic], timeout_ms=int(timeout * 1000))
-    described = _describe(admin, topic)
-    if described is None:
-        raise StoreUnavailableError(f"topic {topic!r} was created but cannot be described")
+    admin.wait_for_topics([topic], timeout_ms=max(1, int((deadline - time.monotonic()) * 1000)))
+    # wait_for_topics heard of the topic from one broker; on a cluster the next request may go
+    # to another whose metadata has not caught up yet: ask again until the deadline.
+    while (described := _describe(admin, topic)) is None:
+        if time.monotonic() >= deadline:
+            raise StoreUnavailableError(
+                f"topic {topic!r} was created but cannot be described within {timeout:g} s"
+            )
+        time.sleep(0.1)
     return described
 
 

@@ -21,6 +21,7 @@ from framework.backends.kafka_client import (
     KafkaConsumer,
     KafkaProducer,
     KafkaTimeoutError,
+    QuietSelector,
     TopicPartition,
 )
 from framework.backends.kafka_records import NIL_UUID, partition_for
@@ -144,6 +145,24 @@ def test_nonsense_layout_is_refused_before_connecting() -> None:
 
 
 # -- appending and reading --------------------------------------------------------------------
+
+
+def test_the_store_clients_run_on_keels_client_defaults(store: KafkaEventStore) -> None:
+    a = uuid.uuid4()
+    store.append([ev(a, 1, b"1")])  # a producer that has written, through the quiet selector
+    producer = store._new_producer()
+    try:
+        assert producer.config["selector"] is QuietSelector
+        assert producer.config["metrics_enabled"] is False
+        assert not producer.metrics()  # no sensors at all
+    finally:
+        producer.close(timeout=5)
+    explicit = KafkaConsumer(bootstrap_servers=store._servers, metrics_enabled=True)
+    try:  # a setting given explicitly wins
+        assert explicit.config["metrics_enabled"] is True
+    finally:
+        explicit.close()
+    assert [e.state for e in store.read(a)] == [b"1"]
 
 
 @pytest.mark.timeout(60)
