@@ -212,7 +212,7 @@ def test_xids_of_different_lengths_are_read_in_number_order(legacy: Crm):
                 sa.text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
             ).scalar_one()
         )
-        power = 10 ** (len(str(fence - 3)) - 1)  # the largest power of ten with power + 1 < fence
+        power = 10 ** (len(str(fence - 3)) - 1)  # power - 2 .. power + 1 all below the fence
         seqs = (
             conn.execute(
                 sa.text("SELECT seq FROM keel_cdc.changelog WHERE source = :s ORDER BY seq"),
