@@ -63,7 +63,12 @@ END $$;
 """
 
 
-_COLUMNS = "SELECT seq, xid::text, op, before, after, changed_at FROM keel_cdc.changelog "
+# The text xid gets its own name: an output column called ``xid`` would be what ``ORDER BY
+# xid`` sorts, as text, and "1000" sorts before "999" (issue 14: the cursor passed every
+# shorter xid once the readable changes spanned a power of ten).
+_COLUMNS = (
+    "SELECT seq, xid::text AS xid_text, op, before, after, changed_at FROM keel_cdc.changelog "
+)
 _AFTER = "(xid, seq) > (CAST(:x AS xid8), :q)"
 # Not the snapshot's own rows, and not a change the snapshot already saw.
 _UNSEEN = "xid <> CAST(:sx AS xid8) AND NOT pg_visible_in_snapshot(xid, CAST(:snap AS pg_snapshot))"
@@ -207,21 +212,9 @@ class PostgresTriggerSource:
                     if changes:
                         changes[-1] = _with_cursor(changes[-1], state)
                     limit -= len(changes)
-                unseen = "" if state["snap"] is None else f" AND {_UNSEEN}"
-                rows = conn.execute(
-                    sa.text(
-                        f"{_COLUMNS} WHERE source = :s AND {_AFTER} AND {_FENCE}{unseen} "
-                        "ORDER BY xid, seq LIMIT :n"
-                    ),
-                    {
-                        "s": self.name,
-                        "x": state["xid"],
-                        "q": state["seq"],
-                        "n": limit,
-                        "sx": state["snap_xid"],
-                        "snap": state["snap"],
-                    },
-                ).all()
+                rows = self._after(
+                    conn, state, state["xid"], state["seq"], _FENCE, "xid, seq", limit=limit
+                )
                 changes += [self._change(r, {**state, "xid": r[1], "seq": r[0]}) for r in rows]
                 if rows:
                     changes = self._earlier_first(conn, changes, state, cursor or "")
@@ -242,21 +235,9 @@ class PostgresTriggerSource:
         streamed = [c for c in changes if c.op != "read"]
         if not streamed:
             return changes
-        last = streamed[-1].position.split(":")
-        unseen = "" if state["snap"] is None else f" AND {_UNSEEN}"
-        rows = conn.execute(
-            sa.text(
-                f"{_COLUMNS} WHERE source = :s AND {_AFTER} AND seq < :top{unseen} ORDER BY seq"
-            ),
-            {
-                "s": self.name,
-                "x": last[0],
-                "q": int(last[1]),
-                "top": max(c.offset for c in streamed),
-                "sx": state["snap_xid"],
-                "snap": state["snap"],
-            },
-        ).all()
+        xid, seq = streamed[-1].position.split(":")
+        top = max(c.offset for c in streamed)
+        rows = self._after(conn, state, xid, int(seq), "seq < :top", "seq", top=top)
         # Every known change of each row, in the order it happened (seq).
         known: dict[str, list[RowChange]] = {}
         for change in streamed + [
@@ -283,6 +264,38 @@ class PostgresTriggerSource:
         # The whole batch is done once the last change is: the cursor may move past it.
         ordered[-1] = dataclasses.replace(ordered[-1], cursor=changes[-1].cursor)
         return ordered
+
+    def _after(
+        self,
+        conn: sa.Connection,
+        state: dict[str, Any],
+        xid: str,
+        seq: int,
+        where: str,
+        order: str,
+        *,
+        limit: int | None = None,
+        **params: Any,
+    ) -> Sequence[sa.Row[Any]]:
+        """The changelog rows past ``(xid, seq)`` that the snapshot (if any) did not see and
+        that match ``where``, in ``order``: a stream batch, or its rows' earlier changes."""
+        unseen = "" if state["snap"] is None else f" AND {_UNSEEN}"
+        top = "" if limit is None else " LIMIT :n"
+        return conn.execute(
+            sa.text(
+                f"{_COLUMNS} WHERE source = :s AND {_AFTER} AND {where}{unseen} "
+                f"ORDER BY {order}{top}"
+            ),
+            {
+                "s": self.name,
+                "x": xid,
+                "q": seq,
+                "sx": state["snap_xid"],
+                "snap": state["snap"],
+                "n": limit,
+                **params,
+            },
+        ).all()
 
     def _change(self, row: Any, state: dict[str, Any]) -> RowChange:
         seq, xid, op, before, after, changed_at = row
@@ -350,18 +363,7 @@ def _row_key(change: RowChange) -> str:
 
 
 def _with_cursor(change: RowChange, state: dict[str, Any]) -> RowChange:
-    return RowChange(
-        table=change.table,
-        op=change.op,
-        key=change.key,
-        before=change.before,
-        after=change.after,
-        position=change.position,
-        partition=change.partition,
-        offset=change.offset,
-        committed_at=change.committed_at,
-        cursor=json.dumps(state, sort_keys=True),
-    )
+    return dataclasses.replace(change, cursor=json.dumps(state, sort_keys=True))
 
 
 class HighWaterMarkSource:

@@ -105,8 +105,8 @@ def _changes_of(legacy: Crm, crm_id: int) -> list[tuple[str, int, str]]:
     with legacy.engine.connect() as conn:
         rows = conn.execute(
             sa.text(
-                "SELECT xid::text, seq, op FROM keel_cdc.changelog WHERE source = :s "
-                "AND coalesce(after, before) ->> 'id' = :i ORDER BY xid, seq"
+                "SELECT xid::text AS xid_text, seq, op FROM keel_cdc.changelog "
+                "WHERE source = :s AND coalesce(after, before) ->> 'id' = :i ORDER BY xid, seq"
             ),
             {"s": legacy.table, "i": str(crm_id)},
         ).all()

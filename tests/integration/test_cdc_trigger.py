@@ -193,6 +193,53 @@ def test_reading_every_change_again_runs_no_command_twice(legacy: Crm):
     assert again == 35 and events_again == events
 
 
+def test_xids_of_different_lengths_are_read_in_number_order(legacy: Crm):
+    """Issue 14: the stream sorted xids as text, so once the readable changes spanned a power
+    of ten ("999", "1000") a batch took "1000" first and the cursor passed every shorter xid.
+    The changes here are real trigger rows whose xids are set to straddle one (below the
+    fence, as transactions long over)."""
+    feed = _feed(legacy, batch_size=2)
+    feed.source.install(snapshot=False)
+    with legacy.engine.begin() as conn:
+        legacy.insert(conn, 1)
+    legacy.sql("UPDATE CRM SET street = 'Side 1' WHERE id = 1")
+    with legacy.engine.begin() as conn:
+        legacy.insert(conn, 2)
+    legacy.sql("UPDATE CRM SET street = 'Side 2' WHERE id = 2")
+    with legacy.engine.begin() as conn:
+        fence = int(
+            conn.execute(
+                sa.text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+            ).scalar_one()
+        )
+        power = 10 ** (len(str(fence - 3)) - 1)  # power - 2 .. power + 1 all below the fence
+        seqs = (
+            conn.execute(
+                sa.text("SELECT seq FROM keel_cdc.changelog WHERE source = :s ORDER BY seq"),
+                {"s": legacy.table},
+            )
+            .scalars()
+            .all()
+        )
+        assert len(seqs) == 4 and power >= 10
+        for n, seq in enumerate(seqs):  # power-2, power-1, power, power+1
+            conn.execute(
+                sa.text("UPDATE keel_cdc.changelog SET xid = CAST(:x AS xid8) WHERE seq = :q"),
+                {"x": str(power - 2 + n), "q": seq},
+            )
+
+    first = feed.source.read(None, 2)
+    done = feed.run(until_caught_up=True)
+    state = shop_state(feed.app, [1, 2])
+    lost = 4 - sum(len(feed.app.store.read(crm.customer_id(i))) for i in (1, 2))
+    order = [c.position.split(":")[0] for c in first]
+    print(f"CDC[xid digits]: xids={power - 2}..{power + 1} first_batch={order} lost={lost}")
+    assert order == [str(power - 2), str(power - 1)]
+    assert done == 4 and lost == 0
+    assert state == {1: ("active", "Side 1", "Berlin"), 2: ("active", "Side 2", "Berlin")}
+    assert feed.status().lag_changes == 0
+
+
 class _LookupDown(crm.CrmCustomers):
     """A translation that asks another system (down twice) for something."""
 
