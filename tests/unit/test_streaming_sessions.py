@@ -73,7 +73,7 @@ def _announced_once(outcome: Any) -> dict[uuid.UUID, int]:
 
 
 def _session_id(stream: Any, shopper: str, first: uuid.UUID) -> uuid.UUID:
-    session_id: uuid.UUID = stream._session_id({"shopper": shopper}, str(first))
+    session_id: uuid.UUID = stream.keeper.session_id({"shopper": shopper}, str(first))
     return session_id
 
 
