@@ -22,7 +22,7 @@ from framework.streaming._aggregates import (
     Sum,
 )
 from framework.streaming._clock import Clock, accept_late, tick
-from framework.streaming._close_hooks import CloseContext, CloseHook
+from framework.streaming._closing import CloseContext, CloseHook
 from framework.streaming._interval import IntervalJoin
 from framework.streaming._joins import Join, Lookup
 from framework.streaming._late import LateEvent, late_events, redrive_late

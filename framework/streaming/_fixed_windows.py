@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from framework.projection import Projection
 from framework.streaming._aggregates import RECOMPUTE, Order
+from framework.streaming._closing import announce, note_open
 from framework.streaming._held_writes import Pending, held, upsert, window_params
 from framework.streaming._projection import StreamContext
 from framework.streaming._values import dumps, loads, utc
@@ -84,7 +85,37 @@ class FixedWindows:
         table = self._target(projection, ctx, end)
         closed = ctx.closed(end, w.grace)
         if not closed:
-            w.note_open(ctx, end)
+            note_open(w, ctx, end)
+        # A window that closed before its first contribution (late, amended) never passes a
+        # close again: its new row is announced here, once. Its effect id is the window's, the
+        # one a history that saw the contribution in time announced at the close.
+        first = closed and w.on_close is not None and self._row(ctx, table, key, start) is None
+        self._count(ctx, table, key, start, end, values, order, late, closed)
+        if first:
+            ctx.flush()  # the row, if held back
+            announce(w, projection, ctx, [self._row(ctx, table, key, start)])
+
+    def _row(
+        self, ctx: StreamContext, table: sa.Table, key: Mapping[str, Any], start: datetime
+    ) -> Any:
+        """The window's row as a dict (``None``: none yet)."""
+        row = ctx.conn.execute(sa.select(table).where(*self.windowed.pk(table, key, start)))
+        found = row.first()
+        return None if found is None else dict(found._mapping)
+
+    def _count(
+        self,
+        ctx: StreamContext,
+        table: sa.Table,
+        key: Mapping[str, Any],
+        start: datetime,
+        end: datetime,
+        values: Mapping[str, Any],
+        order: Order,
+        late: bool,
+        closed: bool,
+    ) -> None:
+        w = self.windowed
         if not w.fast:
             row = ctx.conn.execute(sa.select(table).where(*w.pk(table, key, start))).first()
             states = self._states(row)

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from framework.projection import Projection
 from framework.streaming._aggregates import Order
+from framework.streaming._closing import announce, note_open
 from framework.streaming._projection import StreamContext
 from framework.streaming._values import WINDOW_IDS, dumps, loads, utc
 from framework.streaming._windows import Session
@@ -42,28 +43,23 @@ class SessionWindows:
         """The id of the key's session whose first contribution is ``first``."""
         return uuid.uuid5(WINDOW_IDS, dumps([self.windowed.name, dict(key), first]))
 
-    def _tables(self, projection: Projection) -> list[tuple[sa.Table, bool]]:
-        """Where sessions live, with whether a row there has been announced: the result table
-        (with ``emit="final"`` only closed sessions, all announced) and the open ones'."""
-        w = self.windowed
-        if w.emit == "update":
-            return [(w.current(projection, "rows"), False)]
-        return [(w.current(projection, "rows"), True), (w.current(projection, "open"), False)]
-
     def _rows(
         self, projection: Projection, ctx: StreamContext, key: Mapping[str, Any], *where: Any
-    ) -> list[tuple[sa.Table, Any, bool]]:
-        """The key's sessions matching ``where`` (on columns both tables have), each with its
-        table and whether its ``on_close`` has run."""
-        found: list[tuple[sa.Table, Any, bool]] = []
-        for table, announced in self._tables(projection):
+    ) -> list[tuple[sa.Table, Any]]:
+        """The key's sessions matching ``where``, each with its table: the result table (with
+        ``emit="final"`` only closed sessions) and the open sessions' one."""
+        w = self.windowed
+        tables = [w.current(projection, "rows")]
+        if w.emit == "final":
+            tables.append(w.current(projection, "open"))
+        found: list[tuple[sa.Table, Any]] = []
+        for table in tables:
             c = table.c
             condition = [clause(c) for clause in where]
             for row in ctx.conn.execute(
                 sa.select(table).where(*(c[k] == v for k, v in key.items()), *condition)
             ):
-                seen = announced or bool(getattr(row, "announced", False))
-                found.append((table, row, seen))
+                found.append((table, row))
         return found
 
     def add(
@@ -77,8 +73,7 @@ class SessionWindows:
         late: bool,
     ) -> None:
         """Add a contribution: to the session it falls in, merging the sessions it bridges
-        (open or closed: the rows are the same in every interleaving; see _place for
-        ``on_close``)."""
+        (open or closed: the rows are the same in every interleaving)."""
         w, gap = self.windowed, self.gap
         touching = self._rows(
             projection,
@@ -91,8 +86,7 @@ class SessionWindows:
         first = [order[0], order[1]]
         start, end = moment, moment + gap
         contributions, late_events = 1, int(late)
-        announced: set[uuid.UUID] = set()
-        for table, row, seen in touching:
+        for table, row in touching:
             stored = loads(row.state)
             states = {n: a.merge(stored[n], states[n]) for n, a in w.aggregates.items()}
             if (stored["_first"][0], stored["_first"][1]) < (first[0], first[1]):
@@ -100,12 +94,8 @@ class SessionWindows:
             start, end = min(start, utc(row.window_start)), max(end, utc(row.window_end))
             contributions += row.contributions
             late_events += row.late_events
-            if seen:
-                announced.add(row.session_id)
             ctx.conn.execute(table.delete().where(*w.pk(table, key, row.window_start)))
-        self._place(
-            projection, ctx, key, start, end, states, first, contributions, late_events, announced
-        )
+        self._place(projection, ctx, key, start, end, states, first, contributions, late_events)
 
     def remove(
         self,
@@ -130,7 +120,7 @@ class SessionWindows:
         )
         if not holding:
             return
-        table, row, seen = holding[0]
+        table, row = holding[0]
         ctx.conn.execute(table.delete().where(*w.pk(table, key, row.window_start)))
         ledger = w.current(projection, "contrib")
         lc = ledger.c
@@ -151,7 +141,6 @@ class SessionWindows:
                 pieces[-1].append(item)
             else:
                 pieces.append([item])
-        announced = {row.session_id} if seen else set()
         for piece in pieces:
             states = {n: a.init() for n, a in w.aggregates.items()}
             for moment_, cid, values_, _late in piece:
@@ -167,7 +156,6 @@ class SessionWindows:
                 [piece[0][0], piece[0][1]],
                 len(piece),
                 sum(1 for i in piece if i[3]),
-                announced,
             )
 
     def _place(
@@ -181,17 +169,15 @@ class SessionWindows:
         first: list[Any],
         contributions: int,
         late_events: int,
-        announced: set[uuid.UUID],
     ) -> None:
         """Write a session where it belongs now. With ``emit="final"``: the result table once
-        closed, else the open sessions' table (a late event can open a closed one again).
-        ``announced`` are the ids among the rows it replaces whose ``on_close`` has run: a
-        closed session gets its ``on_close`` when it closes under an id not among them."""
+        closed, else the open sessions' table (a late event can open a closed one again). A
+        session placed closed is announced, unless its id was before (see ``_closing``)."""
         w = self.windowed
         session_id = self.session_id(key, first[1])
         closed = ctx.closed(end, w.grace)
         if not closed:
-            w.note_open(ctx, end)
+            note_open(w, ctx, end)
         row: dict[str, Any] = {
             **key,
             "window_start": start,
@@ -205,10 +191,7 @@ class SessionWindows:
             "state": dumps({**states, "_first": first}),
             **{n: a.result(states[n]) for n, a in w.aggregates.items()},
         }
-        if w.emit == "update" or closed:
-            ctx.conn.execute(w.current(projection, "rows").insert().values(**row))
-            if w.emit == "final" and session_id not in announced:
-                w.announce(projection, ctx, row)
-            return
-        row["announced"] = session_id in announced
-        ctx.conn.execute(w.current(projection, "open").insert().values(**row))
+        table = w.current(projection, "rows" if w.emit == "update" or closed else "open")
+        ctx.conn.execute(table.insert().values(**row))
+        if closed:
+            announce(w, projection, ctx, [row])

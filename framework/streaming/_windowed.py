@@ -9,20 +9,14 @@ to other windows. Rows carry
 ``closed``; rows of tables whose aggregates have no SQL arithmetic (mean, latest, collect,
 custom) also keep the aggregate states as JSON in ``state``.
 
-Sessions with ``emit="final"`` live in ``<table>__open`` until the watermark passes their end
-plus grace, then move to the table and ``on_close`` runs for them. Rows are a function of the
-accepted events alone (sessions are those events clustered by the gap, named after their first
-contribution), so they are the same in every interleaving. A late event the policy amends, or a
-correction, can still change a closed session: the row is amended in place (a late event that
-bridges two closed sessions merges them into one row under the earlier's id; one that extends a
-session past the watermark takes it back to ``__open`` until it closes again). ``on_close`` runs
-once for every session id that reaches the table, never again for it; a history that closed a
-session before such a change has also announced the id it had then.
+The rows themselves are kept by ``_fixed_windows`` (tumbling, hopping, calendar) and
+``_session_windows`` (sessions merge and split; with ``emit="final"`` open ones wait in
+``<table>__open``); a batch's writes are held back by ``_held_writes``; ``_closing`` closes
+rows and runs ``on_close``, exactly once per window.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,12 +28,12 @@ from framework.domain import DomainEvent
 from framework.errors import ConfigurationError
 from framework.projection import Projection
 from framework.streaming._aggregates import Aggregate, Order
-from framework.streaming._close_hooks import CloseContext, CloseHook
+from framework.streaming._closing import CloseHook, close_windows
 from framework.streaming._fixed_windows import FixedWindows
 from framework.streaming._held_writes import flush, held
 from framework.streaming._projection import Stream, StreamContext, StreamProjection
 from framework.streaming._session_windows import SessionWindows
-from framework.streaming._values import WINDOW_IDS, dumps, loads, utc
+from framework.streaming._values import dumps, loads, utc
 from framework.streaming._windows import Session, WindowShape
 
 __all__ = ["LATE_POLICIES", "Windowed", "windowed_tables"]
@@ -103,8 +97,9 @@ class Windowed(Stream):
       park it as ``"dead_letter"``. Each is recorded in ``<projection>__late_events``.
     - ``emit``: ``"update"`` (rows change as events arrive) or ``"final"`` (a row appears when
       its window closes; until then it is kept in ``<table>__open``). ``on_close(row, ctx)``
-      runs once per window as it closes, in the transaction that closed it; key its effects by
-      ``ctx.effect_id`` (a session's: its ``session_id``).
+      runs once per window as it closes, in the transaction that closed it (or that wrote a
+      row after its window had closed); key its effects by ``ctx.effect_id`` (a session's: its
+      ``session_id``). With sessions, ``<table>__announced`` lists the ids announced.
     - ``retention``: forget ledger entries this long after their window closed (a retraction
       after that changes nothing).
     """
@@ -130,7 +125,7 @@ class Windowed(Stream):
         on_close: CloseHook | None = None,
     ) -> None:
         super().__init__()
-        self.pending_key = self._next_close_key = ""  # set by bind
+        self.pending_key = self.next_close_key = ""  # set by bind
         self.name = name
         self.window = window
         self.aggregates = dict(aggregates)
@@ -167,13 +162,19 @@ class Windowed(Stream):
         """Statements built once per table (and dialect): see ``_held_writes``."""
         self.tables = {"rows": self._rows_table(name, metadata), "contrib": self._ledger(metadata)}
         if emit == "final":
-            self.tables["open"] = self._rows_table(f"{name}__open", metadata, open_table=True)
+            self.tables["open"] = self._rows_table(f"{name}__open", metadata)
+        if self.session and on_close is not None:
+            # Every session id whose on_close has run: a merge can absorb an announced
+            # session, and a split bring its id back.
+            self.tables["announced"] = sa.Table(
+                f"{name}__announced", metadata, sa.Column("session_id", sa.Uuid, primary_key=True)
+            )
 
     def bind(self, owner: type[StreamProjection], attr: str) -> None:
         super().bind(owner, attr)
         # Keys of the transaction's cache, built once (they are looked up per event).
         self.pending_key = f"{attr}:pending"
-        self._next_close_key = f"{attr}:next_close"
+        self.next_close_key = f"{attr}:next_close"
 
     def _check(self) -> None:
         if not self.aggregates:
@@ -199,9 +200,7 @@ class Windowed(Stream):
 
     # -- tables ---------------------------------------------------------------------------------
 
-    def _rows_table(
-        self, name: str, metadata: sa.MetaData, *, open_table: bool = False
-    ) -> sa.Table:
+    def _rows_table(self, name: str, metadata: sa.MetaData) -> sa.Table:
         columns: list[Any] = [
             sa.Column(k, type_, primary_key=True) for k, (type_, _fn) in self.key.items()
         ]
@@ -221,9 +220,6 @@ class Windowed(Stream):
         ]
         if not self.fast_possible():
             columns.append(sa.Column("state", sa.Text, nullable=False))
-        if open_table and self.session:
-            # A closed session a late event or correction opened again: its on_close has run.
-            columns.append(sa.Column("announced", sa.Boolean, nullable=False))
         return sa.Table(
             name, metadata, *columns, sa.Index(f"ix_{name}_close", "closed", "window_end")
         )
@@ -390,78 +386,12 @@ class Windowed(Stream):
         self.keeper.remove(projection, ctx, key, moment, values, order, late, retracted)
         return key, values
 
-    # -- closing --------------------------------------------------------------------------------
-
     def pk(self, table: sa.Table, key: Mapping[str, Any], start: datetime) -> list[Any]:
         """The conditions that pick the key's window (or session) starting at ``start``."""
         return [table.c.window_start == start, *(table.c[k] == v for k, v in key.items())]
 
-    def note_open(self, ctx: StreamContext, end: datetime) -> None:
-        """A window ending at ``end`` is open: the next close may be due earlier."""
-        known = ctx.cache.get(self._next_close_key, False)
-        if known is not False and (known is None or end < known):
-            ctx.cache[self._next_close_key] = end
-
-    def _next_close(self, projection: Projection, ctx: StreamContext) -> datetime | None:
-        name = self._next_close_key
-        if name not in ctx.cache:
-            flush(self, ctx)  # windows this batch opened are not in the table yet
-            table = self.current(projection, "open" if self.emit == "final" else "rows")
-            found = ctx.conn.execute(
-                sa.select(sa.func.min(table.c.window_end)).where(table.c.closed.is_(False))
-            ).scalar()
-            ctx.cache[name] = None if found is None else utc(found)
-        value: datetime | None = ctx.cache[name]
-        return value
-
     def close(self, projection: Projection, ctx: StreamContext, watermark: datetime) -> None:
-        limit = watermark - self.grace
-        upcoming = self._next_close(projection, ctx)
-        if upcoming is None or upcoming > limit:
-            return
-        ctx.flush()  # every pending write, before rows are read and hooks run
-        rows_table = self.current(projection, "rows")
-        source = self.current(projection, "open" if self.emit == "final" else "rows")
-        due = [source.c.closed.is_(False), source.c.window_end <= limit]
-        order = [*(source.c[k] for k in self.key), source.c.window_start]
-        closing = [
-            dict(r._mapping)
-            for r in ctx.conn.execute(sa.select(source).where(*due).order_by(*order))
-        ]
-        announced = [bool(row.pop("announced", False)) for row in closing]
-        for row in closing:
-            row["closed"] = True
-        if self.emit == "final":
-            if closing:
-                ctx.conn.execute(rows_table.insert(), closing)
-            ctx.conn.execute(source.delete().where(*due))
-        else:
-            ctx.conn.execute(source.update().where(*due).values(closed=True))
-        if self.retention is not None:
-            ledger = self.current(projection, "contrib")
-            ctx.conn.execute(ledger.delete().where(ledger.c.event_time < limit - self.retention))
-        ctx.cache.pop(self._next_close_key, None)
-        for row, seen in zip(closing, announced, strict=True):
-            if not seen:
-                self.announce(projection, ctx, row)
-
-    def announce(self, projection: Projection, ctx: StreamContext, row: Mapping[str, Any]) -> None:
-        """Run ``on_close`` for a row that has just closed."""
-        if self.on_close is None:
-            return
-        shown = {k: v for k, v in row.items() if k not in ("state", "announced")}
-        shown["closed"] = True
-        self.on_close(shown, CloseContext(ctx.conn, self._effect_id(row), projection))
-
-    def _effect_id(self, row: Mapping[str, Any]) -> uuid.UUID:
-        """What ``on_close`` effects are keyed by: a window's start and key, a session's id
-        (its start moves when a late event extends it)."""
-        if self.session:
-            return uuid.uuid5(WINDOW_IDS, dumps([self.name, row["session_id"]]))
-        return uuid.uuid5(
-            WINDOW_IDS,
-            dumps([self.name, utc(row["window_start"]), [row[k] for k in self.key]]),
-        )
+        close_windows(self, projection, ctx, watermark)
 
 
 def windowed_tables(projection: type[StreamProjection]) -> list[Windowed]:
