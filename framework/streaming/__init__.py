@@ -22,12 +22,13 @@ from framework.streaming._aggregates import (
     Sum,
 )
 from framework.streaming._clock import Clock, accept_late, tick
+from framework.streaming._closing import CloseContext, CloseHook
 from framework.streaming._interval import IntervalJoin
 from framework.streaming._joins import Join, Lookup
 from framework.streaming._late import LateEvent, late_events, redrive_late
 from framework.streaming._projection import Stream, StreamContext, StreamProjection
 from framework.streaming._status import StreamStatus, stream_status
-from framework.streaming._windowed import CloseContext, CloseHook, Windowed
+from framework.streaming._windowed import Windowed
 from framework.streaming._windows import Calendar, Hopping, Session, Tumbling, WindowShape
 
 __all__ = [

@@ -21,9 +21,10 @@ from framework.codec import EventEnvelope
 from framework.domain import DomainEvent
 from framework.errors import ConfigurationError
 from framework.projection import Projection, upsert
+from framework.streaming._closing import CloseContext, CloseHook
 from framework.streaming._projection import Stream, StreamContext
 from framework.streaming._values import dumps, utc
-from framework.streaming._windowed import LATE_POLICIES, CloseContext, CloseHook
+from framework.streaming._windowed import LATE_POLICIES
 
 __all__ = ["IntervalJoin"]
 

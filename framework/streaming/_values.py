@@ -10,7 +10,10 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-__all__ = ["dumps", "loads", "utc"]
+__all__ = ["WINDOW_IDS", "dumps", "loads", "utc"]
+
+WINDOW_IDS = UUID("0f6b8b8e-5a57-4d0c-b3d1-8f1f3c2a9e41")
+"""The ``uuid5`` namespace of session ids and of windows' effect ids (stored: never change it)."""
 
 
 def utc(moment: datetime) -> datetime:

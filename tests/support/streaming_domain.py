@@ -289,7 +289,9 @@ def _session_closed(row: dict[str, Any], ctx: CloseContext) -> None:
     )
 
 
-def _final_sessions(name: str, metadata: sa.MetaData, **options: Any) -> Windowed:
+def _final_sessions(
+    name: str, metadata: sa.MetaData, emit: str = "final", **options: Any
+) -> Windowed:
     return Windowed(
         name,
         metadata,
@@ -300,7 +302,7 @@ def _final_sessions(name: str, metadata: sa.MetaData, **options: Any) -> Windowe
         contributes=Sale.Made,
         contribution_id=lambda e: e.originator_id,
         grace=timedelta(minutes=5),
-        emit="final",
+        emit=emit,
         **options,
     )
 
@@ -356,3 +358,120 @@ class SessionProperty(StreamProjection):
         "t_prop_sessions_drop", metadata, late="drop", on_close=_session_closed
     )
     session_effects = _effects_table("t_prop_session_effects", metadata)
+
+
+def _closes_into(stream: str) -> Any:
+    """An ``on_close`` hook that writes each closed window down once per effect id, with only
+    what every history agrees on (the counts at close depend on when the close came)."""
+
+    def closed(row: dict[str, Any], ctx: CloseContext) -> None:
+        table = ctx.projection.window_effects  # type: ignore[attr-defined]
+        upsert(
+            ctx.conn,
+            table,
+            {
+                "effect_id": ctx.effect_id,
+                "stream": stream,
+                "window_start": row["window_start"],
+                "country": row["country"],
+                "closings": 1,
+            },
+            update={"closings": table.c.closings + 1},
+        )
+
+    return closed
+
+
+def _late_fixed(name: str, metadata: sa.MetaData, window: Any, **options: Any) -> Windowed:
+    return Windowed(
+        name,
+        metadata,
+        window=window,
+        time=_when,
+        key={"country": (sa.String(2), lambda e: e.country)},
+        contributes=Sale.Made,
+        replaces=Sale.Corrected,
+        retracts=Sale.Voided,
+        contribution_id=lambda e: e.originator_id,
+        grace=timedelta(minutes=10),
+        **options,
+    )
+
+
+def _counted() -> dict[str, Any]:
+    return {"sales": Count(), "revenue": Sum(lambda e: e.amount, type=sa.Numeric(14, 2))}
+
+
+class LateWindows(StreamProjection):
+    """Fixed windows that amend late events, each announcing its windows through ``on_close``:
+    also a window whose first contribution (an event or a correction) comes after its close."""
+
+    name = "test_late_windows"
+    metadata = sa.MetaData()
+    event_time = staticmethod(lambda e: e.at)
+
+    hourly = _late_fixed(
+        "t_late_hourly",
+        metadata,
+        Tumbling(hours=1),
+        aggregates=_counted(),
+        on_close=_closes_into("hourly"),
+    )
+    hourly_final = _late_fixed(
+        "t_late_hourly_final",
+        metadata,
+        Tumbling(hours=1),
+        aggregates=_counted(),
+        emit="final",
+        on_close=_closes_into("hourly_final"),
+    )
+    hopping = _late_fixed(  # Mean has no SQL arithmetic: the path that reads the row
+        "t_late_hopping",
+        metadata,
+        Hopping(size=timedelta(hours=2), step=timedelta(hours=1)),
+        aggregates={"sales": Count(), "mean": Mean(lambda e: e.amount)},
+        on_close=_closes_into("hopping"),
+    )
+    daily = _late_fixed(
+        "t_late_daily",
+        metadata,
+        Calendar(days=1, tz="Europe/Zurich"),
+        aggregates=_counted(),
+        emit="final",
+        on_close=_closes_into("daily"),
+    )
+    window_effects = sa.Table(
+        "t_late_window_effects",
+        metadata,
+        sa.Column("effect_id", sa.Uuid, primary_key=True),
+        sa.Column("stream", sa.String(20), nullable=False),
+        sa.Column("window_start", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("country", sa.String(2), nullable=False),
+        sa.Column("closings", sa.Integer, nullable=False),
+    )
+
+
+class SplitSessions(StreamProjection):
+    """Sessions of both emit modes that amend late events, take corrections and voids, and
+    announce every closed session: for the rule that each session id is announced once."""
+
+    name = "test_split_sessions"
+    metadata = sa.MetaData()
+    event_time = staticmethod(lambda e: e.at)
+
+    final = _final_sessions(
+        "t_split_final",
+        metadata,
+        replaces=Sale.Corrected,
+        retracts=Sale.Voided,
+        on_close=_session_closed,
+    )
+    updating = _final_sessions(
+        "t_split_update",
+        metadata,
+        emit="update",
+        replaces=Sale.Corrected,
+        retracts=Sale.Voided,
+        on_close=_session_closed,
+    )
+    session_effects = _effects_table("t_split_session_effects", metadata)
