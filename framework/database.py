@@ -21,7 +21,14 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 from framework.settings import database_url, normalise_database_url
 
-__all__ = ["Backoff", "create_engine", "engine_for", "is_connectivity_error", "read_only"]
+__all__ = [
+    "Backoff",
+    "create_engine",
+    "engine_for",
+    "is_connectivity_error",
+    "read_only",
+    "serialize_ddl",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +80,15 @@ def read_only(conn: Connection) -> Connection:
 
 # SQLite reports programming mistakes as OperationalError too; these are not outages.
 _SQLITE_MISTAKES = ("syntax error", "no such column", "has no column", 'near "')
+
+
+def serialize_ddl(conn: Connection, what: str) -> None:
+    """Within ``conn``'s transaction, wait for any other process creating ``what``: processes
+    that start at once on a fresh PostgreSQL database race in its catalogue even under
+    ``IF NOT EXISTS`` ("tuple concurrently updated", a duplicate key in ``pg_type``). Other
+    databases serialise DDL themselves."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:what))"), {"what": what})
 
 
 def is_connectivity_error(error: BaseException) -> bool:

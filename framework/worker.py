@@ -36,7 +36,7 @@ from sqlalchemy.engine import Engine
 
 from framework import dead_letters
 from framework.applier import Applier, ApplierStats
-from framework.database import Backoff, engine_for, read_only
+from framework.database import Backoff, engine_for, read_only, serialize_ddl
 from framework.errors import (
     ConfigurationError,
     ProjectionError,
@@ -93,6 +93,7 @@ def setup_tables(engine: Engine, *projections: Projection) -> None:
     """Create the framework's tables and these projections' tables when missing. Handy for
     tests and the embedded default; production databases are migrated with Alembic."""
     with engine.begin() as conn:
+        serialize_ddl(conn, "keel:tables")
         framework_metadata.create_all(conn)
         for projection in projections:
             projection.create_tables(conn)

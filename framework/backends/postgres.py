@@ -92,9 +92,15 @@ def open_store(url: str, *, name: str) -> RecorderEventStore:
     prefix = table_prefix(name)
     events = PostgresApplicationRecorder(datastore, events_table_name=f"{prefix}_events")
     snapshots = PostgresAggregateRecorder(datastore, events_table_name=f"{prefix}_snapshots")
-    with translated_errors():
-        events.create_table()
-        snapshots.create_table()
+    with translated_errors(), datastore.get_connection() as conn:
+        # Processes starting at once on a fresh database race in PostgreSQL's catalogue even
+        # with IF NOT EXISTS ("tuple concurrently updated"): one creates, the others wait.
+        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"keel:create:{prefix}",))
+        try:
+            events.create_table()
+            snapshots.create_table()
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"keel:create:{prefix}",))
     return RecorderEventStore(
         name,
         events,

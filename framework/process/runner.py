@@ -40,7 +40,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from framework import dead_letters
 from framework.application import Application
-from framework.database import Backoff
+from framework.database import Backoff, serialize_ddl
 from framework.dead_letters import DeadLetter, RedriveResult
 from framework.errors import (
     CommandError,
@@ -292,6 +292,7 @@ class ProcessWorker:
     def setup(self) -> None:
         """Create the framework's tables when missing (tests; Alembic in production)."""
         with self.engine.begin() as conn:
+            serialize_ddl(conn, "keel:tables")
             framework_metadata.create_all(conn)
 
     def run(self, stop: threading.Event | None = None) -> None:

@@ -26,6 +26,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from framework.database import serialize_ddl
+
 __all__ = [
     "Beat",
     "Pulse",
@@ -97,7 +99,9 @@ def _ensure(engine: sa.Engine) -> None:
         return
     with _lock:
         if id(engine) not in _created:
-            metadata.create_all(engine, checkfirst=True)
+            with engine.begin() as conn:
+                serialize_ddl(conn, "keel:heartbeats")
+                metadata.create_all(conn, checkfirst=True)
             _created.add(id(engine))
 
 
