@@ -24,7 +24,7 @@ def read_kafka(
         isolation_level="read_committed",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        metrics_enabled=False,  # as keel's clients run: no sensors nothing reads
+        metrics_enabled=False,  # as in keel's clients (not so its selector: see the README)
     )
     started = time.perf_counter()
     consumer.subscribe([topic])
@@ -80,7 +80,7 @@ def produce_records(
         enable_idempotence=True,
         transactional_id=topic + "-tx",
         retry_backoff_ms=5,
-        metrics_enabled=False,  # as keel's clients run: no sensors nothing reads
+        metrics_enabled=False,  # as in keel's clients (not so its selector: see the README)
     )
     producer.init_transactions()
     started = time.perf_counter()

@@ -18,7 +18,8 @@ Scaling: one worker process, then two worker processes of one projection (a cons
 the 3 partitions) into PostgreSQL, timed once the group has settled (see :func:`scale`); the
 machine's CPU use over the window is reported (on 2 cores shared with the broker and the database,
 CPU saturation bounds the gain; and 3 partitions split 2 + 1 between two workers bound it at
-1.5x when one worker is CPU-bound).
+1.5x when one worker is CPU-bound). The full run repeats it on a topic of 4 partitions, split
+2 + 2, where the split does not decide the gain.
 """
 
 from __future__ import annotations
@@ -203,6 +204,37 @@ def scale(
     }
 
 
+def _scaling(
+    ctx: Context,
+    section: Section,
+    store: Any,
+    name: str,
+    url: str,
+    reached: dict[int, int],
+    *,
+    suffix: str,
+) -> None:
+    """Rows ``workers_1<suffix>`` and ``workers_2<suffix>``: one, then two worker processes."""
+    partitions = len(reached)
+    results = {}
+    for workers in (1, 2):
+        ctx.log(f"  {workers} worker process(es) into postgres, {partitions} partitions")
+        results[workers] = scale(ctx, store, name, url, reached, workers)
+    for workers, data in results.items():
+        section.add(
+            Row(
+                f"workers_{workers}{suffix}",
+                f"{workers} worker process{'es' if workers > 1 else ''}, {partitions} "
+                f"partitions, PostgreSQL (CPU {data['cpu_busy_percent']:.0f}% of "
+                f"{data['cores']} cores)",
+                rate(data["events"], data["seconds"]),
+                "events/s",
+                peer=f"workers_1{suffix}" if workers > 1 else None,
+                raw=data,
+            )
+        )
+
+
 def run(ctx: Context) -> Section:
     from bench.bare import read_kafka as bare_read_kafka
     from bench.readmodel import bare_read_store, fill_store
@@ -281,23 +313,20 @@ def run(ctx: Context) -> Section:
             except ServiceMissing as missing:
                 section.skipped.append(f"scaling: {missing}")
                 return section
-            results = {}
-            for workers in (1, 2):
-                ctx.log(f"  {workers} worker process(es) into postgres")
-                results[workers] = scale(ctx, store, name, url, reached, workers)
-            for workers, data in results.items():
-                section.add(
-                    Row(
-                        f"workers_{workers}",
-                        f"{workers} worker process{'es' if workers > 1 else ''}, 3 partitions, "
-                        f"PostgreSQL (CPU {data['cpu_busy_percent']:.0f}% of "
-                        f"{data['cores']} cores)",
-                        rate(data["events"], data["seconds"]),
-                        "events/s",
-                        peer="workers_1" if workers > 1 else None,
-                        raw=data,
-                    )
-                )
+            _scaling(ctx, section, store, name, url, reached, suffix="")
+            if not ctx.quick:
+                # 3 partitions split 2 + 1 cap two workers at 1.5x; 4 split evenly show what
+                # a second worker gives when the split does not decide it.
+                name4 = ctx.name("proj4")
+                url4 = ctx.kafka_url(name4, partitions=4)
+                store4 = open_store(url4, name=name4)
+                try:
+                    ctx.log(f"  writing {records:,} records on 4 partitions")
+                    reached4: dict[int, int] = {}
+                    fill_store(store4, records, reached=reached4)
+                    _scaling(ctx, section, store4, name4, url4, reached4, suffix="_p4")
+                finally:
+                    store4.close()
     finally:
         store.close()
     return section

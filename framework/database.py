@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from framework.settings import database_url, normalise_database_url
 
 __all__ = [
+    "DDL_LOCK",
     "Backoff",
     "create_engine",
     "engine_for",
@@ -82,13 +83,17 @@ def read_only(conn: Connection) -> Connection:
 _SQLITE_MISTAKES = ("syntax error", "no such column", "has no column", 'near "')
 
 
-def serialize_ddl(conn: Connection, what: str) -> None:
-    """Within ``conn``'s transaction, wait for any other process creating ``what``: processes
-    that start at once on a fresh PostgreSQL database race in its catalogue even under
-    ``IF NOT EXISTS`` ("tuple concurrently updated", a duplicate key in ``pg_type``). Other
-    databases serialise DDL themselves."""
+DDL_LOCK = "keel:tables"
+"""The PostgreSQL advisory lock (``hashtext`` of it) under which keel creates tables."""
+
+
+def serialize_ddl(conn: Connection) -> None:
+    """Within ``conn``'s transaction, wait for any other process creating keel's tables:
+    processes that start at once on a fresh PostgreSQL database race in its catalogue even
+    under ``IF NOT EXISTS`` ("tuple concurrently updated", a duplicate key in ``pg_type``).
+    Other databases serialise DDL themselves."""
     if conn.dialect.name == "postgresql":
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:what))"), {"what": what})
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": DDL_LOCK})
 
 
 def is_connectivity_error(error: BaseException) -> bool:

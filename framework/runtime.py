@@ -11,7 +11,8 @@ long as the process) and collects the young generation every ``KEEL_GC_THRESHOLD
 10,000) allocations instead; memory held by garbage cycles waits a little longer, nothing is
 leaked. ``KEEL_GC_THRESHOLD=0`` keeps Python's defaults.
 
-The worker, writer and CDC feed command lines call it once their start-up is done; a
+The worker, writer, process-manager and CDC feed command lines (and their management
+commands) call it once their start-up is done; a
 process that hosts a worker among other work (a web process running one in a thread) is left as
 it is unless it calls this itself.
 """

@@ -93,7 +93,7 @@ def setup_tables(engine: Engine, *projections: Projection) -> None:
     """Create the framework's tables and these projections' tables when missing. Handy for
     tests and the embedded default; production databases are migrated with Alembic."""
     with engine.begin() as conn:
-        serialize_ddl(conn, "keel:tables")
+        serialize_ddl(conn)
         framework_metadata.create_all(conn)
         for projection in projections:
             projection.create_tables(conn)

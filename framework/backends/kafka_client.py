@@ -67,8 +67,8 @@ class QuietSelector(selectors.DefaultSelector):
         self._keys: dict[int, selectors.SelectorKey] | None = getattr(self, "_fd_to_key", None)
 
     def get_key(self, fileobj: Any) -> selectors.SelectorKey:
-        if self._lookup is None or self._keys is None:
-            return super().get_key(fileobj)
+        if self._lookup is None or self._keys is None or self.get_map() is None:
+            return super().get_key(fileobj)  # (a closed selector says so, as it should)
         key = self._keys.get(self._lookup(fileobj))
         if key is None:
             raise KeyError(fileobj)  # repr'd only if someone prints it

@@ -260,6 +260,14 @@ def _describe(admin: KafkaAdminClient, topic: str) -> dict[str, Any] | None:
     return described
 
 
+def _described_or_none(admin: KafkaAdminClient, topic: str) -> dict[str, Any] | None:
+    try:
+        return _describe(admin, topic)
+    except KafkaError as error:  # a broker that lags may also fail the request: ask again
+        log.debug("describing %r: %s", topic, error)
+        return None
+
+
 def _ensure(
     admin: KafkaAdminClient,
     topic: str,
@@ -281,7 +289,7 @@ def _ensure(
                     "configs": dict(configs),
                 }
             },
-            timeout_ms=int(timeout * 1000),
+            timeout_ms=max(1, int((deadline - time.monotonic()) * 1000)),
         )
         log.info("created topic %r (%s partitions, RF %s)", topic, partitions, replication_factor)
     except TopicAlreadyExistsError:
@@ -289,7 +297,7 @@ def _ensure(
     admin.wait_for_topics([topic], timeout_ms=max(1, int((deadline - time.monotonic()) * 1000)))
     # wait_for_topics heard of the topic from one broker; on a cluster the next request may go
     # to another whose metadata has not caught up yet: ask again until the deadline.
-    while (described := _describe(admin, topic)) is None:
+    while (described := _described_or_none(admin, topic)) is None:
         if time.monotonic() >= deadline:
             raise StoreUnavailableError(
                 f"topic {topic!r} was created but cannot be described within {timeout:g} s"

@@ -11,6 +11,7 @@ append was rolled back.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -24,6 +25,7 @@ from psycopg.sql import SQL, Literal
 
 from framework.backends.recorders import RecorderEventStore, size_limits, translated_errors
 from framework.backends.sqlite import table_prefix
+from framework.database import DDL_LOCK
 from framework.errors import ConfigurationError
 
 MAX_APPEND_BYTES = 3 * 1024 * 1024
@@ -92,15 +94,22 @@ def open_store(url: str, *, name: str) -> RecorderEventStore:
     prefix = table_prefix(name)
     events = PostgresApplicationRecorder(datastore, events_table_name=f"{prefix}_events")
     snapshots = PostgresAggregateRecorder(datastore, events_table_name=f"{prefix}_snapshots")
-    with translated_errors(), datastore.get_connection() as conn:
-        # Processes starting at once on a fresh database race in PostgreSQL's catalogue even
-        # with IF NOT EXISTS ("tuple concurrently updated"): one creates, the others wait.
-        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"keel:create:{prefix}",))
-        try:
-            events.create_table()
-            snapshots.create_table()
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"keel:create:{prefix}",))
+    try:
+        with translated_errors(), datastore.get_connection() as conn:
+            # Processes starting at once on a fresh database race in PostgreSQL's catalogue
+            # even under IF NOT EXISTS (the stores of a schema share a composite type, too):
+            # one creates, the others wait. The pool's connections autocommit: a session lock.
+            conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (DDL_LOCK,))
+            try:
+                events.create_table()
+                snapshots.create_table()
+            finally:
+                # A broken connection is dropped by the pool, and its lock with it.
+                with contextlib.suppress(Exception):
+                    conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (DDL_LOCK,))
+    except BaseException:
+        datastore.close()
+        raise
     return RecorderEventStore(
         name,
         events,

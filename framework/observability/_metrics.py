@@ -82,7 +82,9 @@ def _recorded(name: str) -> Any:
         return _meter.create_histogram(
             name, unit=unit, description=description, explicit_bucket_boundaries_advisory=buckets
         )
-    return _meter.create_counter(name, unit=unit, description=description)
+    if kind == "counter":
+        return _meter.create_counter(name, unit=unit, description=description)
+    raise ValueError(f"{name!r} is declared {kind!r}: only counters and histograms are recorded")
 
 
 class _Instruments:
@@ -100,7 +102,7 @@ class _Instruments:
     process_duration: Histogram
 
     def __init__(self) -> None:
-        for attribute in self.__annotations__:
+        for attribute in type(self).__annotations__:
             setattr(self, attribute, _recorded(getattr(n, attribute.upper())))
 
 

@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         worker = load_worker(args.target, **options)
-    except (FrameworkError, TypeError) as error:
+    # (ImportError and the like from the factory's own body, once the import succeeded)
+    except (FrameworkError, ImportError, AttributeError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:

@@ -292,7 +292,7 @@ class ProcessWorker:
     def setup(self) -> None:
         """Create the framework's tables when missing (tests; Alembic in production)."""
         with self.engine.begin() as conn:
-            serialize_ddl(conn, "keel:tables")
+            serialize_ddl(conn)
             framework_metadata.create_all(conn)
 
     def run(self, stop: threading.Event | None = None) -> None:

@@ -12,7 +12,8 @@ first contribution is a late event the policy amends or a correction moved there
 runs once per window: a fixed window's row is never deleted, and a session id whose hook has
 run is remembered in ``<table>__announced``, so a merge that absorbs an announced session and a
 void that splits it out again, or a late event that reopens it, do not announce it again.
-``ctx.effect_id`` (``uuid5`` of the table, the window's start and key; a session's: its id) is
+``ctx.effect_id`` (``uuid5`` of the table and the window's start and key, or of the table and
+the ``session_id``) is
 the same in every history, and a history that saw the late contribution in time announced the
 same window at its close, so effects keyed by it happen once, rebuilds included. A closed
 session that changes afterwards can change its id (a bridging event merges it into the earlier

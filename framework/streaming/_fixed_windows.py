@@ -93,11 +93,13 @@ class FixedWindows:
         self._count(ctx, table, key, start, end, values, order, late, closed)
         if first:
             ctx.flush()  # the row, if held back
-            announce(w, projection, ctx, [self._row(ctx, table, key, start)])
+            row = self._row(ctx, table, key, start)
+            assert row is not None, "the row was just written"
+            announce(w, projection, ctx, [row])
 
     def _row(
         self, ctx: StreamContext, table: sa.Table, key: Mapping[str, Any], start: datetime
-    ) -> Any:
+    ) -> dict[str, Any] | None:
         """The window's row as a dict (``None``: none yet)."""
         row = ctx.conn.execute(sa.select(table).where(*self.windowed.pk(table, key, start)))
         found = row.first()

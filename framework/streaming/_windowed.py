@@ -98,8 +98,9 @@ class Windowed(Stream):
     - ``emit``: ``"update"`` (rows change as events arrive) or ``"final"`` (a row appears when
       its window closes; until then it is kept in ``<table>__open``). ``on_close(row, ctx)``
       runs once per window as it closes, in the transaction that closed it (or that wrote a
-      row after its window had closed); key its effects by ``ctx.effect_id`` (a session's: its
-      ``session_id``). With sessions, ``<table>__announced`` lists the ids announced.
+      row after its window had closed); key its effects by ``ctx.effect_id`` (a ``uuid5`` of
+      the table and the window's start and key, or of the table and the ``session_id``). With
+      sessions, ``<table>__announced`` lists the ids announced.
     - ``retention``: forget ledger entries this long after their window closed (a retraction
       after that changes nothing).
     """

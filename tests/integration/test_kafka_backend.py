@@ -149,8 +149,8 @@ def test_nonsense_layout_is_refused_before_connecting() -> None:
 
 def test_the_store_clients_run_on_keels_client_defaults(store: KafkaEventStore) -> None:
     a = uuid.uuid4()
-    store.append([ev(a, 1, b"1")])  # a producer that has written, through the quiet selector
-    producer = store._new_producer()
+    store.append([ev(a, 1, b"1")])  # the store's own clients work on these defaults
+    producer = store._new_producer()  # made as the store makes every producer
     try:
         assert producer.config["selector"] is QuietSelector
         assert producer.config["metrics_enabled"] is False

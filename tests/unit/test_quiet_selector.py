@@ -51,6 +51,8 @@ def test_a_miss_raises_key_error_without_formatting_the_socket(
             assert watched.formatted >= 1
             before = watched.formatted
     assert watched.formatted == before
+    standard.close()
+    quiet.close()
 
 
 def test_it_selects_as_the_standard_selector_does(
@@ -71,3 +73,5 @@ def test_it_selects_as_the_standard_selector_does(
     with pytest.raises(KeyError):
         quiet.get_key(a)
     quiet.close()
+    with pytest.raises(RuntimeError, match="closed"):  # as the standard selector says
+        quiet.get_key(a)

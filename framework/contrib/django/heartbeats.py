@@ -100,7 +100,7 @@ def _ensure(engine: sa.Engine) -> None:
     with _lock:
         if id(engine) not in _created:
             with engine.begin() as conn:
-                serialize_ddl(conn, "keel:heartbeats")
+                serialize_ddl(conn)
                 metadata.create_all(conn, checkfirst=True)
             _created.add(id(engine))
 

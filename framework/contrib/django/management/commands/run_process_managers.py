@@ -53,9 +53,9 @@ class Command(BaseCommand):
         try:
             workers = pick_process_workers(options["names"])
             serve_metrics(options["metrics_port"])
+            tune_garbage_collector()  # a process of its own: see framework.runtime
         except FrameworkError as error:
             raise CommandError(str(error)) from error
-        tune_garbage_collector()  # a process of its own: see framework.runtime
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
