@@ -475,3 +475,62 @@ class SplitSessions(StreamProjection):
         on_close=_session_closed,
     )
     session_effects = _effects_table("t_split_session_effects", metadata)
+
+
+def _unmatched_into(stream: str) -> Any:
+    """An ``on_unmatched`` hook that writes each trigger down once per effect id and counts the
+    runs, with what every history agrees on (the key and the status)."""
+
+    def unmatched(row: dict[str, Any], ctx: CloseContext) -> None:
+        table = ctx.projection.unmatched_effects  # type: ignore[attr-defined]
+        upsert(
+            ctx.conn,
+            table,
+            {
+                "effect_id": ctx.effect_id,
+                "stream": stream,
+                "sale_id": row["sale_id"],
+                "status": row["status"],
+                "runs": 1,
+            },
+            update={"runs": table.c.runs + 1},
+        )
+
+    return unmatched
+
+
+def _payments_join(name: str, metadata: sa.MetaData, stream: str, **options: Any) -> IntervalJoin:
+    return IntervalJoin(
+        name,
+        metadata,
+        left=Sale.Made,
+        right=Payment.Received,
+        key=("sale_id", sa.Uuid, lambda e: getattr(e, "sale_id", e.originator_id)),
+        within=timedelta(minutes=30),
+        on_unmatched=_unmatched_into(stream),
+        **options,
+    )
+
+
+class UnmatchedJoins(StreamProjection):
+    """ "Made, but not paid within 30 minutes" under each late policy (left joins) and as an
+    outer join, every trigger counted: for the rule that each key's ``on_unmatched`` runs once."""
+
+    name = "test_unmatched_joins"
+    metadata = sa.MetaData()
+    event_time = staticmethod(lambda e: e.at)
+
+    amended = _payments_join("t_unpaid_amend", metadata, "amended")
+    dropped = _payments_join("t_unpaid_drop", metadata, "dropped", late="drop")
+    parked = _payments_join("t_unpaid_parked", metadata, "parked", late="dead_letter")
+    graced = _payments_join("t_unpaid_grace", metadata, "graced", grace=timedelta(minutes=10))
+    outer = _payments_join("t_unpaid_outer", metadata, "outer", how="outer")
+    unmatched_effects = sa.Table(
+        "t_unmatched_effects",
+        metadata,
+        sa.Column("effect_id", sa.Uuid, primary_key=True),
+        sa.Column("stream", sa.String(20), nullable=False),
+        sa.Column("sale_id", sa.Uuid, nullable=False),
+        sa.Column("status", sa.String(10), nullable=False),
+        sa.Column("runs", sa.Integer, nullable=False),
+    )
