@@ -180,8 +180,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="N",
         help=f"most commands in one transaction (default {defaults.max_batch})",
     )
+    run.add_argument(
+        "--linger",
+        type=float,
+        default=defaults.linger,
+        metavar="S",
+        help="seconds a transaction may wait for this process's callers of the last one to "
+        f"come back, never past the moment they all are (default {defaults.linger:g}; 0: never)",
+    )
     status.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
+    if args.action == "run" and args.linger < 0:
+        parser.error("--linger must be 0 or more seconds")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -199,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             instance_id=args.instance_id,
             session_timeout=args.session_timeout,
             max_batch=args.max_batch,
+            linger=args.linger,
         )
         try:
             tune_garbage_collector()

@@ -54,6 +54,7 @@ from framework.backends.kafka_commands import (
 from framework.backends.kafka_records import encode_event
 from framework.backends.kafka_writer import (
     BoundedCallTimeout,
+    Gathering,
     call_bounded,
     close_quietly,
     is_fenced,
@@ -97,6 +98,9 @@ class WriterSettings:
     max_poll_interval: float = 60.0
     max_batch: int = 500
     """Most commands decided into one transaction."""
+    linger: float = 0.002
+    """Seconds a batch may wait for this process's callers of the last transaction to come
+    back (never longer than until they all are; a lone caller never waits)."""
     cache_size: int = 10_000
     """Aggregates kept in memory per shard between commands."""
 
@@ -112,6 +116,8 @@ class _Local:
     metadata: Metadata
     done: threading.Event = field(default_factory=threading.Event)
     outcome: CommandResult | BaseException | None = None
+    caller: int = field(default_factory=threading.get_ident)
+    """The executing thread (see :class:`~framework.backends.kafka_writer.Gathering`)."""
 
 
 @dataclass(eq=False)
@@ -192,6 +198,7 @@ class ShardOwner:
         self.transactional_id = f"{self.store.name}-writer-{shard}"
         self.settings = member.settings
         self.inbox: queue.Queue[_Local | _Consumed] = queue.Queue()
+        self._gathering = Gathering(self.settings.linger)
         self.ready = threading.Event()
         self.stopping = threading.Event()
         self.cache: OrderedDict[UUID, Aggregate] = OrderedDict()
@@ -295,12 +302,13 @@ class ShardOwner:
             first = self.inbox.get(timeout=0.1)
         except queue.Empty:
             return []
-        batch = [first]
-        while len(batch) < self.settings.max_batch:
-            try:
-                batch.append(self.inbox.get_nowait())
-            except queue.Empty:
-                break
+        batch, _ = self._gathering.gather(
+            self.inbox,
+            first,
+            limit=self.settings.max_batch,
+            weight=lambda _: 1,
+            caller_of=lambda item: item.caller if isinstance(item, _Local) else None,
+        )
         return batch
 
     def _process(self, batch: list[_Local | _Consumed]) -> None:

@@ -37,6 +37,7 @@ from framework.backends.kafka_client import (
     ProducerFencedError,
 )
 from framework.backends.kafka_index import TopicIndex
+from framework.backends.kafka_markers import MarkerWatch
 from framework.backends.kafka_records import encode_event
 from framework.errors import (
     ConcurrencyError,
@@ -50,6 +51,7 @@ from framework.persistence import NewEvent, Positions, RecordedEvent
 __all__ = [
     "AppendRequest",
     "BoundedCallTimeout",
+    "Gathering",
     "ShardWriter",
     "call_bounded",
     "close_quietly",
@@ -125,6 +127,8 @@ class AppendRequest:
     partitions: Sequence[int]
     deadline: float = float("inf")
     """``time.monotonic()`` past which the caller no longer waits."""
+    caller: int = field(default_factory=threading.get_ident)
+    """The appending thread (callers that come back in turn need not be waited for)."""
     recorded: list[RecordedEvent] = field(default_factory=list)
     positions: Positions | None = None
     error: BaseException | None = None
@@ -177,6 +181,52 @@ class _Unknown(Exception):
     """The commit was sent and its answer did not come back."""
 
 
+class Gathering:
+    """Group commit's batching rule, for a queue that callers in other threads fill: take the
+    first item and whatever else is waiting; when the last batch held several callers, linger up
+    to ``linger`` seconds for them to come back (they were waiting on that transaction and
+    return together), but only until every one of them is back: no one else is coming then. A
+    lone caller never waits."""
+
+    def __init__(self, linger: float) -> None:
+        self.linger = linger
+        self._last: set[int] = set()
+
+    def gather(
+        self,
+        source: queue.Queue[Any],
+        first: Any,
+        *,
+        limit: int,
+        weight: Callable[[Any], int],
+        caller_of: Callable[[Any], int | None],
+        stop: object = None,
+    ) -> tuple[list[Any], bool]:
+        """The batch starting with ``first`` (up to ``limit`` of ``weight``), and whether
+        ``stop`` (never in the batch) was taken from ``source``."""
+        batch, total = [first], weight(first)
+        caller = caller_of(first)
+        callers = set() if caller is None else {caller}
+        until = time.monotonic() + (self.linger if len(self._last) > 1 else 0.0)
+        stopped = False
+        while total < limit:
+            back = self._last <= callers
+            try:
+                item = source.get(timeout=0 if back else max(0.0, until - time.monotonic()))
+            except queue.Empty:
+                break
+            if stop is not None and item is stop:
+                stopped = True
+                break
+            batch.append(item)
+            total += weight(item)
+            caller = caller_of(item)
+            if caller is not None:
+                callers.add(caller)
+        self._last = callers
+        return batch, stopped
+
+
 @dataclass
 class WriterSettings:
     """Tuning of a :class:`ShardWriter` (see the store's URL options)."""
@@ -215,6 +265,11 @@ class ShardWriter:
         self._queue: queue.Queue[Any] = queue.Queue()
         self._closed = False
         self.stats = {"transactions": 0, "inits": 0, "fenced": 0, "unknown": 0, "batched": 0}
+        self._markers = MarkerWatch(
+            lambda partitions: topic_index.end_offsets(partitions),
+            stable_timeout=settings.stable_timeout,
+            name=transactional_id,
+        )
         self._thread = threading.Thread(
             target=self._run, name=f"keel-writer-{transactional_id}", daemon=True
         )
@@ -231,7 +286,7 @@ class ShardWriter:
         # it); a writer stuck in one call past it is not waited for beyond a little slack.
         give_up = request.deadline + DEADLINE_SLACK
         while not request.done.wait(max(0.0, min(0.5, give_up - time.monotonic()))):
-            if not self._thread.is_alive():
+            if not (self._thread.is_alive() and self._markers.is_alive()):
                 raise StoreError("the shard writer thread stopped")
             if time.monotonic() >= give_up:
                 if request.abandon():
@@ -256,33 +311,25 @@ class ShardWriter:
         self._closed = True
         self._queue.put(_STOP)
         self._thread.join(self._settings.append_timeout)
+        self._markers.close(self._settings.stable_timeout + DEADLINE_SLACK)
         self._drop_producer()
 
     # The writer thread.
 
     def _run(self) -> None:
-        concurrent = False
+        gathering = Gathering(self._settings.linger)
         while True:
             item = self._queue.get()
             if item is _STOP:
                 return
-            batch: list[AppendRequest] = [item]
-            size = len(item.events)
-            stop = False
-            # Callers that were waiting on the last transaction come back together: linger a
-            # moment for them, so batches stay whole instead of alternating halves.
-            until = time.monotonic() + (self._settings.linger if concurrent else 0.0)
-            while size < self._settings.max_batch:
-                try:
-                    more = self._queue.get(timeout=max(0.0, until - time.monotonic()))
-                except queue.Empty:
-                    break
-                if more is _STOP:
-                    stop = True
-                    break
-                batch.append(more)
-                size += len(more.events)
-            concurrent = len(batch) > 1
+            batch, stop = gathering.gather(
+                self._queue,
+                item,
+                limit=self._settings.max_batch,
+                weight=lambda request: len(request.events),
+                caller_of=lambda request: request.caller,
+                stop=_STOP,
+            )
             batch = [request for request in batch if request.take()]
             try:
                 if batch:
@@ -488,8 +535,7 @@ class ShardWriter:
         for request, recorded in zip(accepted, unknown.args[0], strict=True):
             present = [index.contains(event) for event in recorded]
             if all(present):
-                self._wait_stable(recorded, deadline)
-                request.succeed(recorded)
+                self._markers.hand(request, recorded, positions_of(recorded), deadline)
             elif not any(present):
                 again.append(request)
             else:  # A transaction is atomic: this cannot happen.
@@ -507,35 +553,9 @@ class ShardWriter:
             # shard's partitions to the end again.
             log.exception("could not index the committed events; re-initialising the writer")
             self._drop_producer()
-        self._wait_stable(everything, deadline)
+        # The callers hear once the commit markers are visible; the next batch need not wait.
         for request, events in zip(accepted, recorded, strict=True):
-            request.succeed(events)
-
-    def _wait_stable(self, recorded: Sequence[RecordedEvent], until: float) -> None:
-        """Wait until the commit markers are written, so every read_committed reader sees it
-        (committed is committed: past ``until`` or stable_timeout, the caller hears so)."""
-        wanted: dict[int, int] = {}
-        for event in recorded:
-            wanted[event.partition] = max(wanted.get(event.partition, 0), event.offset + 1)
-        deadline = min(until, time.monotonic() + self._settings.stable_timeout)
-        delay = 0.001
-        while wanted:
-            try:
-                ends = self._topic_index.end_offsets(wanted)
-            except StoreUnavailableError:
-                ends = {}
-            wanted = {p: o for p, o in wanted.items() if ends.get(p, 0) < o}
-            if not wanted:
-                return
-            if time.monotonic() > deadline:
-                log.warning(
-                    "commit markers before offsets %s still not visible after %.0f s",
-                    wanted,
-                    self._settings.stable_timeout,
-                )
-                return
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            self._markers.hand(request, events, positions_of(events), deadline)
 
 
 def remaining_ms(deadline: float, least: float = 0.2) -> int:
