@@ -14,18 +14,27 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from framework.errors import StoreUnavailableError
-from framework.persistence import RecordedEvent
+from framework.persistence import Positions, RecordedEvent
 
-__all__ = ["Committed", "MarkerWatch"]
+__all__ = ["Committed", "MarkerWatch", "positions_of"]
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
+
+
+def positions_of(recorded: Sequence[RecordedEvent]) -> Positions:
+    """For each partition, the offset just past the last of ``recorded`` there (the last
+    stable offset at which a ``read_committed`` reader sees them all)."""
+    positions: Positions = {}
+    for event in recorded:
+        positions[event.partition] = max(positions.get(event.partition, 0), event.offset + 1)
+    return positions
 
 
 class Committed(Protocol):
@@ -38,7 +47,7 @@ class Committed(Protocol):
 class _Waiting:
     request: Committed
     recorded: list[RecordedEvent]
-    wanted: dict[int, int]
+    wanted: Positions
     until: float
 
 
@@ -60,17 +69,10 @@ class MarkerWatch:
         self._thread = threading.Thread(target=self._run, name=f"keel-markers-{name}", daemon=True)
         self._thread.start()
 
-    def hand(
-        self,
-        request: Committed,
-        recorded: list[RecordedEvent],
-        wanted: Mapping[int, int],
-        until: float,
-    ) -> None:
-        """Complete ``request`` with ``recorded`` once each partition's last stable offset has
-        reached ``wanted`` (by ``until`` at most)."""
+    def hand(self, request: Committed, recorded: list[RecordedEvent], until: float) -> None:
+        """Complete ``request`` with ``recorded`` once they are visible (by ``until`` at most)."""
         until = min(until, time.monotonic() + self._stable_timeout)
-        self._queue.put(_Waiting(request, recorded, dict(wanted), until))
+        self._queue.put(_Waiting(request, recorded, positions_of(recorded), until))
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()

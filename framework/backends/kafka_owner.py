@@ -51,6 +51,7 @@ from framework.backends.kafka_commands import (
     decode_command,
     encode_result,
 )
+from framework.backends.kafka_markers import positions_of
 from framework.backends.kafka_records import encode_event
 from framework.backends.kafka_writer import (
     BoundedCallTimeout,
@@ -58,7 +59,6 @@ from framework.backends.kafka_writer import (
     call_bounded,
     close_quietly,
     is_fenced,
-    positions_of,
     recorded_at,
 )
 from framework.commands import Command, Metadata

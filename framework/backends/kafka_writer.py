@@ -37,7 +37,7 @@ from framework.backends.kafka_client import (
     ProducerFencedError,
 )
 from framework.backends.kafka_index import TopicIndex
-from framework.backends.kafka_markers import MarkerWatch
+from framework.backends.kafka_markers import MarkerWatch, positions_of
 from framework.backends.kafka_records import encode_event
 from framework.errors import (
     ConcurrencyError,
@@ -56,7 +56,6 @@ __all__ = [
     "call_bounded",
     "close_quietly",
     "is_fenced",
-    "positions_of",
     "recorded_at",
     "remaining_ms",
 ]
@@ -109,14 +108,6 @@ def recorded_at(event: NewEvent, metadata: Any) -> RecordedEvent:
         metadata.partition,
         metadata.offset,
     )
-
-
-def positions_of(recorded: Sequence[RecordedEvent]) -> Positions:
-    """For each partition, the offset just past the last of ``recorded`` there."""
-    positions: Positions = {}
-    for event in recorded:
-        positions[event.partition] = max(positions.get(event.partition, 0), event.offset + 1)
-    return positions
 
 
 @dataclass(eq=False)
@@ -535,7 +526,7 @@ class ShardWriter:
         for request, recorded in zip(accepted, unknown.args[0], strict=True):
             present = [index.contains(event) for event in recorded]
             if all(present):
-                self._markers.hand(request, recorded, positions_of(recorded), deadline)
+                self._markers.hand(request, recorded, deadline)
             elif not any(present):
                 again.append(request)
             else:  # A transaction is atomic: this cannot happen.
@@ -555,7 +546,7 @@ class ShardWriter:
             self._drop_producer()
         # The callers hear once the commit markers are visible; the next batch need not wait.
         for request, events in zip(accepted, recorded, strict=True):
-            self._markers.hand(request, events, positions_of(events), deadline)
+            self._markers.hand(request, events, deadline)
 
 
 def remaining_ms(deadline: float, least: float = 0.2) -> int:

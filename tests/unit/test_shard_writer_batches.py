@@ -119,8 +119,11 @@ def writer(cluster: FakeCluster, **settings: Any) -> ShardWriter:
     )
 
 
-def closed_loop(shard: ShardWriter, callers: int, appends: int) -> list[threading.Thread]:
-    """``callers`` threads, each appending ``appends`` events to its own aggregate in turn."""
+def closed_loop(*, linger: float, callers: int, appends: int) -> list[int]:
+    """``callers`` threads on one shard writer, each appending ``appends`` events to its own
+    aggregate in turn; every one must finish. The events of each transaction, in order."""
+    cluster = FakeCluster()
+    shard = writer(cluster, linger=linger)
 
     def caller(number: int) -> None:
         aggregate = uuid.uuid4()
@@ -133,32 +136,24 @@ def closed_loop(shard: ShardWriter, callers: int, appends: int) -> list[threadin
     deadline = time.monotonic() + LIVENESS
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
-    return threads
+    stuck = [t for t in threads if t.is_alive()]
+    shard.close()
+    assert not stuck
+    return cluster.transactions
 
 
 def test_concurrent_appends_share_transactions() -> None:
     """Callers in a closed loop are written together. (The waiting rule itself, which can make
     a batch wait its whole linger for a caller that has stopped appending, is tested on
     :class:`Gathering` below.)"""
-    cluster = FakeCluster()
-    shard = writer(cluster, linger=0.05)
-    threads = closed_loop(shard, callers=4, appends=6)
-    stuck = [t for t in threads if t.is_alive()]
-    shard.close()
-    assert not stuck
-    assert sum(cluster.transactions) == 24
-    assert len(cluster.transactions) < 24
-    assert max(cluster.transactions) == 4
+    transactions = closed_loop(linger=0.05, callers=4, appends=6)
+    assert sum(transactions) == 24
+    assert len(transactions) < 24
+    assert max(transactions) == 4
 
 
 def test_a_lone_caller_never_lingers() -> None:
-    cluster = FakeCluster()
-    shard = writer(cluster, linger=3600.0)
-    threads = closed_loop(shard, callers=1, appends=5)
-    stuck = [t for t in threads if t.is_alive()]
-    shard.close()
-    assert not stuck
-    assert cluster.transactions == [1] * 5
+    assert closed_loop(linger=3600.0, callers=1, appends=5) == [1] * 5
 
 
 def test_an_append_returns_only_once_its_commit_markers_are_visible() -> None:
@@ -211,8 +206,8 @@ def test_the_watch_completes_each_append_as_its_partitions_become_stable() -> No
 
     watch = MarkerWatch(end_offsets, stable_timeout=LIVENESS, name="test")
     first, second = _Request(), _Request()
-    watch.hand(first, _recorded(0, 4), {0: 5}, until=float("inf"))
-    watch.hand(second, _recorded(1, 9), {1: 10}, until=float("inf"))
+    watch.hand(first, _recorded(0, 4), until=float("inf"))
+    watch.hand(second, _recorded(1, 9), until=float("inf"))
     stable[0] = 5
     assert first.done.wait(LIVENESS)
     assert not second.done.is_set()  # partition 1 is not stable yet
@@ -231,7 +226,7 @@ def test_the_watch_completes_a_committed_append_whose_markers_never_show(
     watch = MarkerWatch(lambda ps: {p: 0 for p in ps}, stable_timeout=0.05, name="test")
     request = _Request()
     with caplog.at_level(logging.WARNING, logger="framework.backends.kafka_markers"):
-        watch.hand(request, _recorded(0, 0), {0: 1}, until=float("inf"))
+        watch.hand(request, _recorded(0, 0), until=float("inf"))
         assert request.done.wait(LIVENESS)
         watch.close(LIVENESS)
     assert "still not visible" in caplog.text
@@ -241,7 +236,7 @@ def test_closing_the_watch_completes_what_it_holds() -> None:
     stable = {0: 0}
     watch = MarkerWatch(lambda ps: {p: stable[p] for p in ps}, stable_timeout=LIVENESS, name="t")
     request = _Request()
-    watch.hand(request, _recorded(0, 0), {0: 1}, until=float("inf"))
+    watch.hand(request, _recorded(0, 0), until=float("inf"))
     closing = threading.Thread(target=watch.close, args=(LIVENESS,))
     closing.start()
     stable[0] = 1
