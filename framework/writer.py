@@ -185,8 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         default=defaults.linger,
         metavar="S",
-        help="seconds a transaction may wait for this process's callers of the last one to "
-        f"come back, never past the moment they all are (default {defaults.linger:g}; 0: never)",
+        help="seconds a transaction may wait for the callers of the last two (in this process "
+        "or waiting senders) to come back, never past the moment they all are; more commands a "
+        f"transaction for a little latency (default {defaults.linger:g}; 0: never)",
     )
     status.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)

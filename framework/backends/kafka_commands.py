@@ -6,7 +6,8 @@ On Kafka every command is decided by the one process that owns its writer shard 
 - ``<name>.commands`` has one partition per writer shard. A command goes to the partition of
   the shard that holds its routing aggregate (``Command.routing_id()``), keyed by its command id,
   as JSON: the command's fields, the metadata the framework set, the results partition to answer
-  on, and when it expires.
+  on, and when it expires. A command whose caller waits for the result also names the calling
+  thread in a ``keel.caller`` header, so the owner's group commit can wait for it to come back.
 - ``<name>.results`` carries the outcome of each command that asked for one: the
   :class:`~framework.application.CommandResult`, or the error the handler raised, by type and
   message. The owner writes it in the same Kafka transaction as the events and the consumed
@@ -64,6 +65,7 @@ __all__ = [
     "CommandEnvelope",
     "KafkaCommandRouter",
     "ShardMoved",
+    "caller_of",
     "decode_command",
     "decode_result",
     "encode_command",
@@ -75,6 +77,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT = 1
+CALLER_HEADER = "keel.caller"
+"""Header of a command whose caller waits for its result, naming the calling thread: an owner
+lingers for the callers of its last transaction (:class:`~framework.backends.kafka_writer.
+Gathering`), since a caller that got its answer usually sends again at once."""
+_PROCESS_TAG = uuid.uuid4().hex[:16]
 DIAGNOSIS_TIMEOUT = 1.0
 """Seconds a call that got no answer spends past its deadline asking whether writers run."""
 
@@ -133,6 +140,19 @@ def decode_command(value: bytes | None, app: Application) -> CommandEnvelope:
     return CommandEnvelope(
         cls.parse(fields), metadata, int(reply) if isinstance(reply, int) else None, expires
     )
+
+
+def caller_header() -> bytes:
+    """The calling thread, as :data:`CALLER_HEADER` carries it."""
+    return f"{_PROCESS_TAG}-{threading.get_ident():x}".encode("ascii")
+
+
+def caller_of(headers: list[tuple[str, bytes]] | None) -> int | None:
+    """The caller a commands-topic record names (None: no one waits for it)."""
+    for key, value in headers or ():
+        if key == CALLER_HEADER:
+            return hash(value)
+    return None
 
 
 def command_id_of(value: bytes | None) -> UUID | None:
@@ -404,6 +424,7 @@ class KafkaCommandRouter:
             value = encode_command(
                 command, traced(metadata), reply_partition=reply, expires_at=expires
             )
+            caller = None if reply is None else [(CALLER_HEADER, caller_header())]
 
             def send() -> None:
                 future = producer.send(
@@ -411,6 +432,7 @@ class KafkaCommandRouter:
                     key=str(command.command_id).encode("ascii"),
                     value=value,
                     partition=shard,
+                    headers=caller,
                 )
                 future.get(timeout=max(0.0, deadline - time.monotonic()))
 

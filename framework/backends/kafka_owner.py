@@ -47,6 +47,7 @@ from framework.backends.kafka_client import (
 from framework.backends.kafka_commands import (
     KafkaCommandRouter,
     ShardMoved,
+    caller_of,
     command_id_of,
     decode_command,
     encode_result,
@@ -98,9 +99,12 @@ class WriterSettings:
     max_poll_interval: float = 60.0
     max_batch: int = 500
     """Most commands decided into one transaction."""
-    linger: float = 0.002
-    """Seconds a batch may wait for this process's callers of the last transaction to come
-    back (never longer than until they all are; a lone caller never waits)."""
+    linger: float = 0.008
+    """Seconds a batch may wait for the callers of the last two transactions to come back
+    (never longer than until they all are; a lone caller never waits). A sender that waits for
+    its result names itself on the command (``kafka_commands.CALLER_HEADER``); its next command
+    comes back over Kafka a few milliseconds after its answer, hence more than the store's
+    in-process 2 ms."""
     cache_size: int = 10_000
     """Aggregates kept in memory per shard between commands."""
 
@@ -126,6 +130,8 @@ class _Consumed:
 
     offset: int
     value: bytes | None
+    caller: int | None = None
+    """The waiting caller the record names (see ``kafka_commands.CALLER_HEADER``)."""
 
 
 @dataclass(eq=False)
@@ -307,7 +313,7 @@ class ShardOwner:
             first,
             limit=self.settings.max_batch,
             weight=lambda _: 1,
-            caller_of=lambda item: item.caller if isinstance(item, _Local) else None,
+            caller_of=lambda item: item.caller,
         )
         return batch
 
@@ -774,7 +780,7 @@ class WriterMember:
             if owner is None or tp.partition in self._holding or owner.stopping.is_set():
                 continue  # read again from the committed offset once the owner is ready
             for record in records:
-                owner.inbox.put(_Consumed(record.offset, record.value))
+                owner.inbox.put(_Consumed(record.offset, record.value, caller_of(record.headers)))
         self._flow_control()
 
     def _tp(self, shard: int) -> TopicPartition:

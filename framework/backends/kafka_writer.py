@@ -174,14 +174,19 @@ class _Unknown(Exception):
 
 class Gathering:
     """Group commit's batching rule, for a queue that callers in other threads fill: take the
-    first item and whatever else is waiting; when the last batch held several callers, linger up
-    to ``linger`` seconds for them to come back (they were waiting on that transaction and
-    return together), but only until every one of them is back: no one else is coming then. A
-    lone caller never waits."""
+    first item and whatever else is waiting; when the last two batches held several callers,
+    linger up to ``linger`` seconds for them to come back (they were waiting on those
+    transactions and return together), but only until every one of them is back: no one else is
+    coming then. A lone caller never waits.
+
+    Two batches, not one: callers that fell into alternate transactions (half of them queue
+    while the other half's commit is under way) are each other's missing half, and waiting for
+    the callers of the last batch alone would keep them apart for good."""
 
     def __init__(self, linger: float) -> None:
         self.linger = linger
         self._last: set[int] = set()
+        self._before: set[int] = set()
 
     def gather(
         self,
@@ -198,10 +203,11 @@ class Gathering:
         batch, total = [first], weight(first)
         caller = caller_of(first)
         callers = set() if caller is None else {caller}
-        until = time.monotonic() + (self.linger if len(self._last) > 1 else 0.0)
+        expected = self._last | self._before
+        until = time.monotonic() + (self.linger if len(expected) > 1 else 0.0)
         stopped = False
         while total < limit:
-            back = self._last <= callers
+            back = expected <= callers
             try:
                 item = source.get(timeout=0 if back else max(0.0, until - time.monotonic()))
             except queue.Empty:
@@ -214,7 +220,7 @@ class Gathering:
             caller = caller_of(item)
             if caller is not None:
                 callers.add(caller)
-        self._last = callers
+        self._before, self._last = self._last, callers
         return batch, stopped
 
 

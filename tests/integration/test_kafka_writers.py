@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import statistics
+import threading
 import time
 import uuid
 from collections import Counter
@@ -20,7 +21,8 @@ import pytest
 
 from framework.application import Application, command_record_id
 from framework.backends.kafka import KafkaEventStore
-from framework.backends.kafka_client import KafkaProducer
+from framework.backends.kafka_client import KafkaConsumer, KafkaProducer, TopicPartition
+from framework.backends.kafka_commands import caller_of, command_id_of
 from framework.backends.kafka_owner import WriterMember
 from framework.errors import (
     AggregateNotFoundError,
@@ -66,6 +68,25 @@ def wait_for_owner(app: Application, timeout: float = 60) -> str:
             return owner
         time.sleep(0.1)
     raise AssertionError("no writer took the shard")
+
+
+def read_topic(url: str, topic: str, *, expected: int, timeout: float = 30) -> list[Any]:
+    """The first ``expected`` records of ``topic``'s partition 0, as a consumer reads them."""
+    bootstrap = url.removeprefix("kafka://").split("?")[0]
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while len(records) < expected and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        assert len(records) >= expected, f"{topic}: {len(records)} of {expected} records"
+        return records
+    finally:
+        consumer.close()
 
 
 def history_command_ids(app: Application, account: uuid.UUID) -> list[str]:
@@ -175,6 +196,41 @@ def test_without_a_writer_execute_says_so_and_the_command_waits(bank: tuple[str,
             # Either answer (the first run's, or the replay) says the same; it ran once.
             assert result.versions == {account: 1}
             assert history_command_ids(app, account) == [str(command.command_id)]
+    finally:
+        app.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_waiting_caller_names_itself_on_its_command_and_a_sent_command_does_not(
+    bank: tuple[str, str],
+) -> None:
+    # The owner lingers for the callers of its last transactions: only a command whose caller
+    # waits for the result may make it wait, and each calling thread is told apart.
+    url, name = bank
+    app = build(url, name=name)
+    try:
+        waited = [OpenAccount(account_id=uuid.uuid4(), owner=OWNER) for _ in range(2)]
+
+        def execute(command: OpenAccount) -> None:
+            with pytest.raises(OutcomeUnknownError):  # no writer runs: the command waits
+                app.execute(command, timeout=1)
+
+        for command in waited:  # each from a thread of its own
+            caller = threading.Thread(target=execute, args=(command,))
+            caller.start()
+            caller.join()
+        sent = OpenAccount(account_id=uuid.uuid4(), owner=OWNER)
+        app.send(sent)
+        store = app.store
+        assert isinstance(store, KafkaEventStore)
+        callers = {
+            command_id_of(record.value): caller_of(record.headers)
+            for record in read_topic(url, store.commands_topic, expected=3)
+        }
+        assert set(callers) == {c.command_id for c in [*waited, sent]}
+        first, second = (callers[c.command_id] for c in waited)
+        assert first is not None and second is not None and first != second
+        assert callers[sent.command_id] is None
     finally:
         app.close()
 

@@ -253,7 +253,7 @@ def _gather(gathering: Gathering, source: queue.Queue[Any], first: Any) -> tuple
     )
 
 
-def test_gathering_takes_what_waits_and_lingers_only_for_the_last_batchs_callers() -> None:
+def test_gathering_takes_what_waits_and_lingers_only_for_recent_callers() -> None:
     gathering = Gathering(linger=3600.0)
     source: queue.Queue[Any] = queue.Queue()
     # A first batch: no one to wait for, whatever is queued comes along.
@@ -280,6 +280,37 @@ def test_gathering_lingers_for_a_missing_caller_until_it_comes() -> None:
     batch, _ = _gather(gathering, source, (1, "c"))  # caller 2 is not back yet: it waits
     late.join()
     assert batch == [(1, "c"), (2, "d")]
+
+
+def test_gathering_brings_callers_split_into_alternate_batches_together() -> None:
+    gathering = Gathering(linger=3600.0)
+    source: queue.Queue[Any] = queue.Queue()
+    # Callers 1 and 2 fell into alternate transactions, one each (neither waited for anyone).
+    assert _gather(gathering, source, (1, "a")) == ([(1, "a")], False)
+    assert _gather(gathering, source, (2, "b")) == ([(2, "b")], False)
+    # Caller 1 is back first: the batch waits for caller 2, the other half, and they are one
+    # transaction again (remembering the last batch alone would have kept them apart).
+    late = threading.Timer(0.2, source.put, args=((2, "d"),))
+    late.start()
+    batch, _ = _gather(gathering, source, (1, "c"))
+    late.join()
+    assert batch == [(1, "c"), (2, "d")]
+
+
+def test_a_caller_that_left_is_waited_for_in_two_batches_at_most() -> None:
+    gathering = Gathering(linger=0.01)
+    source: queue.Queue[Any] = queue.Queue()
+    source.put((2, "b"))
+    _gather(gathering, source, (1, "a"))
+    # Caller 2 is gone: the next two batches linger (briefly) for it, then it is forgotten.
+    assert _gather(gathering, source, (1, "c"))[0] == [(1, "c")]
+    assert _gather(gathering, source, (1, "d"))[0] == [(1, "d")]
+    gathering.linger = 3600.0  # a batch that still waited for caller 2 would hang here
+    done: list[list[Any]] = []
+    thread = threading.Thread(target=lambda: done.append(_gather(gathering, source, (1, "e"))[0]))
+    thread.start()
+    thread.join(LIVENESS)
+    assert done == [[(1, "e")]]
 
 
 def test_gathering_stops_at_the_stop_item_and_at_the_limit() -> None:
