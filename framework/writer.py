@@ -191,27 +191,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     status.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
-    if args.action == "run" and args.linger < 0:
-        parser.error("--linger must be 0 or more seconds")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
     try:
+        settings = None
+        if args.action == "run":  # bad settings are refused before the app is even loaded
+            settings = WriterSettings(
+                instance_id=args.instance_id,
+                session_timeout=args.session_timeout,
+                max_batch=args.max_batch,
+                linger=args.linger,
+            )
         app = load_application(args.app, args.store)
-        if args.action == "status":
+        if settings is None:
             report = writer_status(app)
             if args.json:
                 print(json.dumps(report, indent=2))
             else:
                 _print_status(report)
             return 0
-        settings = WriterSettings(
-            instance_id=args.instance_id,
-            session_timeout=args.session_timeout,
-            max_batch=args.max_batch,
-            linger=args.linger,
-        )
         try:
             tune_garbage_collector()
             run_writer(app, settings)

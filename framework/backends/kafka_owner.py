@@ -108,6 +108,17 @@ class WriterSettings:
     cache_size: int = 10_000
     """Aggregates kept in memory per shard between commands."""
 
+    def __post_init__(self) -> None:
+        # Refused here, before any group is joined: every way of starting a writer gets it.
+        if not self.linger >= 0:
+            raise ConfigurationError(f"linger must be 0 or more seconds, not {self.linger:g}")
+        if self.max_batch < 1:
+            raise ConfigurationError(f"max_batch must be 1 or more, not {self.max_batch}")
+        if not self.session_timeout > 0:
+            raise ConfigurationError(
+                f"session_timeout must be more than 0 seconds, not {self.session_timeout:g}"
+            )
+
 
 # -- work items --------------------------------------------------------------------------------
 

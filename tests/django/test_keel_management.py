@@ -104,6 +104,10 @@ def test_user_errors_are_command_errors(shop: Any) -> None:
         run("rebuild_projection", "orders", "--from-position", "zero")
     with pytest.raises(CommandError, match="unknown projection"):
         run("projection_status", "nope")
+    with pytest.raises(CommandError, match="linger must be 0 or more seconds"):
+        run("run_writers", "--linger", "-1")
+    with pytest.raises(CommandError, match="max_batch must be 1 or more"):
+        run("run_writers", "--max-batch", "0")
 
 
 @pytest.mark.parametrize(

@@ -43,6 +43,19 @@ class Command(BaseCommand):
             f"(default {defaults.session_timeout:g})",
         )
         parser.add_argument(
+            "--max-batch",
+            type=int,
+            default=defaults.max_batch,
+            help=f"most commands in one transaction (default {defaults.max_batch})",
+        )
+        parser.add_argument(
+            "--linger",
+            type=float,
+            default=defaults.linger,
+            help="seconds a transaction may wait for the callers of the last two to come back "
+            f"(default {defaults.linger:g}; 0: never; see python -m framework.writer run --help)",
+        )
+        parser.add_argument(
             "--metrics-port",
             type=int,
             help="serve Prometheus /metrics on 127.0.0.1:PORT (KEEL['METRICS_EXPORTER'] = "
@@ -63,7 +76,10 @@ class Command(BaseCommand):
                 self.stdout.write(json.dumps(writer_status(app), indent=2))
                 return
             settings = WriterSettings(
-                instance_id=options["instance_id"], session_timeout=options["session_timeout"]
+                instance_id=options["instance_id"],
+                session_timeout=options["session_timeout"],
+                max_batch=options["max_batch"],
+                linger=options["linger"],
             )
         except FrameworkError as error:
             raise CommandError(str(error)) from error
