@@ -211,26 +211,36 @@ def test_a_waiting_caller_names_itself_on_its_command_and_a_sent_command_does_no
     try:
         waited = [OpenAccount(account_id=uuid.uuid4(), owner=OWNER) for _ in range(2)]
 
-        def execute(command: OpenAccount) -> None:
-            with pytest.raises(OutcomeUnknownError):  # no writer runs: the command waits
-                app.execute(command, timeout=1)
+        outcomes: list[BaseException | None] = []
 
-        for command in waited:  # each from a thread of its own
-            caller = threading.Thread(target=execute, args=(command,))
+        def execute(command: OpenAccount) -> None:
+            try:
+                app.execute(command, timeout=3)
+                outcomes.append(None)
+            except BaseException as error:
+                outcomes.append(error)
+
+        # Two threads alive at once (a finished thread's ident may be given to the next one).
+        callers = [threading.Thread(target=execute, args=(command,)) for command in waited]
+        for caller in callers:
             caller.start()
+        for caller in callers:
             caller.join()
+        # No writer runs: both commands wait in the topic, and each caller is told so.
+        assert len(outcomes) == 2
+        assert all(isinstance(outcome, OutcomeUnknownError) for outcome in outcomes), outcomes
         sent = OpenAccount(account_id=uuid.uuid4(), owner=OWNER)
         app.send(sent)
         store = app.store
         assert isinstance(store, KafkaEventStore)
-        callers = {
+        named = {
             command_id_of(record.value): caller_of(record.headers)
             for record in read_topic(url, store.commands_topic, expected=3)
         }
-        assert set(callers) == {c.command_id for c in [*waited, sent]}
-        first, second = (callers[c.command_id] for c in waited)
+        assert set(named) == {c.command_id for c in [*waited, sent]}
+        first, second = (named[c.command_id] for c in waited)
         assert first is not None and second is not None and first != second
-        assert callers[sent.command_id] is None
+        assert named[sent.command_id] is None
     finally:
         app.close()
 
