@@ -27,7 +27,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from framework.application import Application
@@ -36,7 +36,15 @@ from framework.errors import ConfigurationError, FrameworkError
 from framework.loading import load_object
 from framework.runtime import tune_garbage_collector
 
-__all__ = ["load_application", "main", "run_writer", "writer", "writer_status"]
+__all__ = [
+    "add_writer_arguments",
+    "load_application",
+    "main",
+    "run_writer",
+    "writer",
+    "writer_settings",
+    "writer_status",
+]
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +148,51 @@ def writer_status(app: Application) -> dict[str, Any]:
     }
 
 
+def add_writer_arguments(parser: argparse.ArgumentParser) -> None:
+    """A writer process's tuning options, read back by :func:`writer_settings`; shared by
+    ``python -m framework.writer run`` and ``manage.py run_writers``."""
+    defaults = WriterSettings()
+    parser.add_argument(
+        "--instance-id",
+        help="a stable id per writer process (static membership: a restart within the session "
+        "timeout gets its shards back without a rebalance)",
+    )
+    parser.add_argument(
+        "--session-timeout",
+        type=float,
+        default=defaults.session_timeout,
+        metavar="S",
+        help=f"seconds before a dead writer's shards move (default {defaults.session_timeout:g})",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=defaults.max_batch,
+        metavar="N",
+        help=f"most commands in one transaction (default {defaults.max_batch})",
+    )
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=defaults.linger,
+        metavar="S",
+        help="seconds a transaction may wait for the callers of the last two (in this process "
+        "or waiting senders) to come back, never past the moment they all are; more commands a "
+        f"transaction for a little latency (default {defaults.linger:g}; 0: never)",
+    )
+
+
+def writer_settings(options: Mapping[str, Any]) -> WriterSettings:
+    """The settings :func:`add_writer_arguments`' options name (ConfigurationError when they
+    cannot work)."""
+    return WriterSettings(
+        instance_id=options["instance_id"],
+        session_timeout=options["session_timeout"],
+        max_batch=options["max_batch"],
+        linger=options["linger"],
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m framework.writer",
@@ -160,35 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             metavar="URL",
             help="event store URL (default: KEEL_<APP>_EVENT_STORE, then KEEL_EVENT_STORE)",
         )
-    defaults = WriterSettings()
-    run.add_argument(
-        "--instance-id",
-        help="a stable id per writer process (static membership: a restart within the session "
-        "timeout gets its shards back without a rebalance)",
-    )
-    run.add_argument(
-        "--session-timeout",
-        type=float,
-        default=defaults.session_timeout,
-        metavar="S",
-        help=f"seconds before a dead writer's shards move (default {defaults.session_timeout:g})",
-    )
-    run.add_argument(
-        "--max-batch",
-        type=int,
-        default=defaults.max_batch,
-        metavar="N",
-        help=f"most commands in one transaction (default {defaults.max_batch})",
-    )
-    run.add_argument(
-        "--linger",
-        type=float,
-        default=defaults.linger,
-        metavar="S",
-        help="seconds a transaction may wait for the callers of the last two (in this process "
-        "or waiting senders) to come back, never past the moment they all are; more commands a "
-        f"transaction for a little latency (default {defaults.linger:g}; 0: never)",
-    )
+    add_writer_arguments(run)
     status.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -196,14 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
     try:
-        settings = None
-        if args.action == "run":  # bad settings are refused before the app is even loaded
-            settings = WriterSettings(
-                instance_id=args.instance_id,
-                session_timeout=args.session_timeout,
-                max_batch=args.max_batch,
-                linger=args.linger,
-            )
+        # Bad settings are refused before the application is even loaded.
+        settings = writer_settings(vars(args)) if args.action == "run" else None
         app = load_application(args.app, args.store)
         if settings is None:
             report = writer_status(app)

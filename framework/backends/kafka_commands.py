@@ -79,8 +79,10 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 CALLER_HEADER = "keel.caller"
 """Header of a command whose caller waits for its result, naming the calling thread: an owner
-lingers for the callers of its last transaction (:class:`~framework.backends.kafka_writer.
-Gathering`), since a caller that got its answer usually sends again at once."""
+lingers for the callers of its last two transactions (:class:`~framework.backends.kafka_writer.
+Gathering`), since a caller that got its answer usually sends again at once. A thread that ends
+may pass its ident to a new one; the owner then waits for the new thread as for the old (timing
+only, never correctness)."""
 _PROCESS_TAG = uuid.uuid4().hex[:16]
 DIAGNOSIS_TIMEOUT = 1.0
 """Seconds a call that got no answer spends past its deadline asking whether writers run."""

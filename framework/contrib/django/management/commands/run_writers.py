@@ -1,4 +1,5 @@
-"""``manage.py run_writers [--instance-id ID] [--status]``."""
+"""``manage.py run_writers [--instance-id ID] [--session-timeout S] [--max-batch N] [--linger S]
+[--status]``."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from framework.backends.kafka_owner import WriterMember, WriterSettings
+from framework.backends.kafka_owner import WriterMember
 from framework.contrib.django import checks, heartbeats
 from framework.contrib.django.conf import get_application
 from framework.contrib.django.observability import WriterBeat, serve_metrics
 from framework.errors import FrameworkError
 from framework.runtime import tune_garbage_collector
-from framework.writer import writer_status
+from framework.writer import add_writer_arguments, writer_settings, writer_status
 
 
 class Command(BaseCommand):
@@ -29,32 +30,7 @@ class Command(BaseCommand):
     requires_system_checks: list[str] = []  # run below, after marking this a worker
 
     def add_arguments(self, parser: CommandParser) -> None:
-        defaults = WriterSettings()
-        parser.add_argument(
-            "--instance-id",
-            help="a stable id for this writer process (static membership: a restart within "
-            "the session timeout gets its shards back without a rebalance)",
-        )
-        parser.add_argument(
-            "--session-timeout",
-            type=float,
-            default=defaults.session_timeout,
-            help="seconds before a dead writer's shards move to another writer "
-            f"(default {defaults.session_timeout:g})",
-        )
-        parser.add_argument(
-            "--max-batch",
-            type=int,
-            default=defaults.max_batch,
-            help=f"most commands in one transaction (default {defaults.max_batch})",
-        )
-        parser.add_argument(
-            "--linger",
-            type=float,
-            default=defaults.linger,
-            help="seconds a transaction may wait for the callers of the last two to come back "
-            f"(default {defaults.linger:g}; 0: never; see python -m framework.writer run --help)",
-        )
+        add_writer_arguments(parser)
         parser.add_argument(
             "--metrics-port",
             type=int,
@@ -75,12 +51,7 @@ class Command(BaseCommand):
             if options["status"]:
                 self.stdout.write(json.dumps(writer_status(app), indent=2))
                 return
-            settings = WriterSettings(
-                instance_id=options["instance_id"],
-                session_timeout=options["session_timeout"],
-                max_batch=options["max_batch"],
-                linger=options["linger"],
-            )
+            settings = writer_settings(options)
         except FrameworkError as error:
             raise CommandError(str(error)) from error
         stop = threading.Event()
