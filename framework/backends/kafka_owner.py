@@ -133,6 +133,9 @@ class _Local:
     outcome: CommandResult | BaseException | None = None
     caller: int = field(default_factory=threading.get_ident)
     """The executing thread (see :class:`~framework.backends.kafka_writer.Gathering`)."""
+    span: Any = field(default_factory=observed.caller_span)
+    """The caller's ``command <Type>`` span: the command's only one (the owner's ``send``
+    spans go under it; the caller ends it)."""
 
 
 @dataclass(eq=False)
@@ -157,6 +160,8 @@ class _Entry:
     recorded: list[RecordedEvent] = field(default_factory=list)
     span: Any = None
     """The command's span (observability), ended once its transaction committed or not."""
+    owns_span: bool = False
+    """Whether the owner started ``span`` (a command from the topic) and so ends it."""
 
 
 class _Retry(Exception):
@@ -338,7 +343,7 @@ class ShardOwner:
                     self._transact(entries)
             except _Retry as retry:
                 for entry in entries:
-                    if entry.span is not None:
+                    if entry.owns_span:
                         observed.end_command(entry.span, error=retry)
                 self.stats["retries"] += 1
                 log.warning("shard %s: %s; deciding the batch again", self.shard, retry)
@@ -391,7 +396,11 @@ class ShardOwner:
                 return entries, batch[i:], set()  # a resend: answer it once the first is written
             in_batch.add(command.command_id)
             entry.command = command
-            entry.span, metadata = observed.start_command(metadata)
+            if isinstance(item, _Local):
+                entry.span = item.span  # its metadata already carries the span's context
+            else:
+                entry.span, metadata = observed.start_command(metadata)
+                entry.owns_span = True
             loader = _BatchLoader(self, overlay)
             try:
                 previous = self.app.previous_result(command)
@@ -405,7 +414,8 @@ class ShardOwner:
                 if loader.used_overlay and any(e.decision for e in entries):
                     # The handler may have half-changed aggregates of earlier commands: write
                     # those first, then decide this one again on clean state.
-                    observed.end_command(entry.span, error=error)
+                    if entry.owns_span:
+                        observed.end_command(entry.span, error=error)
                     return entries, batch[i:], loader.touched
                 for aggregate_id in loader.touched:
                     self.cache.pop(aggregate_id, None)
@@ -587,7 +597,7 @@ class ShardOwner:
             log.exception("could not index the committed events; taking the shard over again")
             self._drop_producer()
         for entry in entries:
-            if entry.span is not None:
+            if entry.owns_span:
                 failed = entry.outcome if isinstance(entry.outcome, BaseException) else None
                 observed.end_command(entry.span, entry.outcome if not failed else None, failed)
             if entry.decision is not None:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ObservedCommand",
+    "caller_span",
     "end_command",
     "observe_writer",
     "observed_command",
@@ -152,6 +153,13 @@ def observed_command(
     """``with observed_command(metadata) as observed:`` around executing one command (a child
     of ``parent``'s span when given): see :class:`ObservedCommand`."""
     return ObservedCommand(metadata, measure=measure, parent=parent)
+
+
+def caller_span() -> trace.Span:
+    """The span in effect in the calling thread. A command a writer decides for a caller in its
+    own process keeps the caller's ``command <Type>`` span as its only one: the writer puts its
+    ``send`` spans under it and leaves it to the caller to end."""
+    return trace.get_current_span()
 
 
 def start_command(metadata: Metadata) -> tuple[trace.Span, Metadata]:

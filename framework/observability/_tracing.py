@@ -9,13 +9,23 @@ metadata of every event (so the projection batch that applies it links back to t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from contextvars import Token
 from typing import Any, TypedDict, Unpack
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from framework.observability import _names as n
@@ -35,6 +45,7 @@ __all__ = [
     "request_span",
     "send_attributes",
     "send_span",
+    "span_context_of",
     "tracer",
     "tracing_enabled",
 ]
@@ -70,14 +81,32 @@ def current_traceparent() -> str | None:
     return f"00-{found.trace_id:032x}-{found.span_id:016x}-{found.trace_flags:02x}"
 
 
-def context_of(traceparent: str | None) -> otel_context.Context | None:
-    """The context a ``traceparent`` names (None for None or a malformed one)."""
+# What current_traceparent writes; anything else (other versions) goes through the propagator.
+_VERSION_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
+def span_context_of(traceparent: str | None) -> SpanContext | None:
+    """The (remote) span a ``traceparent`` names (None for None or a malformed one)."""
     if not traceparent:
         return None
-    found = _propagator.extract({TRACEPARENT: traceparent})
-    if not trace.get_current_span(found).get_span_context().is_valid:
-        return None
-    return found
+    match = _VERSION_00.fullmatch(traceparent)
+    if match is None:
+        extracted = _propagator.extract({TRACEPARENT: traceparent})
+        found = trace.get_current_span(extracted).get_span_context()
+    else:  # parsed here: a projection batch links up to MAX_LINKS of them
+        found = SpanContext(
+            int(match[1], 16),
+            int(match[2], 16),
+            is_remote=True,
+            trace_flags=TraceFlags(int(match[3], 16)),
+        )
+    return found if found.is_valid else None
+
+
+def context_of(traceparent: str | None) -> otel_context.Context | None:
+    """The context a ``traceparent`` names (None for None or a malformed one)."""
+    found = span_context_of(traceparent)
+    return None if found is None else trace.set_span_in_context(NonRecordingSpan(found))
 
 
 MAX_LINKS = 16
@@ -95,9 +124,9 @@ def link_to(traceparents: Iterable[str | None]) -> list[Link]:
         if not parent or parent in seen:
             continue
         seen.add(parent)
-        ctx = context_of(parent)
-        if ctx is not None:
-            links.append(Link(trace.get_current_span(ctx).get_span_context()))
+        found = span_context_of(parent)
+        if found is not None:
+            links.append(Link(found))
     return links
 
 

@@ -76,3 +76,43 @@ def test_a_command_sent_to_the_writer_joins_the_callers_trace(
         f"KAFKA TRACE: spans={len(spans)} trace_ids={len({s.context.trace_id for s in spans})} "
         f"writer_transactions={sum(v for _, v in transactions):g}"
     )
+
+
+@pytest.mark.timeout(120)
+def test_a_command_its_own_process_writes_is_one_command_span(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    """With the writer in the caller's process there is no second ``command`` span: the
+    shard owner puts its ``send`` span under the caller's and leaves that span to the caller,
+    and the events carry it."""
+    name = unique_name("obs_local").replace("-", "_")
+    app = build(f"kafka://{kafka_bootstrap}?partitions=2", name=name)
+    telemetry.install()
+    try:
+        with writer(app):
+            account = uuid.uuid4()
+            with telemetry.recording() as exporter:
+                app.execute(OpenAccount(account_id=account, owner=OWNER))
+                result = app.execute(Deposit(account_id=account, amount=Decimal("5.00")))
+                with pytest.raises(InsufficientFunds):
+                    app.execute(Withdraw(account_id=account, amount=Decimal("9.00")))
+                spans = list(exporter.get_finished_spans())
+            history = app.history(account)
+    finally:
+        app.close()
+    children = telemetry.tree(spans)
+    roots = {s.name: s for s in children[None]}
+    assert sorted(roots) == ["command Deposit", "command OpenAccount", "command Withdraw"]
+    assert [s.name for s in spans].count("command Deposit") == 1
+    deposit = roots["command Deposit"]
+    (send,) = children[deposit.context.span_id]
+    assert send.kind == SpanKind.PRODUCER and send.name == f"send {name}.events"
+    assert send.attributes[n.KEEL_AGGREGATE_VERSION] == result.versions[account] == 2
+    assert deposit.attributes[n.KEEL_AGGREGATE_ID] == str(account)
+    assert deposit.end_time >= send.end_time  # the caller ended its own span, after the send
+    deposited = history[1].metadata.traceparent
+    assert deposited is not None
+    assert deposited.split("-")[2] == f"{deposit.context.span_id:016x}"
+    refused = roots["command Withdraw"]
+    assert refused.attributes[n.KEEL_OUTCOME] == "rejected" and refused.status.is_ok is False
+    assert refused.context.span_id not in children  # refused before any send

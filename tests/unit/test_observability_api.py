@@ -103,6 +103,7 @@ def test_a_command_is_a_span_with_its_append_and_its_events_carry_it(tmp_path: P
     account = uuid.uuid4()
     telemetry.install()
     before = _total("keel_command_duration_seconds_count", command="OpenAccount", outcome="ok")
+    appended = _total("keel_store_append_events_total")
     with telemetry.recording() as exporter:
         app.execute(OpenAccount(account_id=account, owner=OWNER))
         spans = {s.name: s for s in exporter.get_finished_spans()}
@@ -124,6 +125,8 @@ def test_a_command_is_a_span_with_its_append_and_its_events_carry_it(tmp_path: P
     # Untraced (not sampled), the events carry no trace context at all.
     app.execute(Deposit(account_id=account, amount=Decimal(1)))
     assert app.history(account)[1].metadata.traceparent is None
+    # Two events (the command records are not counted), observed from keel's own total.
+    assert _total("keel_store_append_events_total") == appended + 2
     app.close()
 
 
@@ -229,6 +232,44 @@ def test_process_manager_and_cdc_spans_are_available() -> None:
     )
     assert spans["process pg.public.orders"].kind == SpanKind.CONSUMER
     assert observability.context_of("garbage") is None
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",  # not sampled
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",  # invalid trace id
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",  # invalid span id
+        "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",  # upper case
+        "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-later",  # a later version
+        "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",  # the forbidden one
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+        "garbage",
+    ],
+)
+def test_a_traceparent_is_read_as_the_w3c_propagator_reads_it(traceparent: str) -> None:
+    from opentelemetry import trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    from framework.observability._tracing import span_context_of
+
+    extracted = TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+    expected = trace.get_current_span(extracted).get_span_context()
+    found = span_context_of(traceparent)
+    if not expected.is_valid:
+        assert found is None
+        assert observability.context_of(traceparent) is None
+        return
+    assert found is not None
+    assert (found.trace_id, found.span_id, found.trace_flags, found.is_remote) == (
+        expected.trace_id,
+        expected.span_id,
+        expected.trace_flags,
+        True,
+    )
+    (link,) = observability.link_to([traceparent, traceparent])
+    assert link.context == found
 
 
 def test_a_worker_process_can_serve_metrics_on_its_own_port() -> None:
