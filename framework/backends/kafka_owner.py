@@ -160,8 +160,12 @@ class _Entry:
     recorded: list[RecordedEvent] = field(default_factory=list)
     span: Any = None
     """The command's span (observability), ended once its transaction committed or not."""
-    owns_span: bool = False
-    """Whether the owner started ``span`` (a command from the topic) and so ends it."""
+
+    @property
+    def owns_span(self) -> bool:
+        """Whether the owner started ``span`` (a command from the topic) and so ends it; a
+        command of this process keeps its caller's span."""
+        return self.span is not None and not isinstance(self.item, _Local)
 
 
 class _Retry(Exception):
@@ -400,7 +404,6 @@ class ShardOwner:
                 entry.span = item.span  # its metadata already carries the span's context
             else:
                 entry.span, metadata = observed.start_command(metadata)
-                entry.owns_span = True
             loader = _BatchLoader(self, overlay)
             try:
                 previous = self.app.previous_result(command)
