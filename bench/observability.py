@@ -34,6 +34,7 @@ import json
 import random
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from decimal import Decimal
@@ -205,12 +206,15 @@ class _Child:
 
     def __init__(self, mode: str, argv: list[str]) -> None:
         self.mode = mode
+        # A file, not a pipe: nobody reads the child's log while it runs, and a full pipe
+        # would stop it mid-run.
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - held for the child's life
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bench.observability", "serve", mode, *argv],
             cwd=REPO,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self.log,
             text=True,
         )
         self.ask(None)
@@ -223,7 +227,9 @@ class _Child:
         line = self.process.stdout.readline()
         if not line:
             self.process.kill()
-            _, stderr = self.process.communicate(timeout=30)
+            self.process.communicate(timeout=30)
+            self.log.seek(0)
+            stderr = self.log.read()
             raise RuntimeError(f"bench.observability {self.mode} failed:\n{stderr[-2000:]}")
         answer: dict[str, Any] = json.loads(line)
         return answer
@@ -231,6 +237,7 @@ class _Child:
     def close(self) -> dict[str, Any]:
         figures = self.ask("finish")
         self.process.communicate(timeout=60)
+        self.log.close()
         return figures
 
 
