@@ -97,7 +97,7 @@ from framework.backends.kafka_index import (
 )
 from framework.backends.kafka_records import partition_for, record_size
 from framework.backends.kafka_topic import TopicInfo, prepare_command_topics, prepare_topic
-from framework.backends.kafka_writer import ShardWriter, WriterSettings
+from framework.backends.kafka_writer import ShardWriter, ShardWriterSettings
 from framework.errors import (
     ConfigurationError,
     CrossShardCommandError,
@@ -291,7 +291,7 @@ class KafkaEventStore(EventStore):
         self._lock = threading.Lock()
         self._writers: dict[int, ShardWriter] = {}
         self._closed = False
-        self._settings = WriterSettings(
+        self._settings = ShardWriterSettings(
             commit_timeout=commit_timeout,
             append_timeout=append_timeout,
             max_batch=max_batch,

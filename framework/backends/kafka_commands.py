@@ -428,19 +428,25 @@ class KafkaCommandRouter:
             )
             caller = None if reply is None else [(CALLER_HEADER, caller_header())]
 
-            def send() -> None:
-                future = producer.send(
+            def send() -> Any:
+                return producer.send(
                     self.store.commands_topic,
                     key=str(command.command_id).encode("ascii"),
                     value=value,
                     partition=shard,
                     headers=caller,
                 )
-                future.get(timeout=max(0.0, deadline - time.monotonic()))
 
             try:
-                # send() itself may block for metadata (max_block_ms); the deadline bounds both.
-                call_bounded(send, max(0.0, deadline - time.monotonic()), "keel-command-send")
+                if knows_topic(producer, self.store.commands_topic):
+                    future = send()  # hands the record to the producer's thread: no wait
+                else:
+                    # send() waits for the topic's metadata (up to max_block_ms, longer than
+                    # a command's deadline may be): in a thread the deadline bounds.
+                    future = call_bounded(
+                        send, max(0.0, deadline - time.monotonic()), "keel-command-send"
+                    )
+                future.get(timeout=max(0.0, deadline - time.monotonic()))
             except (KafkaTimeoutError, BoundedCallTimeout) as error:
                 raise OutcomeUnknownError(
                     f"sending {command.command_type} {command.command_id} timed out ({error}); "
@@ -526,6 +532,14 @@ class KafkaCommandRouter:
         if producer is not None:
             with contextlib.suppress(KafkaError):
                 producer.close(timeout=5)
+
+
+def knows_topic(producer: KafkaProducer, topic: str) -> bool:
+    """Whether ``producer`` has ``topic``'s partitions, so that ``send()`` returns at once
+    (kafka-python waits for metadata only when it has none: the same test, on its cluster
+    metadata; a producer without that attribute is taken not to know)."""
+    cluster = getattr(producer, "_metadata", None)
+    return cluster is not None and cluster.partitions_for_topic(topic) is not None
 
 
 def count_group_members(admin: KafkaAdminClient, group: str) -> int | None:

@@ -53,6 +53,7 @@ __all__ = [
     "BoundedCallTimeout",
     "Gathering",
     "ShardWriter",
+    "ShardWriterSettings",
     "call_bounded",
     "close_quietly",
     "is_fenced",
@@ -225,7 +226,7 @@ class Gathering:
 
 
 @dataclass
-class WriterSettings:
+class ShardWriterSettings:
     """Tuning of a :class:`ShardWriter` (see the store's URL options)."""
 
     commit_timeout: float = 30.0
@@ -249,7 +250,7 @@ class ShardWriter:
         transactional_id: str,
         producer_factory: Callable[..., KafkaProducer],
         topic_index: TopicIndex,
-        settings: WriterSettings,
+        settings: ShardWriterSettings,
     ) -> None:
         self.topic = topic
         self.shard = shard

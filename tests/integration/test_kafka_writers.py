@@ -20,10 +20,12 @@ from typing import Any
 import pytest
 
 from framework.application import Application, command_record_id
+from framework.backends import kafka_commands
 from framework.backends.kafka import KafkaEventStore
 from framework.backends.kafka_client import KafkaConsumer, KafkaProducer, TopicPartition
 from framework.backends.kafka_commands import caller_of, command_id_of
 from framework.backends.kafka_owner import WriterMember
+from framework.backends.kafka_writer import call_bounded
 from framework.errors import (
     AggregateNotFoundError,
     CrossShardCommandError,
@@ -196,6 +198,38 @@ def test_without_a_writer_execute_says_so_and_the_command_waits(bank: tuple[str,
             # Either answer (the first run's, or the replay) says the same; it ran once.
             assert result.versions == {account: 1}
             assert history_command_ids(app, account) == [str(command.command_id)]
+    finally:
+        app.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_sender_that_knows_the_commands_topic_sends_without_a_thread(
+    bank: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A send waits in a thread of its own (bounded by the deadline) only while the producer
+    # still has to learn the topic's partitions; after that, send() returns at once.
+    url, name = bank
+    bounded: list[str] = []
+
+    def counted(fn: Callable[[], Any], timeout: float, what: str = "kafka-call") -> Any:
+        bounded.append(what)
+        return call_bounded(fn, timeout, what)
+
+    monkeypatch.setattr(kafka_commands, "call_bounded", counted)
+    app = build(url, name=name)
+    try:
+        with writer(build(url, name=name)):
+            account = uuid.uuid4()
+            app.execute(OpenAccount(account_id=account, owner=OWNER), timeout=30)
+            first = bounded.count("keel-command-send")
+            for _ in range(5):
+                app.execute(Deposit(account_id=account, amount=Decimal("1.00")), timeout=30)
+            app.send(Deposit(account_id=account, amount=Decimal("1.00")))
+            assert bounded.count("keel-command-send") == first <= 1, bounded
+            deadline = time.monotonic() + 30
+            while app.load(Account, account).balance != Decimal("6.00"):
+                assert time.monotonic() < deadline, "the sent deposit never ran"
+                time.sleep(0.1)
     finally:
         app.close()
 

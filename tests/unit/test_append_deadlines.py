@@ -9,7 +9,7 @@ import uuid
 from typing import Any, cast
 
 from framework.backends.kafka_index import TopicIndex
-from framework.backends.kafka_writer import AppendRequest, ShardWriter, WriterSettings
+from framework.backends.kafka_writer import AppendRequest, ShardWriter, ShardWriterSettings
 from framework.errors import OutcomeUnknownError, StoreUnavailableError
 from framework.persistence import NewEvent
 
@@ -49,7 +49,7 @@ def test_appends_end_by_their_deadline_when_the_writer_hangs() -> None:
         transactional_id="t-writer-0",
         producer_factory=hanging_factory,
         topic_index=cast(TopicIndex, None),  # never reached: the factory hangs first
-        settings=WriterSettings(append_timeout=0.5),
+        settings=ShardWriterSettings(append_timeout=0.5),
     )
     outcomes: dict[str, BaseException] = {}
 

@@ -17,7 +17,7 @@ import pytest
 
 from framework.backends.kafka_index import TopicIndex
 from framework.backends.kafka_markers import MarkerWatch
-from framework.backends.kafka_writer import Gathering, ShardWriter, WriterSettings
+from framework.backends.kafka_writer import Gathering, ShardWriter, ShardWriterSettings
 from framework.persistence import NewEvent, RecordedEvent
 
 LIVENESS = 60.0
@@ -115,7 +115,7 @@ def writer(cluster: FakeCluster, **settings: Any) -> ShardWriter:
         transactional_id="t-writer-0",
         producer_factory=cluster.producer,
         topic_index=cluster.topic_index(),
-        settings=WriterSettings(**settings),
+        settings=ShardWriterSettings(**settings),
     )
 
 
