@@ -47,11 +47,11 @@ class Command(BaseCommand):
         checks.running_worker = True
         self.check(display_num_errors=False)
         try:
+            settings = writer_settings(options)  # refused before the store is opened
             app = get_application()
             if options["status"]:
                 self.stdout.write(json.dumps(writer_status(app), indent=2))
                 return
-            settings = writer_settings(options)
         except FrameworkError as error:
             raise CommandError(str(error)) from error
         stop = threading.Event()
