@@ -50,6 +50,7 @@ __all__ = [
     "TopicAlreadyExistsError",
     "TopicPartition",
     "add_partitions_to_transaction",
+    "knows_topic",
     "murmur2",
 ]
 
@@ -152,3 +153,11 @@ class GroupStickyAssignor(CooperativeStickyAssignor):  # type: ignore[misc]
         for member in members:
             topics.update(self.parse_member_metadata(member.metadata).subscription)
         return super().assign(_SubscribedTopics(cluster, topics), members)
+
+
+def knows_topic(producer: KafkaProducer, topic: str) -> bool:
+    """Whether ``producer`` has ``topic``'s partitions, so that ``send()`` returns at once
+    (kafka-python waits for metadata only when it has none: the same test, on its cluster
+    metadata; a producer without that attribute is taken not to know)."""
+    cluster = getattr(producer, "_metadata", None)
+    return cluster is not None and cluster.partitions_for_topic(topic) is not None

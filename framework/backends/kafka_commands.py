@@ -42,6 +42,7 @@ from framework.backends.kafka_client import (
     KafkaProducer,
     KafkaTimeoutError,
     TopicPartition,
+    knows_topic,
 )
 from framework.backends.kafka_writer import BoundedCallTimeout, call_bounded, remaining_ms
 from framework.commands import Command, Metadata
@@ -532,14 +533,6 @@ class KafkaCommandRouter:
         if producer is not None:
             with contextlib.suppress(KafkaError):
                 producer.close(timeout=5)
-
-
-def knows_topic(producer: KafkaProducer, topic: str) -> bool:
-    """Whether ``producer`` has ``topic``'s partitions, so that ``send()`` returns at once
-    (kafka-python waits for metadata only when it has none: the same test, on its cluster
-    metadata; a producer without that attribute is taken not to know)."""
-    cluster = getattr(producer, "_metadata", None)
-    return cluster is not None and cluster.partitions_for_topic(topic) is not None
 
 
 def count_group_members(admin: KafkaAdminClient, group: str) -> int | None:
