@@ -3,8 +3,12 @@ OpenTelemetry SDK installed, every span sampled and exported; metrics to an in-m
 against off (the API alone, a no-op), side by side, per CPU-second of the process (what the SDK
 costs) and per wall-clock second.
 
+A third mode, ``sampled``, is the SDK as production runs it: the same providers with
+``ParentBased(TraceIdRatioBased(0.1))``, one command in ten traced (and its events carrying
+its trace context), metrics on every command; a figure for the operator, beside the goal's.
+
 The global providers can be set only once per process, so each mode is its own process
-(``python -m bench.observability serve MODE ...``). Both are alive at once and take turns, a
+(``python -m bench.observability serve MODE ...``). All are alive at once and take turns, a
 chunk of commands (or a projection run) each, the order swapped every turn: the CPU time of the
 same work on this machine swings by up to two times from one second to the next (a fixed pure
 Python loop: 35 to 74 ms), so processes run one after the other, tens of seconds apart,
@@ -45,11 +49,16 @@ from bench.harness import REPO, Context, Row, Section, ServiceMissing, median
 __all__ = ["run"]
 
 TITLE = "Observability: tracing + metrics on (SDK, every span exported) vs off"
-MODES = ("off", "on")
+MODES = ("off", "on", "sampled")
+SAMPLED = 0.1
+"""The share of commands the ``sampled`` mode traces."""
+TRACED = {"off": 0.0, "on": 1.0, "sampled": SAMPLED}
+"""The share of a mode's commands whose events carry a sampled trace context."""
 PROJECTION_RUNS = 11
 
 
-def _install_sdk() -> Any:
+def _install_sdk(ratio: float) -> Any:
+    """The SDK's providers, tracing the share ``ratio`` of the traces that start here."""
     from opentelemetry import metrics, trace
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -59,6 +68,7 @@ def _install_sdk() -> Any:
         SpanExporter,
         SpanExportResult,
     )
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
     class CountingExporter(SpanExporter):
         """Counts the spans it is given and lets them go (see the module's docstring)."""
@@ -71,7 +81,9 @@ def _install_sdk() -> Any:
             return SpanExportResult.SUCCESS
 
     exporter = CountingExporter()
-    provider = TracerProvider()
+    # ``on`` keeps the SDK's default sampler (every trace); ``sampled`` one in ``1 / ratio``.
+    sampler = None if ratio >= 1 else ParentBased(TraceIdRatioBased(ratio))
+    provider = TracerProvider(sampler=sampler)
     provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=65536))
     trace.set_tracer_provider(provider)
     reader = InMemoryMetricReader()
@@ -79,10 +91,10 @@ def _install_sdk() -> Any:
     return provider, exporter, reader
 
 
-def _traced_deposits(count: int, traced: bool) -> list[Any]:
+def _traced_deposits(count: int, traced: float) -> list[Any]:
     """``count`` encoded events of fresh accounts (opened, then deposits), each with the
-    metadata of its own command; ``traced``: carrying a sampled trace context, as events of
-    commands traced by the SDK do."""
+    metadata of its own command; the share ``traced`` of them carrying a sampled trace
+    context, as events of commands traced by the SDK do (an unsampled command's carry none)."""
     from bench.domain import Account
     from framework.codec import codec
     from framework.commands import Metadata
@@ -97,7 +109,7 @@ def _traced_deposits(count: int, traced: bool) -> list[Any]:
             metadata = Metadata(
                 command_id=uuid.uuid4(),
                 command_type="BenchDeposit",
-                traceparent=parent if traced else None,
+                traceparent=parent if random.random() < traced else None,
             )
             out.append(codec.encode(event, metadata))
     return out[:count]
@@ -112,7 +124,7 @@ class Subject:
         from bench.readmodel import open_engine
 
         self.mode, self.name = mode, name
-        self.sdk = _install_sdk() if mode == "on" else None
+        self.sdk = _install_sdk(TRACED[mode]) if mode != "off" else None
         self.app = build_app(store_url, name, snapshot_every=None)
         self.writer = None
         if store_url.startswith("kafka"):
@@ -120,7 +132,7 @@ class Subject:
 
             self.writer = writer_context(self.app)
             self.writer.__enter__()
-        prefill = _traced_deposits(more, traced=self.sdk is not None)
+        prefill = _traced_deposits(more, traced=TRACED[mode])
         for start in range(0, len(prefill), 1000):
             self.app.store.append(prefill[start : start + 1000])
         self.accounts = [uuid.uuid4() for _ in range(20)]
@@ -248,10 +260,11 @@ def _interleaved(
     commands: int,
     more: int,
     chunks: int,
-) -> tuple[dict[str, dict[str, list[float]]], dict[str, Any]]:
-    """Both modes' processes alive at once, taking turns chunk by chunk (off, on; then on,
-    off: a drift of the machine within a pair cancels), so that a pair of chunks runs within
-    a second of each other on a machine whose speed changes from one second to the next."""
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, Any]]]:
+    """Every mode's process alive at once, taking turns chunk by chunk (off, on, sampled;
+    then the other way round: a drift of the machine within a turn cancels), so that the
+    modes' chunks run within a second of each other on a machine whose speed changes from
+    one second to the next. Returns the samples and each SDK mode's closing figures."""
     children = {
         mode: _Child(mode, [store_url[mode], db_url[mode], f"{name}_{mode}", str(more)])
         for mode in MODES
@@ -276,7 +289,7 @@ def _interleaved(
         for child in children.values():
             if child.process.poll() is None:
                 child.process.kill()
-    return samples, finished["on"]
+    return samples, finished
 
 
 def _paired(off: list[float], on: list[float]) -> float:
@@ -308,40 +321,49 @@ def run(ctx: Context) -> Section:
                 stores_of[mode] = f"sqlite:///{ctx.path(f'{name}_{mode}-events.db')}"
             reads_of[mode] = f"sqlite:///{ctx.path(f'{name}_{mode}-read.db')}"
         ctx.log(f"  {store}: off and on side by side, {n:,} commands each in {chunks} turns")
-        samples, on_figures = _interleaved(stores_of, reads_of, name, n, more, chunks)
+        samples, finished = _interleaved(stores_of, reads_of, name, n, more, chunks)
         for key, unit, what in (
             ("commands_cpu", "commands/CPU-s", "Application.execute (deposits, 1 caller)"),
             ("events_cpu", "events/CPU-s", "ProjectionWorker into SQLite"),
             ("commands_wall", "commands/s", "Application.execute, wall clock"),
             ("events_wall", "events/s", "ProjectionWorker, wall clock"),
         ):
-            off, on = samples["off"][key], samples["on"][key]
+            off = samples["off"][key]
             section.add(
                 Row(f"{store}_{key}_off", f"{what}, {store}: off (peer)", median(off), unit)
             )
-            section.add(
-                Row(
-                    f"{store}_{key}_on",
-                    f"{what}, {store}: tracing + metrics on",
-                    median(on),
-                    unit,
-                    peer=f"{store}_{key}_off",
-                    raw={"on": on, "off": off, "paired_ratio": _paired(off, on)},
+            for mode, how in (
+                ("on", "tracing + metrics on"),
+                ("sampled", f"metrics on, {SAMPLED:.0%} of commands traced"),
+            ):
+                on = samples[mode][key]
+                section.add(
+                    Row(
+                        f"{store}_{key}_{mode}",
+                        f"{what}, {store}: {how}",
+                        median(on),
+                        unit,
+                        peer=f"{store}_{key}_off",
+                        raw={mode: on, "off": off, "paired_ratio": _paired(off, on)},
+                    )
                 )
-            )
         paired = {
-            key: _paired(samples["off"][key], samples["on"][key])
+            (mode, key): _paired(samples["off"][key], samples[mode][key])
+            for mode in ("on", "sampled")
             for key in ("commands_cpu", "events_cpu")
         }
         section.notes.append(
-            f"{store}: an off and an on process side by side, taking turns: {n:,} commands "
-            f"each in {chunks} turns, then {PROJECTION_RUNS} projection runs each over the "
-            f"commands' events and {more:,} events appended directly (traced ones with the "
-            f"SDK on, {samples['on']['events_count'][-1]:,.0f} events a run); medians of the "
-            f"turns, per CPU-second of the process (all its threads) and per wall-clock "
-            f"second; the median on/off ratio of turns side by side: commands "
-            f"{paired['commands_cpu']:.2f}, events {paired['events_cpu']:.2f} (per CPU-s); "
-            f"the on process recorded {on_figures.get('spans', 0):,} spans (all sampled)"
+            f"{store}: an off, an on and a sampled process side by side, taking turns: "
+            f"{n:,} commands each in {chunks} turns, then {PROJECTION_RUNS} projection runs "
+            f"each over the commands' events and {more:,} events appended directly (carrying "
+            f"a trace context as the mode's commands' do, "
+            f"{samples['on']['events_count'][-1]:,.0f} events a run); medians of the turns, "
+            f"per CPU-second of the process (all its threads) and per wall-clock second; the "
+            f"median ratio to off of turns side by side, per CPU-s: on, commands "
+            f"{paired['on', 'commands_cpu']:.2f}, events {paired['on', 'events_cpu']:.2f}; "
+            f"sampled, commands {paired['sampled', 'commands_cpu']:.2f}, events "
+            f"{paired['sampled', 'events_cpu']:.2f}; spans recorded: on "
+            f"{finished['on'].get('spans', 0):,}, sampled {finished['sampled'].get('spans', 0):,}"
         )
     return section
 
