@@ -36,6 +36,12 @@ EXPECTED_ROWS = {
     },
     "memory": {"keel_writer", "bare_producer", "keel_worker", "bare_consumer"},
     "streaming": {"bare_reader", "plain_sqlite", "hand_sqlite", "windowed_sqlite", "ledger_sqlite"},
+    "observability": {
+        f"sqlite_{kind}_{clock}_{mode}"
+        for kind in ("commands", "events")
+        for clock in ("cpu", "wall")
+        for mode in ("off", "on", "sampled")
+    },
 }
 
 
