@@ -56,7 +56,7 @@ from framework.errors import (
     UnknownCommandError,
 )
 from framework.observability._commands import traced
-from framework.observability._tracing import send_span
+from framework.observability._tracing import TRACEPARENT, current_traceparent, send_span
 
 if TYPE_CHECKING:
     from framework.application import Application
@@ -156,6 +156,26 @@ def caller_of(headers: list[tuple[str, bytes]] | None) -> int | None:
         if key == CALLER_HEADER:
             return hash(value)
     return None
+
+
+def traceparent_of(headers: list[tuple[str, bytes]] | None) -> str | None:
+    """The W3C ``traceparent`` header of a commands-topic record: the sender's span, sampled
+    or not (a command's metadata names only sampled ones; see :func:`trace_headers`)."""
+    for key, value in headers or ():
+        if key == TRACEPARENT:
+            try:
+                return value.decode("ascii")
+            except (UnicodeDecodeError, AttributeError):
+                return None
+    return None
+
+
+def trace_headers() -> list[tuple[str, bytes]]:
+    """The current span as a ``traceparent`` header, also when the sampler dropped it: the
+    writer then drops the command's spans too, instead of starting a trace of its own for a
+    command whose caller was not sampled (a trace with no beginning)."""
+    parent = current_traceparent(sampled_only=False)
+    return [] if parent is None else [(TRACEPARENT, parent.encode("ascii"))]
 
 
 def command_id_of(value: bytes | None) -> UUID | None:
@@ -427,7 +447,9 @@ class KafkaCommandRouter:
             value = encode_command(
                 command, traced(metadata), reply_partition=reply, expires_at=expires
             )
-            caller = None if reply is None else [(CALLER_HEADER, caller_header())]
+            headers = trace_headers()
+            if reply is not None:
+                headers.append((CALLER_HEADER, caller_header()))
 
             def send() -> Any:
                 return producer.send(
@@ -435,7 +457,7 @@ class KafkaCommandRouter:
                     key=str(command.command_id).encode("ascii"),
                     value=value,
                     partition=shard,
-                    headers=caller,
+                    headers=headers or None,
                 )
 
             try:

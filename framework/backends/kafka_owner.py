@@ -51,6 +51,7 @@ from framework.backends.kafka_commands import (
     command_id_of,
     decode_command,
     encode_result,
+    traceparent_of,
 )
 from framework.backends.kafka_markers import positions_of
 from framework.backends.kafka_records import encode_event
@@ -146,6 +147,8 @@ class _Consumed:
     value: bytes | None
     caller: int | None = None
     """The waiting caller the record names (see ``kafka_commands.CALLER_HEADER``)."""
+    traceparent: str | None = None
+    """The sender's span, sampled or not (``kafka_commands.trace_headers``)."""
 
 
 @dataclass(eq=False)
@@ -403,7 +406,7 @@ class ShardOwner:
             if isinstance(item, _Local):
                 entry.span = item.span  # its metadata already carries the span's context
             else:
-                entry.span, metadata = observed.start_command(metadata)
+                entry.span, metadata = observed.start_command(metadata, item.traceparent)
             loader = _BatchLoader(self, overlay)
             try:
                 previous = self.app.previous_result(command)
@@ -804,7 +807,12 @@ class WriterMember:
             if owner is None or tp.partition in self._holding or owner.stopping.is_set():
                 continue  # read again from the committed offset once the owner is ready
             for record in records:
-                owner.inbox.put(_Consumed(record.offset, record.value, caller_of(record.headers)))
+                headers = record.headers
+                owner.inbox.put(
+                    _Consumed(
+                        record.offset, record.value, caller_of(headers), traceparent_of(headers)
+                    )
+                )
         self._flow_control()
 
     def _tp(self, shard: int) -> TopicPartition:

@@ -162,9 +162,10 @@ def caller_span() -> trace.Span:
     return trace.get_current_span()
 
 
-def start_command(metadata: Metadata) -> tuple[trace.Span, Metadata]:
+def start_command(metadata: Metadata, parent: str | None = None) -> tuple[trace.Span, Metadata]:
     """A writer's ``command <Type>`` span for a command it took from the commands topic (a
-    child of the sender's span), not yet current, and the metadata its events get. End it
+    child of the sender's span: ``parent``, the record's ``traceparent`` header, sampled or
+    not, else the metadata's), not yet current, and the metadata its events get. End it
     with :func:`end_command` once the command's transaction committed (or did not)."""
     command_type = metadata.command_type or "?"
     attributes: dict[str, Any] = {n.KEEL_COMMAND: command_type}
@@ -174,7 +175,7 @@ def start_command(metadata: Metadata) -> tuple[trace.Span, Metadata]:
         attributes[n.KEEL_CORRELATION_ID] = str(metadata.correlation_id)
     span = tracer().start_span(
         n.SPAN_COMMAND.format(command=command_type),
-        context=context_of(metadata.traceparent),
+        context=context_of(parent or metadata.traceparent),
         attributes=attributes,
     )
     if not span.is_recording():

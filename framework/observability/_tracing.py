@@ -71,11 +71,13 @@ def tracing_enabled() -> bool:
     return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 
 
-def current_traceparent() -> str | None:
-    """The ``traceparent`` of the span in effect, or None when nothing is traced."""
+def current_traceparent(*, sampled_only: bool = True) -> str | None:
+    """The ``traceparent`` of the span in effect, or None when nothing is traced.
+    ``sampled_only=False`` also names a span the sampler dropped (flags ``00``): a message
+    that travels only for a while carries that decision, so its receiver drops its part too."""
     found = trace.get_current_span().get_span_context()
-    # Only sampled traces travel: the events keep their metadata forever.
-    if not found.is_valid or not found.trace_flags.sampled:
+    # Only sampled traces travel in metadata: the events keep their metadata forever.
+    if not found.is_valid or (sampled_only and not found.trace_flags.sampled):
         return None
     # W3C Trace Context, version 00 (what the propagator writes, without its carrier dance).
     return f"00-{found.trace_id:032x}-{found.span_id:016x}-{found.trace_flags:02x}"

@@ -5,13 +5,15 @@ trace context for the projection batches."""
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
-from opentelemetry.trace import SpanKind
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind
 
 from framework.observability import _names as n
 from framework.writer import writer
@@ -76,6 +78,55 @@ def test_a_command_sent_to_the_writer_joins_the_callers_trace(
         f"KAFKA TRACE: spans={len(spans)} trace_ids={len({s.context.trace_id for s in spans})} "
         f"writer_transactions={sum(v for _, v in transactions):g}"
     )
+
+
+@pytest.mark.timeout(120)
+def test_a_command_whose_caller_was_not_sampled_leaves_no_spans_in_the_writer(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    """The sampler's decision travels with the command record (its ``traceparent`` header,
+    flags 00): the writer does not start a trace of its own for the command, and its events
+    carry no trace context; the next, sampled, command is traced whole."""
+    name = unique_name("obs").replace("-", "_")
+    url = f"kafka://{kafka_bootstrap}?partitions=1"
+    app, sender = build(url, name=name), build(url, name=name)
+    telemetry.install()
+    dropped = NonRecordingSpan(
+        SpanContext(random.getrandbits(128), random.getrandbits(64), is_remote=False)
+    )
+    assert not dropped.get_span_context().trace_flags.sampled
+    try:
+        with writer(app):
+            account = uuid.uuid4()
+            app.execute(OpenAccount(account_id=account, owner=OWNER))
+            with telemetry.recording() as exporter:
+                unsampled = Deposit(account_id=account, amount=Decimal("5.00"))
+                with trace.use_span(dropped):
+                    sender.execute(unsampled)
+                sampled = Deposit(account_id=account, amount=Decimal("7.00"))
+                sender.execute(sampled)
+                deadline = time.monotonic() + 10
+                # The writer decides in order and ends a command's span after answering:
+                # once the second command's span is in, the first one's would be too.
+                while time.monotonic() < deadline and not any(
+                    s.attributes.get(n.KEEL_COMMAND_ID) == str(sampled.command_id)
+                    and s.parent is not None
+                    and s.parent.is_remote
+                    for s in exporter.get_finished_spans()
+                ):
+                    time.sleep(0.05)
+                spans = list(exporter.get_finished_spans())
+            history = app.history(account)
+    finally:
+        sender.close()
+        app.close()
+    by_command = {s.attributes.get(n.KEEL_COMMAND_ID) for s in spans if s.name == "command Deposit"}
+    assert by_command == {str(sampled.command_id)}
+    assert dropped.get_span_context().trace_id not in {s.context.trace_id for s in spans}
+    assert len({s.context.trace_id for s in spans}) == 1  # the sampled command's, whole
+    assert history[1].metadata.command_id == unsampled.command_id
+    assert history[1].metadata.traceparent is None
+    assert history[2].metadata.traceparent is not None
 
 
 @pytest.mark.timeout(120)

@@ -23,7 +23,8 @@ _on = threading.Event()
 
 
 class _Switch(Sampler):
-    """Samples (and so records and exports) spans only while a test records."""
+    """Samples (and so records and exports) spans only while a test records; a span whose
+    parent was dropped is dropped too, as by the SDK's ``ParentBased`` samplers."""
 
     def should_sample(
         self,
@@ -35,7 +36,8 @@ class _Switch(Sampler):
         links: Any = None,
         trace_state: Any = None,
     ) -> SamplingResult:
-        if not _on.is_set():
+        parent = trace.get_current_span(parent_context).get_span_context()
+        if not _on.is_set() or (parent.is_valid and not parent.trace_flags.sampled):
             return SamplingResult(Decision.DROP)
         return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
 

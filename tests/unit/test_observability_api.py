@@ -272,6 +272,27 @@ def test_a_traceparent_is_read_as_the_w3c_propagator_reads_it(traceparent: str) 
     assert link.context == found
 
 
+def test_a_command_record_carries_the_senders_sampling_decision_in_a_header() -> None:
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    from framework.backends.kafka_commands import trace_headers, traceparent_of
+
+    assert trace_headers() == [] and observability.current_traceparent() is None
+    for flags in (TraceFlags(0), TraceFlags(TraceFlags.SAMPLED)):
+        span = NonRecordingSpan(SpanContext(0xA1, 0xB2, is_remote=False, trace_flags=flags))
+        with trace.use_span(span):
+            headers = trace_headers()
+            in_metadata = observability.current_traceparent()
+        expected = f"00-{0xA1:032x}-{0xB2:016x}-{flags:02x}"
+        assert headers == [("traceparent", expected.encode("ascii"))]
+        assert traceparent_of([("keel.caller", b"x"), *headers]) == expected
+        # Metadata (kept with the events forever) names sampled spans only.
+        assert in_metadata == (expected if flags.sampled else None)
+    assert traceparent_of([("traceparent", b"\xff")]) is None
+    assert traceparent_of(None) is None
+
+
 def test_a_worker_process_can_serve_metrics_on_its_own_port() -> None:
     import urllib.request
 
