@@ -320,7 +320,7 @@ def run(ctx: Context) -> Section:
             else:
                 stores_of[mode] = f"sqlite:///{ctx.path(f'{name}_{mode}-events.db')}"
             reads_of[mode] = f"sqlite:///{ctx.path(f'{name}_{mode}-read.db')}"
-        ctx.log(f"  {store}: off and on side by side, {n:,} commands each in {chunks} turns")
+        ctx.log(f"  {store}: {', '.join(MODES)} side by side, {n:,} commands each, {chunks} turns")
         samples, finished = _interleaved(stores_of, reads_of, name, n, more, chunks)
         for key, unit, what in (
             ("commands_cpu", "commands/CPU-s", "Application.execute (deposits, 1 caller)"),
@@ -349,7 +349,7 @@ def run(ctx: Context) -> Section:
                 )
         paired = {
             (mode, key): _paired(samples["off"][key], samples[mode][key])
-            for mode in ("on", "sampled")
+            for mode in MODES[1:]
             for key in ("commands_cpu", "events_cpu")
         }
         section.notes.append(

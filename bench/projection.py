@@ -205,6 +205,11 @@ def scale(
     }
 
 
+def _scaling_repeats(ctx: Context) -> int:
+    """Runs of each worker count the scaling rows take the median of."""
+    return ctx.pick(1, 1, 3)
+
+
 def _scaling(
     ctx: Context,
     section: Section,
@@ -220,7 +225,7 @@ def _scaling(
     moves a single run's ratio by tenths)."""
     partitions = len(reached)
     runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
-    repeats = ctx.pick(1, 1, 3)
+    repeats = _scaling_repeats(ctx)
     for round_ in range(repeats):
         for workers in (1, 2):
             ctx.log(
@@ -331,7 +336,7 @@ def run(ctx: Context) -> Section:
                 fill_store(store, more, reached=reached)
             section.notes.append(
                 f"the worker-scaling rows: {records + more:,} records, the median of "
-                f"{ctx.pick(1, 1, 3)} alternating runs of each worker count"
+                f"{_scaling_repeats(ctx)} alternating runs of each worker count"
             )
             _scaling(ctx, section, store, name, url, reached, suffix="")
             if not ctx.quick:

@@ -150,24 +150,28 @@ def caller_header() -> bytes:
     return f"{_PROCESS_TAG}-{threading.get_ident():x}".encode("ascii")
 
 
+def _header(headers: list[tuple[str, bytes]] | None, name: str) -> bytes | None:
+    """The value of a record's first header called ``name``."""
+    for key, value in headers or ():
+        if key == name:
+            return value
+    return None
+
+
 def caller_of(headers: list[tuple[str, bytes]] | None) -> int | None:
     """The caller a commands-topic record names (None: no one waits for it)."""
-    for key, value in headers or ():
-        if key == CALLER_HEADER:
-            return hash(value)
-    return None
+    value = _header(headers, CALLER_HEADER)
+    return None if value is None else hash(value)
 
 
 def traceparent_of(headers: list[tuple[str, bytes]] | None) -> str | None:
     """The W3C ``traceparent`` header of a commands-topic record: the sender's span, sampled
     or not (a command's metadata names only sampled ones; see :func:`trace_headers`)."""
-    for key, value in headers or ():
-        if key == TRACEPARENT:
-            try:
-                return value.decode("ascii")
-            except (UnicodeDecodeError, AttributeError):
-                return None
-    return None
+    value = _header(headers, TRACEPARENT)
+    try:
+        return None if value is None else value.decode("ascii")
+    except UnicodeDecodeError:
+        return None
 
 
 def trace_headers() -> list[tuple[str, bytes]]:
