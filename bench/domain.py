@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID
 
 from eventsourcing.application import Application as LibraryApplication
@@ -42,6 +42,9 @@ class AccountClosed(DomainError):
 
 class Account(Aggregate):
     type_name = "BenchAccount"  # distinct from the test suite's bank "Account"
+    # Made by the @event decorators below; declared so that type checkers see them.
+    Opened: ClassVar[type[Aggregate.Event]]
+    Deposited: ClassVar[type[Aggregate.Event]]
 
     owner: str
     email: str

@@ -19,8 +19,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
+
+T = TypeVar("T")
 
 __all__ = [
     "Context",
@@ -243,7 +245,7 @@ class Context:
                     log(f"cleanup failed: {error!r}")
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def pick(self, smoke: Any, quick: Any, full: Any) -> Any:
+    def pick(self, smoke: T, quick: T, full: T) -> T:
         """The size for this mode."""
         if self.smoke:
             return smoke
@@ -301,7 +303,7 @@ class Context:
         self.on_exit(drop)
 
     def drop_postgres_tables_later(self, *tables: str) -> None:
-        url = self.services.postgres
+        url = self.services.need_postgres()
 
         def drop() -> None:
             import psycopg

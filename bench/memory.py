@@ -21,6 +21,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bench.harness import REPO, Context, Row, Section
@@ -151,7 +152,7 @@ def _records_file(ctx: Context, count: int, partitions: int) -> str:
     return path
 
 
-CHILDREN = {
+CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
     "writer": _writer,
     "worker": _worker,
     "producer": _producer,

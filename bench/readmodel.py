@@ -70,7 +70,7 @@ class Balances(Projection):
                 }
             row["events"] += 1
             if type(event) is Account.Deposited:
-                row["cents"] += int(event.amount * 100)
+                row["cents"] += int(event.amount * 100)  # type: ignore[attr-defined]
         upsert_many(conn, self.balances, list(rows.values()), add=["cents", "events"])
 
 

@@ -123,7 +123,7 @@ def run(ctx: Context) -> Section:
                 # Bring the local index up to date first (untimed): a writer's own commits sit
                 # ahead of the index's read position, and the first read would re-read them.
                 # A new process's index build is measured on its own below.
-                store.catch_up()
+                store.catch_up()  # type: ignore[attr-defined]  # the Kafka store's
             ctx.log(f"  rebuild over {total:,}")
             data = rebuild_once(ctx, store)
             data["n"] = total

@@ -229,6 +229,7 @@ def evaluate_goals(
             out.append(entry)
             continue
         entry["value"] = row.value
+        ratio: float | None
         if goal.absolute:
             ratio = row.value / goal.target
             entry["ratio"] = ratio

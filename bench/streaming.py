@@ -117,7 +117,8 @@ class HandWrittenHourly(Projection):
 
 
 def _named(cls: type[Projection], name: str) -> Projection:
-    return type(f"{cls.__name__}_{name}", (cls,), {"name": name})()
+    named: type[Projection] = type(f"{cls.__name__}_{name}", (cls,), {"name": name})
+    return named()
 
 
 def _feed(count: int) -> Iterator[list[NewEvent]]:

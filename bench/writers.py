@@ -170,7 +170,9 @@ def _cpu_percent() -> float:
     return float(psutil.cpu_percent(interval=None))
 
 
-def drive(kind: str, url: str, env: dict[str, str], name: str, senders: int, total: int) -> dict:
+def drive(
+    kind: str, url: str, env: dict[str, str], name: str, senders: int, total: int
+) -> dict[str, Any]:
     """Total commands/s of ``senders`` sender processes (each ``THREADS`` callers)."""
     per_thread = max(1, total // (senders * THREADS))
     start, out = SPAWN.Event(), SPAWN.Queue()
