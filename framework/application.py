@@ -567,13 +567,16 @@ def a_an(noun: str) -> str:
 def replayed_result(store: EventStore, command: Command, record: RecordedEvent) -> CommandResult:
     """The result a command record stands for; refuses a re-used id with another payload."""
     body = pydantic_core.from_json(record.state)
-    if (
-        body.get("command_type", command.command_type) != command.command_type
-        or body.get("fingerprint", command.fingerprint()) != command.fingerprint()
-    ):
+    ran_as = body.get("command_type", command.command_type)
+    if ran_as != command.command_type:
+        differs = f"as {a_an(str(ran_as))}, not {a_an(command.command_type)}"
+    elif body.get("fingerprint", command.fingerprint()) != command.fingerprint():
+        differs = f"as {a_an(str(ran_as))} with another payload"
+    else:
+        differs = ""
+    if differs:
         raise IdempotencyKeyReusedError(
-            f"command id {command.command_id} already ran as "
-            f"{a_an(str(body.get('command_type')))} with another payload; nothing was written. "
+            f"command id {command.command_id} already ran {differs}; nothing was written. "
             "Give a new command a new id"
         )
     primary = body.get("aggregate_id")

@@ -96,7 +96,7 @@ def test_a_reused_command_id_with_another_payload_is_refused(store: str, tmp_pat
     with pytest.raises(IdempotencyKeyReusedError, match="another payload"):
         app.execute(reused)
     other_type = Withdraw(command_id=first.command_id, account_id=account, amount=Decimal(1))
-    with pytest.raises(IdempotencyKeyReusedError, match="as a Deposit"):
+    with pytest.raises(IdempotencyKeyReusedError, match="as a Deposit, not a Withdraw;"):
         app.execute(other_type)
     assert app.load(Account, account).balance == Decimal("5.00")
     assert len(app.store.read(account)) == 2

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -36,3 +38,15 @@ def test_the_readme_example_runs_and_its_tests_pass(
         test()
     assert (tmp_path / "var" / "warehouse.db").exists()
     module.app.close()
+
+
+def test_the_readme_example_runs_again_over_the_files_it_left(tmp_path: Path) -> None:
+    """A newcomer runs the example twice: the second run finds the first run's item too."""
+    script = tmp_path / "example.py"
+    script.write_text(readme_example())
+    env = {**os.environ, "PYTHONPATH": str(README.parent)}
+    for run in (1, 2):
+        done = subprocess.run(
+            [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, f"run {run}:\n{done.stderr[-2000:]}"
