@@ -20,11 +20,19 @@ from bench.report import SECTIONS, markdown, render, run_all
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Run the benchmark sections: every figure beside its peer, the ratio, and "
+        "the goals (bench/README.md says what each section measures).",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="small sizes: under 2 minutes (the CI smoke run)"
     )
-    parser.add_argument("--json", metavar="FILE", help="where to write the JSON results")
+    parser.add_argument(
+        "--json",
+        metavar="FILE",
+        help="where to write the JSON results (default: var/bench/results-<mode>.json)",
+    )
     parser.add_argument("--markdown", metavar="FILE", help="also write the tables as Markdown")
     parser.add_argument(
         "--only",

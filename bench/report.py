@@ -8,11 +8,13 @@ import importlib
 import os
 import platform
 import re
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from bench.harness import REPO, Context, Section, ServiceMissing, Services
@@ -531,9 +533,19 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
+    import argparse
     import json
-    import sys
 
-    # python -m bench.report results.json: the Markdown tables of a saved run.
-    with open(sys.argv[1]) as saved:
-        sys.stdout.write(markdown(json.load(saved)))
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.report",
+        description="Print the Markdown tables of a saved run (what `python -m bench` wrote).",
+    )
+    parser.add_argument(
+        "results", type=Path, help="a results JSON, e.g. var/bench/results-full.json"
+    )
+    args = parser.parse_args()
+    try:
+        saved = json.loads(args.results.read_text())
+    except (OSError, ValueError) as error:
+        parser.exit(2, f"python -m bench.report: {args.results}: {error}\n")
+    sys.stdout.write(markdown(saved))

@@ -100,3 +100,17 @@ def test_the_command_line_writes_json(tmp_path: Any, capsys: pytest.CaptureFixtu
     written = json.loads(target.read_text())
     assert list(written["sections"]) == ["load"]
     assert "Goals" in capsys.readouterr().out
+
+
+def test_the_report_command_prints_a_saved_run_and_names_a_missing_one(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    target = tmp_path / "out.json"
+    assert main(["--smoke", "--only", "load", "--json", str(target)]) == 0
+    report = [sys.executable, "-m", "bench.report"]
+    printed = subprocess.run([*report, str(target)], capture_output=True, text=True)
+    assert printed.returncode == 0 and "### Goals" in printed.stdout
+    missing = subprocess.run([*report, str(tmp_path / "none.json")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "none.json" in missing.stderr
+    assert "Traceback" not in missing.stderr
