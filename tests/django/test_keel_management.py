@@ -112,7 +112,10 @@ def test_user_errors_are_command_errors(shop: Any) -> None:
 
 @pytest.mark.parametrize(
     ("position", "fragment"),
-    [("7:0", "partition 7 does not exist"), ("0:999999", "past the end of partition 0")],
+    [
+        ("7:0", r"partition 7 does not exist \(the store's partitions: 0\)"),
+        ("0:999999", "past the end of partition 0"),
+    ],
 )
 def test_rebuild_refuses_positions_the_store_does_not_have(
     shop: Any, position: str, fragment: str

@@ -143,7 +143,7 @@ def parse_positions(text: str) -> Positions:
             continue
         partition, sep, offset = part.strip().partition(":")
         if not sep or not _digits(partition) or not _digits(offset):
-            raise ValueError(f"{part.strip()!r} is not PARTITION:OFFSET (e.g. after=0:123,1:45)")
+            raise ValueError(f"{part.strip()!r} is not PARTITION:OFFSET (e.g. 0:123,1:45)")
         if len(partition) > 6 or len(offset) > 19:
             raise ValueError(f"{part.strip()!r} is out of range")
         positions[int(partition)] = int(offset)
@@ -160,8 +160,12 @@ def check_positions(positions: Mapping[int, int], head: Mapping[int, int]) -> No
     its end (``head``). Waiting for those would only time out. Raises ValueError."""
     for partition, offset in sorted(positions.items()):
         if partition not in head:
-            have = ", ".join(str(p) for p in sorted(head)) or "none"
-            raise ValueError(f"partition {partition} does not exist (the store has {have})")
+            have = ", ".join(str(p) for p in sorted(head))
+            raise ValueError(
+                f"partition {partition} does not exist (the store's partitions: {have})"
+                if have
+                else f"partition {partition} does not exist (the store has no partitions yet)"
+            )
         if offset > head[partition]:
             raise ValueError(
                 f"{partition}:{offset} is past the end of partition {partition} "
