@@ -77,7 +77,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
 from framework.backends.kafka_client import (
@@ -98,6 +98,7 @@ from framework.backends.kafka_index import (
 from framework.backends.kafka_records import partition_for, record_size
 from framework.backends.kafka_topic import TopicInfo, prepare_command_topics, prepare_topic
 from framework.backends.kafka_writer import ShardWriter, ShardWriterSettings
+from framework.backends.url_options import Parser, flag, integer, number, parse_options, text
 from framework.errors import (
     ConfigurationError,
     CrossShardCommandError,
@@ -149,23 +150,31 @@ GUARDED_SETTINGS = {
     "enable_auto_commit": ("false", {"false", "0", "no"}),
     "isolation_level": ("read_committed", {"read_committed"}),
 }
-INT_OPTIONS = {
-    "partitions",
-    "shards",
-    "replication_factor",
-    "min_insync_replicas",
-    "max_batch",
-    "max_event_bytes",
-    "results_partitions",
+OPTIONS: dict[str, Parser] = {
+    **dict.fromkeys(
+        (
+            "partitions",
+            "shards",
+            "replication_factor",
+            "min_insync_replicas",
+            "max_batch",
+            "max_event_bytes",
+            "results_partitions",
+        ),
+        integer,
+    ),
+    **dict.fromkeys(
+        ("commit_timeout", "append_timeout", "read_timeout", "command_timeout", "command_ttl"),
+        number,
+    ),
+    **dict.fromkeys(("topic", "index", "client_id"), text),
 }
-FLOAT_OPTIONS = {
-    "commit_timeout",
-    "append_timeout",
-    "read_timeout",
-    "command_timeout",
-    "command_ttl",
+"""The URL options that are :class:`KafkaEventStore` arguments."""
+CLIENT_OPTIONS: dict[str, Parser] = {
+    **dict.fromkeys(SECURITY_SETTINGS | GUARDED_SETTINGS.keys(), text),
+    "ssl_check_hostname": flag,
 }
-STR_OPTIONS = {"topic", "index", "client_id"}
+"""The URL options passed to the clients (the guarded ones only to be checked)."""
 
 
 def parse_url(url: str) -> dict[str, Any]:
@@ -176,33 +185,16 @@ def parse_url(url: str) -> dict[str, Any]:
     userinfo, _, hosts = parts.netloc.rpartition("@")
     if not hosts.strip(","):
         raise ConfigurationError(f"{url!r} names no broker: use kafka://host:9092[,host2:9092]")
-    options: dict[str, Any] = {"bootstrap_servers": hosts}
+    parsed = parse_options(
+        parts.query, {**OPTIONS, **CLIENT_OPTIONS}, store="Kafka", unlisted=GUARDED_SETTINGS
+    )
     client: dict[str, Any] = {}
     if userinfo:
         user, _, password = userinfo.partition(":")
         client["sasl_plain_username"] = unquote(user)
         client["sasl_plain_password"] = unquote(password)
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        try:
-            if key in INT_OPTIONS:
-                options[key] = int(value)
-            elif key in FLOAT_OPTIONS:
-                options[key] = float(value)
-            elif key in STR_OPTIONS:
-                options[key] = value
-            elif key == "ssl_check_hostname":
-                client[key] = value.lower() in {"true", "1", "yes"}
-            elif key in SECURITY_SETTINGS or key in GUARDED_SETTINGS:
-                client[key] = value
-            else:
-                known = sorted(INT_OPTIONS | FLOAT_OPTIONS | STR_OPTIONS | SECURITY_SETTINGS)
-                raise ConfigurationError(
-                    f"unknown option {key!r} in the Kafka store URL; known: {', '.join(known)}"
-                )
-        except ValueError as error:
-            if isinstance(error, ConfigurationError):
-                raise
-            raise ConfigurationError(f"option {key}={value!r} is not a number") from error
+    client.update({k: parsed.pop(k) for k in CLIENT_OPTIONS.keys() & parsed.keys()})
+    options: dict[str, Any] = {"bootstrap_servers": hosts, **parsed}
     if client:
         options["client"] = client
     return options

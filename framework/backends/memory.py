@@ -5,16 +5,18 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from eventsourcing.popo import POPOAggregateRecorder, POPOApplicationRecorder
 
-from framework.backends.recorders import RecorderEventStore, size_limits
+from framework.backends.recorders import SIZE_OPTIONS, RecorderEventStore, size_limits
+from framework.backends.url_options import parse_options
 
 
 def open_store(url: str = "memory://", *, name: str) -> RecorderEventStore:
     """Open a fresh, empty in-memory store."""
-    max_event, max_append = size_limits(parse_qs(urlsplit(url).query))
+    options = parse_options(urlsplit(url).query, SIZE_OPTIONS, store="memory")
+    max_event, max_append = size_limits(options)
     return RecorderEventStore(
         name,
         POPOApplicationRecorder(),

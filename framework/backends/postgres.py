@@ -14,17 +14,24 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from eventsourcing.postgres import (
     PostgresAggregateRecorder,
     PostgresApplicationRecorder,
     PostgresDatastore,
 )
+from psycopg import pq
 from psycopg.sql import SQL, Literal
 
-from framework.backends.recorders import RecorderEventStore, size_limits, translated_errors
+from framework.backends.recorders import (
+    SIZE_OPTIONS,
+    RecorderEventStore,
+    size_limits,
+    translated_errors,
+)
 from framework.backends.sqlite import table_prefix
+from framework.backends.url_options import Parser, number, parse_options, positive_integer, text
 from framework.database import DDL_LOCK
 from framework.errors import ConfigurationError
 
@@ -32,12 +39,48 @@ MAX_APPEND_BYTES = 3 * 1024 * 1024
 """The most one append may send: the recorder's pipeline stalled for good at about 5 MB."""
 
 
-class _Datastore(PostgresDatastore):
-    """The library's datastore, with a statement timeout on every connection."""
+def _seconds(value: str) -> float:
+    try:
+        seconds = number(value)
+    except ValueError:
+        seconds = 0.0
+    if not seconds >= 1:  # NaN too
+        raise ValueError("must be a number of seconds, at least 1")
+    return seconds
 
-    def __init__(self, *args: Any, statement_timeout: float, **kwargs: Any) -> None:
+
+_URL_PARTS = {"host", "hostaddr", "port", "dbname", "user", "password"}
+LIBPQ_OPTIONS = frozenset(
+    o.keyword.decode() for o in pq.Conninfo.get_defaults() if o.keyword.decode() not in _URL_PARTS
+)
+"""libpq's connection parameters (``sslmode``, ``application_name``, ...), passed to the driver;
+the URL's own parts give the host, port, database, user and password."""
+
+KEEL_OPTIONS: dict[str, Parser] = {
+    "pool_size": positive_integer,
+    "statement_timeout": _seconds,
+    **SIZE_OPTIONS,
+}
+
+
+class _Datastore(PostgresDatastore):
+    """The library's datastore, with a statement timeout on every connection and libpq's
+    connection parameters passed through."""
+
+    def __init__(
+        self,
+        *args: Any,
+        statement_timeout: float,
+        connect_options: dict[str, str],
+        **kwargs: Any,
+    ) -> None:
         self.statement_timeout = statement_timeout
         super().__init__(*args, **kwargs)
+        # The library builds the pool's connect arguments itself (a dict); the pool, not yet
+        # open, reads its kwargs attribute for every connection it makes.
+        connect_kwargs = self.pool.kwargs
+        assert isinstance(connect_kwargs, dict)
+        connect_kwargs.update(connect_options)
 
     def after_connect_func(self) -> Callable[[Any], None]:
         configure = super().after_connect_func()
@@ -52,12 +95,14 @@ class _Datastore(PostgresDatastore):
         return after_connect
 
 
-def open_store(url: str, *, name: str) -> RecorderEventStore:
-    """Open (creating tables when missing) the PostgreSQL store that ``url`` names.
+def parse_url(url: str) -> dict[str, Any]:
+    """The datastore's keyword arguments that ``url`` spells, and its size limits
+    (``max_event_bytes``, ``max_append_bytes``); refuses an unknown option before connecting.
 
     ``?pool_size=5`` sets the connection pool size; ``statement_timeout=30`` the seconds any
     statement (and any wait for the table lock) may take; ``max_event_bytes`` and
-    ``max_append_bytes`` the size limits (at most 3 MiB per append).
+    ``max_append_bytes`` the size limits (at most 3 MiB per append). libpq's connection
+    parameters (``sslmode=verify-full``, ``application_name=...``) go to the driver.
     """
     parts = urlsplit(url)
     dbname = parts.path.lstrip("/")
@@ -65,32 +110,41 @@ def open_store(url: str, *, name: str) -> RecorderEventStore:
         raise ConfigurationError(
             f"{url!r} needs a host and a database: postgresql://user:password@host:5432/dbname"
         )
-    options = parse_qs(parts.query)
-    pool_size = int(options.get("pool_size", ["5"])[0])
+    options = parse_options(
+        parts.query,
+        {**KEEL_OPTIONS, **dict.fromkeys(LIBPQ_OPTIONS, text)},
+        store="PostgreSQL",
+        unlisted=LIBPQ_OPTIONS,
+        also=", and libpq's connection parameters (sslmode, application_name, ...)",
+    )
     max_event, max_append = size_limits(options, cap=MAX_APPEND_BYTES)
-    raw_timeout = options.get("statement_timeout", ["30"])[-1]
-    try:
-        timeout = float(raw_timeout)
-    except ValueError:
-        timeout = 0.0
-    if not timeout >= 1:
-        raise ConfigurationError(
-            f"statement_timeout={raw_timeout!r} must be a number of seconds, at least 1"
-        )
+    pool_size = options.get("pool_size", 5)
+    timeout = options.get("statement_timeout", 30.0)
+    return {
+        "dbname": dbname,
+        "host": parts.hostname,
+        "port": parts.port or 5432,
+        "user": unquote(parts.username or "postgres"),
+        "password": unquote(parts.password or ""),
+        "pool_size": pool_size,
+        "max_overflow": pool_size,
+        "statement_timeout": timeout,
+        "lock_timeout": int(timeout),
+        "idle_in_transaction_session_timeout": timeout,
+        "connect_options": {k: options[k] for k in LIBPQ_OPTIONS & options.keys()},
+        "max_event_bytes": max_event,
+        "max_append_bytes": max_append,
+    }
+
+
+def open_store(url: str, *, name: str) -> RecorderEventStore:
+    """Open (creating tables when missing) the PostgreSQL store that ``url`` names (its options:
+    :func:`parse_url`)."""
+    settings = parse_url(url)
+    max_event = settings.pop("max_event_bytes")
+    max_append = settings.pop("max_append_bytes")
     with translated_errors():
-        datastore = _Datastore(
-            dbname=dbname,
-            host=parts.hostname,
-            port=parts.port or 5432,
-            user=unquote(parts.username or "postgres"),
-            password=unquote(parts.password or ""),
-            pool_size=pool_size,
-            max_overflow=pool_size,
-            pre_ping=True,
-            statement_timeout=timeout,
-            lock_timeout=int(timeout),
-            idle_in_transaction_session_timeout=timeout,
-        )
+        datastore = _Datastore(pre_ping=True, **settings)
     prefix = table_prefix(name)
     events = PostgresApplicationRecorder(datastore, events_table_name=f"{prefix}_events")
     snapshots = PostgresAggregateRecorder(datastore, events_table_name=f"{prefix}_snapshots")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 from uuid import UUID
@@ -32,6 +32,7 @@ from eventsourcing.persistence import (
     StoredEvent,
 )
 
+from framework.backends.url_options import Parser, positive_integer
 from framework.errors import (
     ConcurrencyError,
     ConfigurationError,
@@ -57,21 +58,27 @@ MAX_EVENT_BYTES = 1024 * 1024
 MAX_APPEND_BYTES = 2 * 1024 * 1024
 
 
-def size_limits(options: dict[str, list[str]], *, cap: int | None = None) -> tuple[int, int]:
-    """``max_event_bytes`` and ``max_append_bytes`` from a URL's query options."""
-    limits = {"max_event_bytes": MAX_EVENT_BYTES, "max_append_bytes": MAX_APPEND_BYTES}
-    for key in limits:
-        if key in options:
-            raw = options[key][-1]
-            if not raw.isdigit() or int(raw) < 1:
-                raise ConfigurationError(f"{key}={raw!r} must be a positive number of bytes")
-            limits[key] = int(raw)
-    if cap is not None and limits["max_append_bytes"] > cap:
+def byte_count(value: str) -> int:
+    try:
+        return positive_integer(value)
+    except ValueError:
+        raise ValueError("must be a positive number of bytes") from None
+
+
+SIZE_OPTIONS: dict[str, Parser] = {"max_event_bytes": byte_count, "max_append_bytes": byte_count}
+"""The size-limit URL options every recorder store takes (see :func:`size_limits`)."""
+
+
+def size_limits(options: Mapping[str, Any], *, cap: int | None = None) -> tuple[int, int]:
+    """``max_event_bytes`` and ``max_append_bytes`` from a URL's parsed :data:`SIZE_OPTIONS`."""
+    max_event: int = options.get("max_event_bytes", MAX_EVENT_BYTES)
+    max_append: int = options.get("max_append_bytes", MAX_APPEND_BYTES)
+    if cap is not None and max_append > cap:
         raise ConfigurationError(
-            f"max_append_bytes={limits['max_append_bytes']} is above {cap}, the most this "
+            f"max_append_bytes={max_append} is above {cap}, the most this "
             "backend writes in one append without stalling; use a smaller value"
         )
-    return min(limits["max_event_bytes"], limits["max_append_bytes"]), limits["max_append_bytes"]
+    return min(max_event, max_append), max_append
 
 
 def event_size(event: NewEvent) -> int:

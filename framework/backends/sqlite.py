@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from eventsourcing.sqlite import (
     SQLiteAggregateRecorder,
@@ -16,7 +16,13 @@ from eventsourcing.sqlite import (
     SQLiteDatastore,
 )
 
-from framework.backends.recorders import RecorderEventStore, size_limits, translated_errors
+from framework.backends.recorders import (
+    SIZE_OPTIONS,
+    RecorderEventStore,
+    size_limits,
+    translated_errors,
+)
+from framework.backends.url_options import Parser, parse_options, positive_integer
 from framework.errors import ConfigurationError
 
 
@@ -30,6 +36,9 @@ def table_prefix(name: str) -> str:
     return name.lower()
 
 
+OPTIONS: dict[str, Parser] = {"lock_timeout": positive_integer, **SIZE_OPTIONS}
+
+
 def open_store(url: str, *, name: str) -> RecorderEventStore:
     """Open (creating when missing) the SQLite store that ``url`` names.
 
@@ -41,12 +50,11 @@ def open_store(url: str, *, name: str) -> RecorderEventStore:
     path = parts.netloc if parts.netloc == ":memory:" else parts.path[1:]
     if not path:
         raise ConfigurationError(f"{url!r} names no file: use sqlite:///path/to/events.db")
+    options = parse_options(parts.query, OPTIONS, store="SQLite")
+    max_event, max_append = size_limits(options)
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    options = parse_qs(parts.query)
-    lock_timeout = int(options.get("lock_timeout", ["30"])[0])
-    max_event, max_append = size_limits(options)
-    datastore = SQLiteDatastore(path, lock_timeout=lock_timeout)
+    datastore = SQLiteDatastore(path, lock_timeout=options.get("lock_timeout", 30))
     prefix = table_prefix(name)
     events = SQLiteApplicationRecorder(datastore, events_table_name=f"{prefix}_events")
     snapshots = SQLiteAggregateRecorder(datastore, events_table_name=f"{prefix}_snapshots")

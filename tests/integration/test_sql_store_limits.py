@@ -86,3 +86,15 @@ def test_size_options_are_honoured(tmp_path: Path) -> None:
         store.append([NewEvent(uuid.uuid4(), 1, "T.x", b"x" * 900)])
         with pytest.raises(EventTooLargeError, match="accepts 1000"):
             store.append([NewEvent(uuid.uuid4(), 1, "T.x", b"x" * 1000)])
+
+
+@pytest.mark.postgres
+def test_libpq_parameters_on_a_postgres_url_reach_the_driver(postgres_url: str) -> None:
+    tag = f"keel_probe_{uuid.uuid4().hex[:8]}"
+    with open_store(f"{postgres_url}?application_name={tag}&pool_size=1", name="libpq") as store:
+        store.append([NewEvent(uuid.uuid4(), 1, "T.x", b"{}")])
+        with psycopg.connect(psycopg_url(postgres_url)) as conn:
+            found = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (tag,)
+            ).fetchone()
+        assert found is not None and found[0] >= 1
