@@ -14,6 +14,7 @@ appends stall the recorder's psycopg pipeline (a 10 MB event never returned).
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 import weakref
@@ -123,7 +124,9 @@ def translated_errors() -> Iterator[None]:
         raise StoreUnavailableError(
             f"the event database is unavailable; nothing was written ({error})"
         ) from error
-    except PersistenceError as error:
+    except (PersistenceError, sqlite3.Error) as error:
+        # The SQLite recorder lets some of sqlite3's own errors through (when it sets up a new
+        # connection): they stay in the framework's tree too.
         raise StoreError(str(error)) from error
 
 

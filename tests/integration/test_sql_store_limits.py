@@ -1,6 +1,7 @@
 """The SQL stores never hang and never answer raw: a statement timeout on every PostgreSQL
 append, the largest allowed append goes through, SQLite's own "string or blob too big" is the
-framework's EventTooLargeError, and bad limit options are refused."""
+framework's EventTooLargeError, bad limit options are refused, and a path SQLite cannot use is a
+ConfigurationError naming the file."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from framework.errors import ConfigurationError, EventTooLargeError, StoreUnavailableError
+from framework.application import Application
+from framework.backends.recorders import translated_errors
+from framework.errors import (
+    ConfigurationError,
+    EventTooLargeError,
+    StoreError,
+    StoreUnavailableError,
+)
 from framework.persistence import NewEvent, open_store
 
 
@@ -98,3 +106,35 @@ def test_libpq_parameters_on_a_postgres_url_reach_the_driver(postgres_url: str) 
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (tag,)
             ).fetchone()
         assert found is not None and found[0] >= 1
+
+
+def test_a_file_that_is_not_a_sqlite_store_is_refused_by_name(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database, " * 100)
+    with pytest.raises(ConfigurationError, match="file is not a database") as refused:
+        Application("x", f"sqlite:///{notes}")
+    assert str(notes) in str(refused.value) and "keel SQLite store" in str(refused.value)
+    assert notes.read_text().startswith("not a database")  # left as it was
+
+
+@pytest.mark.parametrize("where", ["a directory", "under a file"])
+def test_a_path_sqlite_cannot_open_is_refused_with_what_to_check(
+    tmp_path: Path, where: str
+) -> None:
+    # Root may write anywhere, so an unwritable directory is a directory or a file in the way.
+    taken = tmp_path / "taken"
+    if where == "a directory":
+        taken.mkdir()
+        path = taken
+    else:
+        taken.touch()
+        path = taken / "e.db"
+    with pytest.raises(ConfigurationError, match="its directory exists or can be created") as e:
+        open_store(f"sqlite:///{path}", name="x")
+    assert str(path) in str(e.value)
+
+
+def test_sqlite3s_own_errors_stay_in_the_framework_tree() -> None:
+    # The recorder lets sqlite3's errors through when it sets up a new connection.
+    with pytest.raises(StoreError, match="disk I/O error"), translated_errors():
+        raise sqlite3.OperationalError("disk I/O error")
