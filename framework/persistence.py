@@ -13,6 +13,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 from urllib.parse import urlsplit
@@ -36,6 +37,7 @@ __all__ = [
     "RecordedEvent",
     "Snapshot",
     "open_store",
+    "refuse_missing_store",
     "store_url_from_env",
 ]
 
@@ -255,6 +257,26 @@ def store_url_from_env(name: str, environ: Mapping[str, str] | None = None) -> s
     return f"sqlite:///var/{name}-events.db"
 
 
+def refuse_missing_store(url: str, *, check: str, user: str) -> None:
+    """Refuse a SQLite store URL whose file does not exist: opening it would create an empty
+    store, and a tool (``user``) that reads or appends to the application's store must find the
+    one the application writes. ``check`` says where the URL came from."""
+    if _scheme(url) != "sqlite":
+        return
+    from framework.backends.sqlite import store_path
+
+    path = store_path(url)
+    if path != ":memory:" and not Path(path).exists():
+        raise ConfigurationError(
+            f"the event store file {path} does not exist: check {check} ({user} uses the file "
+            "the application writes; it never creates one)"
+        )
+
+
+def _scheme(url: str) -> str:
+    return urlsplit(url).scheme.split("+", 1)[0]
+
+
 def open_store(url: str, *, name: str) -> EventStore:
     """Open the event store that ``url`` names, for the application ``name``.
 
@@ -262,7 +284,7 @@ def open_store(url: str, *, name: str) -> EventStore:
     ``sqlite:///var/events.db``, ``postgresql://user@host/db``, ``kafka://host:9092``), or a
     dotted path ``package.module:factory`` to your own ``factory(url, name=...)``.
     """
-    scheme = urlsplit(url).scheme.split("+", 1)[0]
+    scheme = _scheme(url)
     if scheme in BACKENDS:
         module = importlib.import_module(BACKENDS[scheme])
         store: EventStore = module.open_store(url, name=name)

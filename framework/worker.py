@@ -26,7 +26,6 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -479,7 +478,7 @@ examples:
 
 def _store_url(app: str, given: str | None) -> str:
     """The event store to open: ``--store`` or the environment, never a silent default."""
-    from framework.persistence import store_url_from_env
+    from framework.persistence import refuse_missing_store, store_url_from_env
 
     keys = f"KEEL_{app.upper()}_EVENT_STORE or KEEL_EVENT_STORE"
     url = given or next(
@@ -493,13 +492,7 @@ def _store_url(app: str, given: str | None) -> str:
             f"{keys} (the application itself defaults to {store_url_from_env(app, {})}; a "
             "worker does not, since it would silently read an empty store)"
         )
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        path = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
-        if not path.exists():
-            raise ConfigurationError(
-                f"the event store file {path} does not exist: check --store / {keys} (a worker "
-                "reads the file the application writes; it never creates one)"
-            )
+    refuse_missing_store(url, check=f"--store / {keys}", user="a worker")
     return url
 
 

@@ -76,6 +76,15 @@ def _opening(path: str) -> Iterator[None]:
         ) from error
 
 
+def store_path(url: str) -> str:
+    """The file a SQLite store URL names (``:memory:`` for an in-memory database)."""
+    parts = urlsplit(url)
+    path = parts.netloc if parts.netloc == ":memory:" else parts.path[1:]
+    if not path:
+        raise ConfigurationError(f"{url!r} names no file: use sqlite:///path/to/events.db")
+    return path
+
+
 def open_store(url: str, *, name: str) -> RecorderEventStore:
     """Open (creating when missing) the SQLite store that ``url`` names.
 
@@ -83,11 +92,8 @@ def open_store(url: str, *, name: str) -> RecorderEventStore:
     ``?lock_timeout=10`` sets how many seconds a writer waits for the file lock;
     ``max_event_bytes`` and ``max_append_bytes`` set the size limits.
     """
-    parts = urlsplit(url)
-    path = parts.netloc if parts.netloc == ":memory:" else parts.path[1:]
-    if not path:
-        raise ConfigurationError(f"{url!r} names no file: use sqlite:///path/to/events.db")
-    options = parse_options(parts.query, OPTIONS, store="SQLite")
+    path = store_path(url)
+    options = parse_options(urlsplit(url).query, OPTIONS, store="SQLite")
     max_event, max_append = size_limits(options)
     prefix = table_prefix(name)
     datastore = SQLiteDatastore(path, lock_timeout=options.get("lock_timeout", 30))

@@ -21,7 +21,7 @@ from typing import Any
 
 from framework.database import create_engine
 from framework.errors import FrameworkError
-from framework.persistence import open_store, store_url_from_env
+from framework.persistence import EventStore, open_store, refuse_missing_store, store_url_from_env
 from framework.settings import database_url
 from framework.streaming._clock import tick
 from framework.streaming._late import ACTIONS, late_events, redrive_late
@@ -89,9 +89,19 @@ def _store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", required=True, help="the application (store) name")
     parser.add_argument(
         "--store",
-        help="the store URL (default: KEEL_<NAME>_EVENT_STORE, else KEEL_EVENT_STORE, as the "
-        "application reads it)",
+        help="the store URL (default: KEEL_<NAME>_EVENT_STORE, else KEEL_EVENT_STORE, else "
+        "sqlite:///var/<NAME>-events.db under the current directory, as the application reads "
+        "it); a SQLite store file that does not exist is refused, never created",
     )
+
+
+def _open_store(args: argparse.Namespace) -> EventStore:
+    """The application's store, which must exist: a tick or re-drive record in a new, empty
+    store would report success and reach no worker."""
+    url = args.store or store_url_from_env(args.name)
+    check = "--store" if args.store else f"KEEL_{args.name.upper()}_EVENT_STORE / KEEL_EVENT_STORE"
+    refuse_missing_store(url, check=check, user="python -m framework.streaming")
+    return open_store(url, name=args.name)
 
 
 def _projection_options(parser: argparse.ArgumentParser) -> None:
@@ -137,8 +147,7 @@ def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None)
             )
             _print(args, [e.as_json() for e in found], _late_text)
         else:
-            url = args.store or store_url_from_env(args.name)
-            with open_store(url, name=args.name) as store:
+            with _open_store(args) as store:
                 written = redrive_late(
                     store, projection, engine, stream=args.stream, positions=positions or None
                 )
@@ -154,7 +163,12 @@ def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None)
 
 
 def _tick(args: argparse.Namespace, stop: threading.Event) -> int:
-    with open_store(args.store or store_url_from_env(args.name), name=args.name) as store:
+    try:
+        store = _open_store(args)
+    except FrameworkError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    with store:
         while True:
             written = tick(store)
             print(f"ticked {store.partitions} partition(s): {dict(sorted(written.items()))}")

@@ -3,10 +3,14 @@ and the property that every interleaving of the same partitions gives the same t
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +24,7 @@ from framework.testing import ev
 from tests.support.streaming_domain import Sale, SalesStreams
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+REPO = Path(__file__).resolve().parents[2]
 
 
 def made(sid: uuid.UUID, minutes: float, amount: str, country: str = "CH", shopper: str = "ann"):
@@ -403,12 +408,54 @@ def test_the_tick_command_appends_a_tick_to_every_partition(tmp_path, capsys):
     from framework.streaming.__main__ import main
 
     url = f"sqlite:///{tmp_path}/events.db"
+    open_store(url, name="shop").close()  # the application made it
     assert main(["tick", "--name", "shop", "--store", url]) == 0
     assert main(["tick", "--name", "shop", "--store", url]) == 0
     with open_store(url, name="shop") as store:
         topics = [e.topic for e in store.iter_partition(0)]
     assert topics == ["keel.Clock.Started", "keel.Clock.Ticked", "keel.Clock.Ticked"]
     assert "ticked 1 partition(s)" in capsys.readouterr().out
+
+
+def test_the_tick_command_refuses_a_store_that_does_not_exist(tmp_path):
+    missing = tmp_path / "nope.db"
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_EVENT_STORE")}
+    command = [sys.executable, "-m", "framework.streaming", "tick", "--name", "shop"]
+    given = subprocess.run(
+        [*command, "--store", f"sqlite:///{missing}"], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert given.returncode == 2, given.stdout + given.stderr
+    assert f"the event store file {missing} does not exist: check --store" in given.stderr
+    assert "ticked" not in given.stdout and not missing.exists()
+    # The default, sqlite:///var/shop-events.db, is under the current directory: none there.
+    default = subprocess.run(
+        command, cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert default.returncode == 2, default.stdout + default.stderr
+    assert "var/shop-events.db does not exist: check KEEL_SHOP_EVENT_STORE" in default.stderr
+    assert not (tmp_path / "var").exists()
+
+
+def test_the_redrive_command_refuses_a_store_that_does_not_exist(tmp_path, capsys):
+    from framework.streaming.__main__ import main
+
+    missing = tmp_path / "nope.db"
+    database = f"sqlite:///{tmp_path}/read.db"
+    argv = ["redrive", "tests.support.streaming_domain:SalesStreams", "--database", database]
+    assert main([*argv, "--name", "shop", "--store", f"sqlite:///{missing}"]) == 2
+    assert "does not exist" in capsys.readouterr().err and not missing.exists()
+
+
+def test_the_streaming_help_states_the_default_store(capsys):
+    from framework.streaming.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["tick", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "else sqlite:///var/<NAME>-events.db under the current directory" in text
+    assert "does not exist is refused, never created" in text
 
 
 def test_pull_queries_filter_on_keys_and_window_bounds():
