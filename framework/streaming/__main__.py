@@ -66,10 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     late.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     redrive = commands.add_parser(
         "redrive",
-        help="count late events parked as dead letters",
-        description="Append a keel.Clock.LateAccepted record for each late event parked as a "
-        "dead letter (all, one stream's, or those --at the positions given): workers count them "
-        "when they reach the records, and rebuilds do the same at the same place.",
+        help="re-drive late events parked as dead letters (appends LateAccepted records)",
+        description="Append a keel.Clock.LateAccepted record, after the event in its own "
+        "partition, for each late event parked as a dead letter (all, one stream's, or those "
+        "--at the positions given). Nothing is applied here: the projection's workers apply the "
+        "parked payload when they reach the record (as late='amend' would, once; a second "
+        "re-drive finds nothing parked), and a rebuild does the same at the same place.",
     )
     _projection_options(redrive)
     _store_options(redrive)

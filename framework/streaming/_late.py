@@ -110,8 +110,9 @@ def redrive_late(
     positions: Iterable[tuple[int, int]] | None = None,
 ) -> Positions:
     """Re-drive late events parked as dead letters (all of them, those of ``stream``, or those
-    at ``positions``): append one ``Clock.LateAccepted`` per event. They count once the
-    projection's workers reach the records; a second re-drive of the same event does nothing.
+    at ``positions``): append one ``Clock.LateAccepted`` per event. The projection's workers
+    apply the parked payload when they reach the record; a second re-drive of the same event
+    does nothing.
     A position that holds no parked late event is a :class:`ConfigurationError`."""
     parked = late_events(projection, engine, stream=stream, action="dead_letter")
     if positions is not None:

@@ -458,6 +458,21 @@ def test_the_streaming_help_states_the_default_store(capsys):
     assert "does not exist is refused, never created" in text
 
 
+def test_the_redrive_help_says_it_appends_records_workers_apply(capsys):
+    from framework.streaming.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = " ".join(capsys.readouterr().out.split())
+    assert "redrive re-drive late events parked as dead letters (appends LateAccepted" in listed
+    assert "count" not in listed
+    with pytest.raises(SystemExit):
+        main(["redrive", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Nothing is applied here: the projection's workers apply the parked payload" in text
+    assert "count" not in text
+
+
 def test_pull_queries_filter_on_keys_and_window_bounds():
     outcome = given_partitions(
         {0: [made(A, 5, "1.00", "CH"), made(B, 65, "2.00", "CH"), made(C, 70, "3.00", "DE")]}
