@@ -146,7 +146,7 @@ def discard(engine: Engine, projection: Projection | str, ids: Sequence[int]) ->
 
 
 def redrive(
-    projection: Projection, engine: Engine, *, aggregate_ids: Sequence[str] | None = None
+    engine: Engine, projection: Projection, *, aggregate_ids: Sequence[str] | None = None
 ) -> RedriveResult:
     """Apply the projection's dead letters again (after a fix), each aggregate's in order and
     in one transaction with their removal. ``aggregate_ids`` limits it to some aggregates."""

@@ -603,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  partition {p.partition}: position {p.position} head {p.head} lag {p.lag}")
         else:
             if args.redrive:
-                result_ = dead_letters.redrive(projection, engine)
+                result_ = dead_letters.redrive(engine, projection)
                 print(
                     f"re-drove {result_.applied}; still failing: {result_.failed or 'none'}; "
                     f"{result_.remaining} left"

@@ -376,7 +376,7 @@ class ProcessWorker:
             letters = dead_letters.list_dead_letters(self.engine, i)
             chosen = sorted({d.aggregate_id for d in letters if ids is None or d.id in ids})
             if chosen:
-                done = dead_letters.redrive(i, self.engine, aggregate_ids=chosen)
+                done = dead_letters.redrive(self.engine, i, aggregate_ids=chosen)
                 total.applied += done.applied
                 total.failed.update(done.failed)
         done = redrive_deadlines(self.pm, self.engine, self.clock, ids=ids)

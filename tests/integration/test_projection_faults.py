@@ -323,7 +323,7 @@ def test_t7_poison_events_are_parked_and_redriven(
             if d.error_type.endswith("DecodingError")
         ]
         discarded = dead_letters.discard(engine, "cart_summary", failed_decoding)
-        result = dead_letters.redrive(CartSummary(), engine)
+        result = dead_letters.redrive(engine, CartSummary())
         return result.applied, discarded, result.remaining
 
     redriven, discarded, remaining = fix_and_redrive(engine)

@@ -214,9 +214,9 @@ def test_dead_letters_hold_the_aggregate_and_redrive_in_order(
     rows = {r["id"]: r["item_count"] for r in table_rows(engine, CartSummary.carts)}
     assert rows == {CART: 0, other: 1}
     # Still broken: nothing changes, the error is kept.
-    assert dead_letters.redrive(CartSummary(), engine).failed
+    assert dead_letters.redrive(engine, CartSummary()).failed
     monkeypatch.setattr(CartSummary, "fail_skus", set())
-    result = dead_letters.redrive(CartSummary(), engine)
+    result = dead_letters.redrive(engine, CartSummary())
     assert (result.applied, result.failed, result.remaining) == (2, {}, 0)
     rows = {r["id"]: (r["item_count"], r["version"]) for r in table_rows(engine, CartSummary.carts)}
     assert rows == {CART: (2, 3), other: (1, 2)}

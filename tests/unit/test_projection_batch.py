@@ -165,7 +165,7 @@ def test_a_poison_event_in_a_batch_is_found_and_parked_alone(
     letters = dead_letters.list_dead_letters(engine, Batched())
     assert sorted((d.reason, d.version) for d in letters) == [("failed", 2), ("held", 3)]
     monkeypatch.setattr(Batched, "fail_skus", set())
-    assert dead_letters.redrive(Batched(), engine).remaining == 0
+    assert dead_letters.redrive(engine, Batched()).remaining == 0
     reference = project(PerEvent(), carts, f"sqlite:///{tmp_path}/a.db")
     assert digest(reference, PerEvent().tables) == digest(engine, Batched().tables)
     engine.dispose()

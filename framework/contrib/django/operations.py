@@ -348,7 +348,7 @@ def redrive(name: str, ids: list[str] | None = None) -> str:
         aggregate_ids = sorted({d.aggregate_id for d in letters if d.id in wanted})
         if not aggregate_ids:
             raise FrameworkError("none of the selected dead letters exists any more")
-    result = dead_letters.redrive(projection, engine, aggregate_ids=aggregate_ids)
+    result = dead_letters.redrive(engine, projection, aggregate_ids=aggregate_ids)
     summary = f"re-drove {result.applied} dead letter(s); {result.remaining} remain"
     if result.failed:
         failed = "; ".join(f"{a}: {e}" for a, e in list(result.failed.items())[:5])
