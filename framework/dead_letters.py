@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import groupby
@@ -24,7 +25,7 @@ from sqlalchemy.engine import Engine
 from framework.codec import codec
 from framework.database import read_only
 from framework.persistence import RecordedEvent
-from framework.positions import dead_letters_table
+from framework.positions import dead_letters_table, reporting_missing_tables
 from framework.projection import Projection
 
 __all__ = [
@@ -109,6 +110,10 @@ def _key(projection: Projection | str) -> str:
     return projection if isinstance(projection, str) else projection.key
 
 
+def _tables(engine: Engine, projection: Projection | str) -> AbstractContextManager[None]:
+    return reporting_missing_tables(engine, _key(projection), [dead_letters_table])
+
+
 def list_dead_letters(
     engine: Engine, projection: Projection | str, *, limit: int | None = None
 ) -> list[DeadLetter]:
@@ -120,7 +125,7 @@ def list_dead_letters(
         .order_by(t.c.partition, t.c.offset)
         .limit(limit)
     )
-    with engine.connect() as conn, read_only(conn).begin():
+    with _tables(engine, projection), engine.connect() as conn, read_only(conn).begin():
         return [
             DeadLetter(**{**row._asdict(), "payload": bytes(row.payload)})
             for row in conn.execute(query)
@@ -131,14 +136,14 @@ def count(engine: Engine, projection: Projection | str) -> int:
     """How many dead letters the projection has."""
     t = dead_letters_table
     query = sa.select(sa.func.count()).where(t.c.projection == _key(projection))
-    with engine.connect() as conn, read_only(conn).begin():
+    with _tables(engine, projection), engine.connect() as conn, read_only(conn).begin():
         return int(conn.execute(query).scalar_one())
 
 
 def discard(engine: Engine, projection: Projection | str, ids: Sequence[int]) -> int:
     """Delete dead letters without applying them (the read model will never see them)."""
     t = dead_letters_table
-    with engine.begin() as conn:
+    with _tables(engine, projection), engine.begin() as conn:
         result = conn.execute(
             t.delete().where(t.c.projection == _key(projection), t.c.id.in_(list(ids)))
         )

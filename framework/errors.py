@@ -33,6 +33,7 @@ also derive from the builtin they resemble, so ``except ValueError`` keeps worki
     │   ├── PositionConflictError
     │   ├── ProjectionTimeoutError (TimeoutError)
     │   ├── ProjectionStoppedError
+    │   ├── ReadModelNotMigratedError        the framework's tables are missing
     │   └── DeadLetterError
     └── ProcessError                         a process manager is misused or failed
         ├── ProcessConflictError             another worker moved the same instance first
@@ -67,6 +68,7 @@ __all__ = [
     "ProjectionError",
     "ProjectionStoppedError",
     "ProjectionTimeoutError",
+    "ReadModelNotMigratedError",
     "RemoteCommandError",
     "StoreError",
     "StoreUnavailableError",
@@ -233,6 +235,19 @@ class ProjectionStoppedError(ProjectionError):
     """A worker or rebuild was asked to stop (its stop event was set) while it waited to retry
     or before it finished; nothing half-done was committed, and a restart resumes from the
     stored positions."""
+
+
+class ReadModelNotMigratedError(ProjectionError):
+    """Tables the framework needs are missing from the read-model database: it was never
+    migrated (or is behind). ``missing`` names them; run ``alembic upgrade head``."""
+
+    def __init__(self, what: str, missing: list[str]) -> None:
+        self.missing = missing
+        # The fix first: probes and status tables cut long messages.
+        super().__init__(
+            f"{what}: the read-model database is not migrated: run `alembic upgrade head` (or "
+            f"setup_tables(engine, projection) in tests); missing tables: {', '.join(missing)}"
+        )
 
 
 class DeadLetterError(ProjectionError):

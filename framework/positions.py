@@ -14,21 +14,25 @@ Alembic migrates them (``migrations/versions``); :data:`framework_metadata` is i
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
-from framework.errors import PositionConflictError
+from framework.errors import PositionConflictError, ReadModelNotMigratedError
 
 __all__ = [
+    "POSITION_TABLES",
     "dead_letters_table",
     "framework_metadata",
     "positions_table",
     "projections_table",
     "read_positions",
     "read_version",
+    "reporting_missing_tables",
+    "require_tables",
     "write_positions",
     "write_version",
 ]
@@ -72,6 +76,40 @@ dead_letters_table = sa.Table(
     sa.UniqueConstraint("projection", "partition", "offset", name="uq_keel_dead_letters_position"),
     sa.Index("ix_keel_dead_letters_aggregate", "projection", "aggregate_id"),
 )
+
+POSITION_TABLES = (positions_table, projections_table, dead_letters_table)
+"""The tables every projection's worker, status, rebuild and dead letters use."""
+
+
+def require_tables(conn: Connection, what: str, tables: Iterable[sa.Table]) -> None:
+    """Raise :class:`ReadModelNotMigratedError` (naming ``what`` and the tables) when any of
+    ``tables`` is missing from the database."""
+    inspector = sa.inspect(conn)
+    missing = [t.name for t in tables if not inspector.has_table(t.name)]
+    if missing:
+        raise ReadModelNotMigratedError(what, missing)
+
+
+@contextmanager
+def reporting_missing_tables(
+    engine: Engine, what: str, tables: Iterable[sa.Table] = POSITION_TABLES
+) -> Iterator[None]:
+    """Turn a database error raised inside the block into :class:`ReadModelNotMigratedError`
+    when it came from missing ``tables``; any other error propagates unchanged. Nothing is
+    inspected unless a statement failed, so the happy path costs nothing."""
+    try:
+        yield
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError) as error:
+        # SQLite says OperationalError "no such table", PostgreSQL ProgrammingError
+        # (UndefinedTable); a fresh connection, as the failed one's transaction is aborted.
+        try:
+            with engine.connect() as conn:
+                require_tables(conn, what, tables)
+        except ReadModelNotMigratedError as missing:
+            raise missing from error
+        except sa.exc.SQLAlchemyError:
+            pass  # cannot inspect either: the original error says more
+        raise
 
 
 def now() -> datetime:

@@ -33,7 +33,14 @@ from framework.applier import Applier, ApplierStats
 from framework.errors import ProjectionError, ProjectionStoppedError
 from framework.observability._tracing import destination_of, rebuild_span
 from framework.persistence import EventStore
-from framework.positions import dead_letters_table, now, positions_table, write_version
+from framework.positions import (
+    POSITION_TABLES,
+    dead_letters_table,
+    now,
+    positions_table,
+    require_tables,
+    write_version,
+)
 from framework.projection import SHADOW_SUFFIX, Projection
 from framework.settings import ProjectionSettings, projection_settings
 
@@ -148,6 +155,8 @@ def _rebuild(
     started = time.monotonic()
     with engine.connect() as conn:
         postgres = conn.dialect.name == "postgresql"
+        # Before the shadow tables are made: an unmigrated database is told so, not left with them.
+        require_tables(conn, projection.name, POSITION_TABLES)
     shadow = projection.shadow(rename_constraints=postgres)
     _prepare(engine, shadow, from_positions or {})
     applier = Applier(shadow, engine, settings, stop, destination=destination_of(store))

@@ -56,6 +56,8 @@ from framework.positions import (
     framework_metadata,
     read_positions,
     read_version,
+    reporting_missing_tables,
+    require_tables,
     write_version,
 )
 from framework.projection import SHADOW_SUFFIX, Projection
@@ -263,17 +265,7 @@ class ProjectionWorker:
         p = self.projection
 
         def check(conn: sa.Connection) -> int | None:
-            inspector = sa.inspect(conn)
-            missing = [
-                t.name
-                for t in [*framework_metadata.sorted_tables, *p.tables]
-                if not inspector.has_table(t.name)
-            ]
-            if missing:
-                raise ProjectionError(
-                    f"{p.name}: tables {missing} are missing from the read-model database: run "
-                    "`alembic upgrade head` (or setup_tables(engine, projection) in tests)"
-                )
+            require_tables(conn, p.name, [*framework_metadata.sorted_tables, *p.tables])
             stored = read_version(conn, p.name)
             if stored is None:
                 write_version(conn, p.name, p.version)  # a new projection: bootstrap from 0
@@ -349,7 +341,11 @@ class ProjectionStatus:
 def status(projection: Projection, store: EventStore, engine: Engine) -> ProjectionStatus:
     """Where ``projection`` stands: per partition its position, the head and the lag, plus how
     many dead letters it has."""
-    with engine.connect() as conn, read_only(conn).begin():
+    with (
+        reporting_missing_tables(engine, projection.name),
+        engine.connect() as conn,
+        read_only(conn).begin(),
+    ):
         stored = read_positions(conn, projection.name)
         shadow = read_positions(conn, projection.name + SHADOW_SUFFIX)
         version = read_version(conn, projection.name)
@@ -391,7 +387,11 @@ def wait_until(
     deadline = time.monotonic() + timeout
     wanted = {p: o for p, o in positions.items() if o > 0}
     while True:
-        with engine.connect() as conn, read_only(conn).begin():
+        with (
+            reporting_missing_tables(engine, projection.name),
+            engine.connect() as conn,
+            read_only(conn).begin(),
+        ):
             stored = read_positions(conn, projection.name, wanted)
         behind = {p: (stored.get(p, 0), o) for p, o in wanted.items() if stored.get(p, 0) < o}
         if store is not None:

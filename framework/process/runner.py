@@ -52,7 +52,13 @@ from framework.errors import (
 )
 from framework.observability import ProcessSampler
 from framework.persistence import EventStore
-from framework.positions import dead_letters_table, framework_metadata, now, read_positions
+from framework.positions import (
+    dead_letters_table,
+    framework_metadata,
+    now,
+    read_positions,
+    reporting_missing_tables,
+)
 from framework.positions import write_positions as _write_positions
 from framework.process.deadlines import (
     ParkedDeadline,
@@ -64,6 +70,7 @@ from framework.process.manager import Clock, ProcessManager, SystemClock, Unknow
 from framework.process.store import (
     count,
     counters,
+    counters_table,
     deadlines_table,
     instances_table,
     load_instance,
@@ -463,7 +470,10 @@ def status(
 
     moment = (clock or SystemClock()).now() - timedelta(seconds=grace_seconds)
     i, d, o = instances_table, deadlines_table, outbox_table
-    with engine.connect() as conn:
+    with (
+        reporting_missing_tables(engine, pm.name, [i, d, o, counters_table, dead_letters_table]),
+        engine.connect() as conn,
+    ):
         by_state: dict[bool, int] = {
             bool(done): int(n)
             for done, n in conn.execute(

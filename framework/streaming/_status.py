@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from framework.database import read_only
+from framework.positions import reporting_missing_tables
 from framework.streaming._projection import StreamProjection
 from framework.streaming._values import utc
 from framework.streaming._windowed import Windowed
@@ -59,7 +60,11 @@ class StreamStatus:
 
 def stream_status(projection: StreamProjection, engine: Engine) -> StreamStatus:
     """Read ``projection``'s stream figures (a read-only transaction)."""
-    with engine.connect() as conn, read_only(conn).begin():
+    with (
+        reporting_missing_tables(engine, projection.name, projection.tables),
+        engine.connect() as conn,
+        read_only(conn).begin(),
+    ):
         times: dict[int, datetime] = {}
         partitions = type(projection).partitions
         for row in conn.execute(sa.select(projection._keel_stream_time)):

@@ -207,6 +207,35 @@ def test_run_projections_stops_cleanly_on_sigterm(shop: Any, tmp_path: Path) -> 
     assert "keel.W001" in err and "DEBUG" in err  # a worker with DEBUG on is warned
 
 
+def test_an_unmigrated_read_model_database_is_reported_by_every_command(tmp_path: Path) -> None:
+    # A fresh KEEL_VAR_DIR, as a new user has it before `alembic upgrade head`.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_") and k != "DATABASE_URL"}
+    env.update(DJANGO_SETTINGS_MODULE="sample_app.settings", KEEL_VAR_DIR=str(tmp_path))
+    commands = {
+        "rebuild_projection customers": "CommandError: rebuild of customers failed: customers:",
+        "process_status": "CommandError: payment_process:",
+        "projection_status": "CommandError: cannot read the status of customers, orders",
+        "keel_health workers": "FAIL customers: cannot read its lag: customers:",
+    }
+    running = {
+        command: subprocess.Popen(
+            [sys.executable, str(REPO / "manage.py"), *command.split()],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for command in commands
+    }
+    for command, process in running.items():
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 1, (command, out, err)
+        assert commands[command] in out + err, (command, out, err)
+        assert "the read-model database is not migrated: run `alembic upgrade head`" in out + err
+        assert "Traceback" not in err and "OperationalError" not in out + err, (command, err)
+
+
 # -- keel_check, system checks and Alembic ----------------------------------------------------
 
 

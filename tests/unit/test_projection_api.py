@@ -17,7 +17,12 @@ import sqlalchemy as sa
 from framework import codec as codec_module
 from framework import dead_letters
 from framework.database import Backoff, create_engine, is_connectivity_error
-from framework.errors import ConfigurationError, ProjectionError, ProjectionTimeoutError
+from framework.errors import (
+    ConfigurationError,
+    ProjectionError,
+    ProjectionTimeoutError,
+    ReadModelNotMigratedError,
+)
 from framework.persistence import NewEvent, open_store
 from framework.positions import read_positions, write_positions
 from framework.projection import Projection, handles
@@ -327,3 +332,40 @@ def test_missing_tables_are_reported_not_retried(tmp_path: Path) -> None:
     store = open_store("memory://", name="carts")
     with pytest.raises(ProjectionError, match="alembic upgrade head"):
         ProjectionWorker(CartSummary(), store, engine).run(until_caught_up=True)
+
+
+def test_every_read_of_an_unmigrated_database_names_the_missing_tables(tmp_path: Path) -> None:
+    from framework.process import status as process_status
+    from framework.streaming import stream_status
+    from projections.streams import ShopStreams
+    from sample_app.payments.process import PaymentProcess
+
+    engine = create_engine(f"sqlite:///{tmp_path}/empty.db")
+    store = open_store("memory://", name="carts")
+    projection = CartSummary()
+    positions = ["keel_projection_positions", "keel_projections", "keel_dead_letters"]
+    calls = {
+        "status": (lambda: status(projection, store, engine), positions),
+        "wait_until": (lambda: wait_until(projection, engine, {0: 1}, timeout=0.1), positions),
+        "rebuild": (lambda: ProjectionWorker(projection, store, engine).rebuild(), positions),
+        "list": (lambda: dead_letters.list_dead_letters(engine, projection), positions[2:]),
+        "count": (lambda: dead_letters.count(engine, projection), positions[2:]),
+        "discard": (lambda: dead_letters.discard(engine, projection, [1]), positions[2:]),
+        "redrive": (lambda: dead_letters.redrive(engine, projection), positions[2:]),
+        "process": (lambda: process_status(PaymentProcess(), engine), ["keel_pm_instances"]),
+        "stream": (lambda: stream_status(ShopStreams(), engine), ["shop_streams__stream_time"]),
+    }
+    for name, (call, missing) in calls.items():
+        with pytest.raises(ReadModelNotMigratedError, match="run `alembic upgrade head`") as found:
+            call()
+        assert set(missing) <= set(found.value.missing), name
+        assert isinstance(found.value, ProjectionError)
+    assert sa.inspect(engine).get_table_names() == []  # the rebuild made no shadow tables
+
+
+def test_other_database_errors_are_not_taken_for_missing_tables(engine: sa.Engine) -> None:
+    with engine.begin() as conn:  # every table is there, but one lacks a column
+        conn.exec_driver_sql("DROP TABLE keel_projection_positions")
+        conn.exec_driver_sql("CREATE TABLE keel_projection_positions (projection TEXT)")
+    with pytest.raises(sa.exc.OperationalError, match="no such column"):
+        status(CartSummary(), open_store("memory://", name="carts"), engine)

@@ -79,6 +79,27 @@ def test_bad_settings_are_refused_with_the_reason(
     assert code == 1 and "heartbeat_interval" in capsys.readouterr().err
 
 
+@pytest.fixture
+def store_file(no_store_env: Path) -> Path:
+    path = no_store_env / "carts-events.db"
+    open_store(f"sqlite:///{path}", name="carts").close()
+    return path
+
+
+@pytest.mark.parametrize("command", ["status", "rebuild", "dead-letters"])
+def test_an_unmigrated_read_model_database_is_reported_with_the_fix(
+    store_file: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = store_file.parent / "empty.db"
+    code = main([command, PROJECTION, "--app", "carts", "--store", f"sqlite:///{store_file}",
+                 "--database", f"sqlite:///{empty}"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("error: cart_summary: the read-model database is not migrated: run "
+                          "`alembic upgrade head`")  # fmt: skip
+    assert "keel_dead_letters" in err
+
+
 def test_the_consumer_group_is_named_after_the_application_too() -> None:
     store = open_store("memory://", name="shop")
     worker = ProjectionWorker(CartSummary(), store, _engine())

@@ -49,18 +49,21 @@ class Command(BaseCommand):
             workers = pick_process_workers(options["names"])
         except FrameworkError as error:
             raise CommandError(str(error)) from error
-        if options["redrive"]:
-            for name, worker in workers.items():
-                done = worker.redrive(options["id"])
-                failing = "; ".join(f"{k}: {v}" for k, v in list(done.failed.items())[:5])
-                self.stdout.write(
-                    f"{name}: re-drove {done.applied}; still failing: {failing or 'none'}; "
-                    f"{done.remaining} left"
-                )
-        found = [
-            status(w.pm, w.engine, w.clock, grace_seconds=options["grace"])
-            for w in workers.values()
-        ]
+        try:
+            if options["redrive"]:
+                for name, worker in workers.items():
+                    done = worker.redrive(options["id"])
+                    failing = "; ".join(f"{k}: {v}" for k, v in list(done.failed.items())[:5])
+                    self.stdout.write(
+                        f"{name}: re-drove {done.applied}; still failing: {failing or 'none'}; "
+                        f"{done.remaining} left"
+                    )
+            found = [
+                status(w.pm, w.engine, w.clock, grace_seconds=options["grace"])
+                for w in workers.values()
+            ]
+        except FrameworkError as error:  # e.g. an unmigrated read-model database
+            raise CommandError(str(error)) from error
         if options["json"]:
             self.stdout.write(json.dumps([s.as_json() for s in found], indent=2))
         else:

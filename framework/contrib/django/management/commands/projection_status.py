@@ -16,7 +16,8 @@ class Command(BaseCommand):
     help = (
         "Show each projection's positions, the store's head, the lag (events not yet applied), "
         "its dead letters and whether a worker is running (its heartbeat: a worker started by "
-        "run_projections beats every few seconds). Exits 0 even when projections lag; --json "
+        "run_projections beats every few seconds). Exits 0 even when projections lag, 1 when "
+        "a projection's status cannot be read (e.g. an unmigrated read-model database); --json "
         "for scripts. A streaming projection also shows its watermark, open windows and late "
         "events (python -m framework.streaming late lists them)."
     )
@@ -41,7 +42,16 @@ class Command(BaseCommand):
         if options["json"]:
             data = [{**r.as_json(), **streams.get(r.name, ({}, ""))[0]} for r in rows]
             self.stdout.write(json.dumps(data, indent=2))
-            return
+        else:
+            self._table(rows, streams)
+        failed = [r.name for r in rows if r.error]
+        if failed:
+            # A status nobody could read is no "all is well": scripts and operators see exit 1.
+            raise CommandError(f"cannot read the status of {', '.join(failed)} (see above)")
+
+    def _table(
+        self, rows: list[operations.StatusRow], streams: dict[str, tuple[dict[str, Any], str]]
+    ) -> None:
         header = ("projection", "version", "positions", "head", "lag", "dead letters", "worker")
         table = [
             (
