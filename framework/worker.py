@@ -41,6 +41,7 @@ from framework.errors import (
     ProjectionError,
     ProjectionStoppedError,
     ProjectionTimeoutError,
+    StoreError,
     StoreUnavailableError,
 )
 from framework.loading import load_object
@@ -62,7 +63,7 @@ from framework.positions import (
 )
 from framework.projection import SHADOW_SUFFIX, Projection
 from framework.runtime import tune_garbage_collector
-from framework.settings import ProjectionSettings, projection_settings
+from framework.settings import ProjectionSettings, database_url, projection_settings
 
 __all__ = [
     "PartitionStatus",
@@ -496,6 +497,14 @@ def _store_url(app: str, given: str | None) -> str:
     return url
 
 
+def _shown(url: str | None) -> str:
+    """``url`` fit for an error message: its password hidden, when it parses at all."""
+    try:
+        return repr(sa.engine.make_url(url or "").render_as_string(hide_password=True))
+    except sa.exc.ArgumentError:
+        return repr(url)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m framework.worker {run,rebuild,status,dead-letters} module:Projection``."""
     import argparse
@@ -563,14 +572,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    database: str | None = args.database
     try:
         projection = load_projection(args.projection)
         store_url = _store_url(args.app, args.store)
-    except (ProjectionError, ConfigurationError, ImportError, AttributeError) as error:
+        database = database or database_url(projection.name)
+        engine = create_engine(database)  # connects lazily: only the URL is checked here
+        store = open_store(store_url, name=args.app)
+    except sa.exc.ArgumentError as error:  # unparsable, or no dialect or driver of that name
+        print(f"error: read-model database {_shown(database)}: {error}", file=sys.stderr)
+        return 2
+    except (ProjectionError, ConfigurationError, StoreError, ImportError, AttributeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    engine = create_engine(args.database) if args.database else engine_for(projection.name)
-    store = open_store(store_url, name=args.app)
     try:
         if args.create_tables:
             setup_tables(engine, projection)
@@ -608,11 +622,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"re-drove {result_.applied}; still failing: {result_.failed or 'none'}; "
                     f"{result_.remaining} left"
                 )
-            for d in dead_letters.list_dead_letters(engine, projection):
+            letters = dead_letters.list_dead_letters(engine, projection)
+            for d in letters:
                 print(
                     f"#{d.id} p{d.partition}@{d.offset} {d.event_type} v{d.version} of "
                     f"{d.aggregate_id} [{d.reason}] {d.error_type}: {d.error_message}"
                 )
+            if not letters:
+                print("no dead letters")
     except (ProjectionError, ConfigurationError, ValidationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

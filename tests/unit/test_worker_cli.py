@@ -3,6 +3,9 @@ and its --help answers how to run it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from framework.worker import ProjectionWorker, consumer_group, main
 from tests.projection_domain import CartSummary
 
 PROJECTION = "tests.projection_domain:CartSummary"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -98,6 +102,51 @@ def test_an_unmigrated_read_model_database_is_reported_with_the_fix(
     assert err.startswith("error: cart_summary: the read-model database is not migrated: run "
                           "`alembic upgrade head`")  # fmt: skip
     assert "keel_dead_letters" in err
+
+
+@pytest.mark.parametrize(
+    ("option", "url", "shown"),
+    [
+        ("--store", "bogus://x", "unknown event store 'bogus://x'"),
+        ("--database", "bogus://ann:secret@x/db", "read-model database 'bogus://ann:***@x/db'"),
+        ("--database", "not a url", "read-model database 'not a url'"),
+    ],
+)
+def test_a_bad_url_is_refused_as_a_bad_argument(
+    store_file: Path, option: str, url: str, shown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    given = {"--store": f"sqlite:///{store_file}", "--database": "sqlite://", option: url}
+    code = main(["status", PROJECTION, "--app", "carts", *(x for kv in given.items() for x in kv)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: {shown}") and "secret" not in err
+
+
+@pytest.mark.parametrize(
+    ("database", "code", "says"),
+    [("empty.db", 1, "is not migrated"), ("bogus://x", 2, "Can't load plugin")],
+)
+def test_the_command_line_exits_with_the_code_not_a_traceback(
+    store_file: Path, database: str, code: int, says: str
+) -> None:
+    url = database if "://" in database else f"sqlite:///{store_file.parent / database}"
+    done = subprocess.run(
+        [sys.executable, "-m", "framework.worker", "status", PROJECTION, "--app", "carts",
+         "--store", f"sqlite:///{store_file}", "--database", url],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == code, done.stderr
+    assert done.stderr.startswith("error: ") and says in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_dead_letters_says_when_there_are_none(
+    store_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    read = f"sqlite:///{store_file.parent}/read.db"
+    code = main(["dead-letters", PROJECTION, "--app", "carts", "--store", f"sqlite:///{store_file}",
+                 "--database", read, "--create-tables"])  # fmt: skip
+    assert code == 0 and capsys.readouterr().out == "no dead letters\n"
 
 
 def test_the_consumer_group_is_named_after_the_application_too() -> None:
