@@ -168,3 +168,16 @@ def test_consumer_settings_default_to_a_fast_failover() -> None:
 
 def _engine() -> sa.Engine:
     return create_engine("sqlite://")
+
+
+@pytest.mark.parametrize(
+    "projection", ["projections.no_such_module:Customers", "projections.customers:NoSuchClass"]
+)
+def test_a_projection_that_cannot_be_imported_is_a_bad_argument(
+    tmp_path: Path, projection: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "carts-events.db"
+    open_store(f"sqlite:///{store}", name="carts").close()
+    code = main(["status", projection, "--app", "carts", "--store", f"sqlite:///{store}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and projection.split(":")[0] in err
