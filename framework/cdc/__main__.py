@@ -43,6 +43,14 @@ def load_feed(spec: str) -> ChangeFeed:
     )
 
 
+def _add_feed(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "feed",
+        metavar="FEED",
+        help="module:callable, a function returning the ChangeFeed (e.g. sample_app.crm:feed)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m framework.cdc",
@@ -59,10 +67,10 @@ def _parser() -> argparse.ArgumentParser:
         "copied into the changelog in one REPEATABLE READ transaction: the feed reads them, "
         "then every change the snapshot did not see (no gap, no duplicate).",
     )
-    install.add_argument("feed", metavar="FEED")
+    _add_feed(install)
     install.add_argument("--no-snapshot", action="store_true", help="stream only new changes")
     run = sub.add_parser("run", help="run the feed (until interrupted)")
-    run.add_argument("feed", metavar="FEED")
+    _add_feed(run)
     run.add_argument("--until-caught-up", action="store_true", help="stop once nothing is readable")
     run.add_argument(
         "--idle", type=float, default=0.5, help="seconds between polls when idle (0.5)"
@@ -77,13 +85,15 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser(
         "status", help="cursor, lag (changes, seconds), dead letters, last error"
     )
-    status.add_argument("feed", metavar="FEED")
+    _add_feed(status)
     status.add_argument("--json", action="store_true", help="print JSON")
     letters = sub.add_parser("dead-letters", help="list the parked changes")
-    letters.add_argument("feed", metavar="FEED")
-    letters.add_argument("--limit", type=int, default=50)
+    _add_feed(letters)
+    letters.add_argument(
+        "--limit", type=int, default=50, help="list at most this many, oldest first (50)"
+    )
     redrive = sub.add_parser("redrive", help="translate and execute parked changes again")
-    redrive.add_argument("feed", metavar="FEED")
+    _add_feed(redrive)
     redrive.add_argument("--row", action="append", help="only this row id (repeatable)")
     return parser
 
