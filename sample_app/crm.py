@@ -43,6 +43,7 @@ from framework.cdc import (
     RowChange,
 )
 from framework.commands import Command
+from framework.errors import ConfigurationError
 from framework.persistence import store_url_from_env
 from framework.settings import database_url
 from sample_app.shop.application import NAME, build
@@ -135,8 +136,15 @@ def feed(app: Application | None = None, engine: Engine | None = None) -> CrmCus
             os.environ.get("KEEL_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092"), topic, ["id"]
         )
     else:
-        crm_url = os.environ.get("KEEL_CRM_DATABASE_URL") or database_url(None)
-        source = PostgresTriggerSource(crm_url, table, ["id"])
+        crm_url = os.environ.get("KEEL_CRM_DATABASE_URL")
+        try:
+            source = PostgresTriggerSource(crm_url or database_url(None), table, ["id"])
+        except ConfigurationError as error:  # the source cannot know our settings' names
+            unset = "" if crm_url else "; it is not set, so DATABASE_URL's database was used"
+            raise ConfigurationError(
+                f"{error}. KEEL_CRM_DATABASE_URL selects the CRM database (KEEL_CRM_TABLE its "
+                f"table){unset}"
+            ) from error
     shop = app if app is not None else build(store_url_from_env(NAME))
     return CrmCustomers(
         source,

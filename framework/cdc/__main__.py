@@ -31,8 +31,9 @@ EPILOG = """\
 FEED is module:callable, a function returning a ChangeFeed, e.g. sample_app.crm:feed.
 The feed's cursor and dead letters live in DATABASE_URL's database (migrate it with
 `alembic upgrade head`); the commands go to the application's store (KEEL_EVENT_STORE ...),
-on Kafka through its writer processes. Exit codes: 0 ok, 1 error, 2 usage,
-3 (status) the feed has dead letters or a last error.
+on Kafka through its writer processes. Exit codes: 0 ok, 1 error, 2 usage or
+configuration, 3 (status) the feed has dead letters or a last error, or its source cannot
+be reached.
 """
 
 
@@ -99,15 +100,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None) -> int:
+    try:
+        return execute(argv, stop)
+    except ConfigurationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def execute(argv: Sequence[str] | None = None, stop: threading.Event | None = None) -> int:
+    """:func:`main` without its last step: a feed that cannot be loaded or configured
+    raises its :class:`ConfigurationError` (``manage.py cdc`` shows it as its own error)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
-        feed = load_feed(args.feed)
-    except ConfigurationError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    feed = load_feed(args.feed)
     if args.command == "install":
         install = getattr(feed.source, "install", None)
         if install is None:
@@ -123,14 +130,9 @@ def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None)
                 prometheus.install(service_name=f"keel-cdc-{feed.name}")
                 server = prometheus.serve(args.metrics_port)
             except (ConfigurationError, OSError) as error:
-                print(f"error: --metrics-port {args.metrics_port}: {error}", file=sys.stderr)
-                return 2
+                raise ConfigurationError(f"--metrics-port {args.metrics_port}: {error}") from error
         if stop is None:  # a process of its own (tests pass a stop): see framework.runtime
-            try:
-                tune_garbage_collector()
-            except ConfigurationError as error:
-                print(f"error: {error}", file=sys.stderr)
-                return 2
+            tune_garbage_collector()
         stop = stop or threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             if threading.current_thread() is threading.main_thread():
@@ -149,14 +151,19 @@ def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None)
         else:
             print(f"feed          {s.feed}  (source {s.source})")
             print(f"done          {s.changes} change(s), {s.commands} command(s)")
-            print(f"lag           {s.lag_changes} change(s), {s.lag_seconds:.1f} s")
+            if s.lag_changes is None or s.lag_seconds is None:
+                print("lag           unknown: the source cannot be reached")
+            else:
+                print(f"lag           {s.lag_changes} change(s), {s.lag_seconds:.1f} s")
             print(f"dead letters  {s.dead_letters}")
             print(f"last change   {s.last_change_at or '-'}")
             print(
                 f"last error    {s.last_error or '-'}"
                 + (f" at {s.last_error_at}" if s.last_error_at else "")
             )
-        return 3 if s.dead_letters or s.last_error else 0
+            if s.source_error:
+                print(f"source error  {s.source_error}")
+        return 3 if s.dead_letters or s.last_error or s.source_error else 0
     if args.command == "dead-letters":
         for letter in feed.dead_letters(limit=args.limit):
             change = feed.change_of(letter)

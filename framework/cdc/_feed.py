@@ -134,13 +134,16 @@ class FeedStatus:
     changes: int
     """Changes done (translated, parked or held) since the feed started."""
     commands: int
-    lag_changes: int
-    lag_seconds: float
+    lag_changes: int | None
+    """``None`` (as ``lag_seconds``) while the source cannot be reached: not zero."""
+    lag_seconds: float | None
     dead_letters: int
     last_change_at: datetime | None
     last_error: str | None
     last_error_at: datetime | None
     updated_at: datetime | None
+    source_error: str | None = None
+    """Why the source could not be asked for the lag just now (it is unreachable)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -512,25 +515,34 @@ class ChangeFeed:
     # -- status ------------------------------------------------------------------------------
 
     def status(self) -> FeedStatus:
-        """Cursor, counters, lag (changes and seconds), dead letters and the last error."""
+        """Cursor, counters, lag (changes and seconds), dead letters and the last error; a
+        source that cannot be reached gives no lag and its error as ``source_error``."""
         t = feeds_table
         with self.engine.connect() as conn, conn.begin():
             row = conn.execute(sa.select(t).where(t.c.feed == self.name)).first()
         cursor = None if row is None else row.cursor
-        lag = self.source.lag(cursor)
+        lag: Lag | None = None
+        source_error = None
+        try:
+            lag = self.source.lag(cursor)
+        except Exception as error:  # an outage of the source is what status must report
+            if not _transient(error):
+                raise
+            source_error = f"{type(error).__name__}: {error}"
         return FeedStatus(
             feed=self.name,
             source=self.source.name,
             cursor=cursor,
             changes=0 if row is None else int(row.changes),
             commands=0 if row is None else int(row.commands),
-            lag_changes=lag.changes,
-            lag_seconds=lag.seconds,
+            lag_changes=None if lag is None else lag.changes,
+            lag_seconds=None if lag is None else lag.seconds,
             dead_letters=parking.count(self.engine, self.key),
             last_change_at=None if row is None else row.last_change_at,
             last_error=None if row is None else row.last_error,
             last_error_at=None if row is None else row.last_error_at,
             updated_at=None if row is None else row.updated_at,
+            source_error=source_error,
         )
 
     def reset(self) -> None:

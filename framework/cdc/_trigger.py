@@ -17,18 +17,19 @@ snapshot. The feed reads those rows first, then every change the snapshot did no
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from framework.cdc._changes import Lag, RowChange
-from framework.database import create_engine
-from framework.errors import ConfigurationError
+from framework.database import create_engine, is_connectivity_error
+from framework.errors import ConfigurationError, StoreUnavailableError
 
 __all__ = ["HighWaterMarkSource", "PostgresTriggerSource"]
 
@@ -80,6 +81,41 @@ def _engine(database: Engine | str) -> Engine:
     return create_engine(database) if isinstance(database, str) else database
 
 
+def _shown(engine: Engine) -> str:
+    """The engine's URL as an operator may see it (no password)."""
+    return engine.url.render_as_string(hide_password=True)
+
+
+class _SqlSource(Protocol):
+    engine: Engine
+    name: str
+
+
+_S = TypeVar("_S", bound=_SqlSource)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _reaching(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[_S, _P], _R]:
+    """Turn an unreachable source database into a StoreUnavailableError that names it: the
+    run loop retries that, ``status`` reports it, and neither shows a driver traceback."""
+
+    @functools.wraps(method)
+    def call(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as error:
+            if not is_connectivity_error(error):
+                raise
+            reason = " ".join(str(getattr(error, "orig", None) or error).split())
+            raise StoreUnavailableError(
+                f"change source {self.name}: cannot reach its database {_shown(self.engine)} "
+                f"({reason})"
+            ) from error
+
+    return call
+
+
 def _qualified(table: str) -> str:
     if not _NAME.match(table):
         raise ConfigurationError(
@@ -99,8 +135,10 @@ class PostgresTriggerSource:
         self.engine = _engine(database)
         if self.engine.dialect.name != "postgresql":
             raise ConfigurationError(
-                "the trigger changelog needs PostgreSQL 13 or newer (xid8); for another "
-                "database use Debezium (DebeziumTopicSource)"
+                "the trigger changelog needs PostgreSQL 13 or newer (xid8), and "
+                f"{_shown(self.engine)} is {self.engine.dialect.name}: give the source the "
+                "legacy database's PostgreSQL URL (postgresql://user@host/db), or read "
+                "another database through Debezium (DebeziumTopicSource)"
             )
         self.name = _qualified(table)
         if not key:
@@ -109,6 +147,7 @@ class PostgresTriggerSource:
 
     # -- set-up -----------------------------------------------------------------------------
 
+    @_reaching
     def install(self, *, snapshot: bool = True) -> int:
         """Create the changelog and the trigger (once); then, with ``snapshot`` and no snapshot
         taken yet, copy the table's rows into the changelog. Returns the rows copied."""
@@ -157,6 +196,7 @@ class PostgresTriggerSource:
                 )
                 return int(copied.rowcount)
 
+    @_reaching
     def uninstall(self) -> None:
         """Drop the trigger and this table's changelog rows (other tables' stay)."""
         schema, table = self.name.split(".")
@@ -190,6 +230,7 @@ class PostgresTriggerSource:
             "from": row[2],
         }
 
+    @_reaching
     def read(self, cursor: str | None, limit: int) -> list[RowChange]:
         with self.engine.connect() as conn:
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
@@ -313,6 +354,7 @@ class PostgresTriggerSource:
             cursor=json.dumps(state, sort_keys=True),
         )
 
+    @_reaching
     def lag(self, cursor: str | None) -> Lag:
         """Changes after the cursor (the snapshot's rows included), and the age of the oldest."""
         with self.engine.connect() as conn, conn.begin():
@@ -339,6 +381,7 @@ class PostgresTriggerSource:
         seconds = 0.0 if oldest is None else max(0.0, (datetime.now(UTC) - oldest).total_seconds())
         return Lag(changes=int(count), seconds=seconds)
 
+    @_reaching
     def prune(self, cursor: str) -> int:
         """Delete changelog rows the cursor is past (run it after the feed has moved on)."""
         state = json.loads(cursor)
@@ -381,6 +424,7 @@ class HighWaterMarkSource:
         self.column = column
         self.key = tuple(key)
 
+    @_reaching
     def read(self, cursor: str | None, limit: int) -> list[RowChange]:
         schema, table = self.name.split(".")
         since = "" if cursor is None else f'WHERE "{self.column}" > :last'
@@ -405,6 +449,7 @@ class HighWaterMarkSource:
             for row in rows
         ]
 
+    @_reaching
     def lag(self, cursor: str | None) -> Lag:
         schema, table = self.name.split(".")
         since = "" if cursor is None else f'WHERE "{self.column}" > :last'

@@ -13,7 +13,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import Client
 
-from tests.integration.cdc_support import Crm, make_crm
+from tests.integration.cdc_support import Crm, make_crm, unreachable_url
 
 
 @pytest.fixture
@@ -41,8 +41,40 @@ def test_cdc_installs_runs_and_reports_status(
 def test_cdc_user_errors_are_command_errors() -> None:
     with pytest.raises(CommandError, match="name a command"):
         call_command("cdc")
-    with pytest.raises(CommandError, match="bad arguments"):
+    with pytest.raises(CommandError, match="bad arguments"):  # argparse said which
+        call_command("cdc", "status")
+    with pytest.raises(CommandError, match="no_such_module") as unloadable:
         call_command("cdc", "status", "no_such_module:feed")
+    assert "bad arguments" not in str(unloadable.value)
+
+
+def test_a_feed_that_cannot_be_configured_says_why_and_what_to_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The demo set-up: no CRM database named, so the feed falls back to a SQLite one.
+    for name in ("KEEL_CRM_DATABASE_URL", "KEEL_DATABASE_URL", "KEEL_CRM_DEBEZIUM_TOPIC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/read_models.db")
+    monkeypatch.setenv("KEEL_SHOP_EVENT_STORE", "memory://")
+    with pytest.raises(CommandError) as refused:
+        call_command("cdc", "status", "sample_app.crm:feed")
+    message = str(refused.value)
+    assert "bad arguments" not in message
+    assert f"sqlite:///{tmp_path}/read_models.db is sqlite" in message
+    assert "KEEL_CRM_DATABASE_URL selects the CRM database" in message
+
+
+def test_status_of_an_unreachable_source_exits_3(
+    legacy: Crm, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEEL_CRM_TABLE", legacy.table)
+    monkeypatch.setenv("KEEL_CRM_FEED", legacy.feed_name)
+    monkeypatch.setenv("KEEL_CRM_DATABASE_URL", unreachable_url())
+    monkeypatch.setenv("KEEL_SHOP_EVENT_STORE", "memory://")
+    monkeypatch.setenv("DATABASE_URL", postgres_url)
+    with pytest.raises(SystemExit) as exited:
+        call_command("cdc", "status", "sample_app.crm:feed", "--json")
+    assert exited.value.code == 3
 
 
 def test_the_admin_shows_lag_and_dead_letters_and_redrives(
@@ -93,3 +125,30 @@ def test_the_admin_shows_lag_and_dead_letters_and_redrives(
         follow=True,
     )
     assert "discarded 1" in gone.content.decode() and feed.status().dead_letters == 0
+
+
+def test_the_admin_shows_an_unreachable_source_without_a_lag(
+    legacy: Crm,
+    postgres_url: str,
+    shop: Any,
+    settings: Any,
+    make_user: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from framework.contrib.django import conf
+
+    monkeypatch.setenv("KEEL_CRM_TABLE", legacy.table)
+    monkeypatch.setenv("KEEL_CRM_FEED", legacy.feed_name)
+    monkeypatch.setenv("KEEL_CRM_DATABASE_URL", unreachable_url())
+    monkeypatch.setenv("KEEL_SHOP_EVENT_STORE", f"sqlite:///{shop.tmp}/crm-shop.db")
+    monkeypatch.setenv("DATABASE_URL", postgres_url)
+    settings.KEEL = {**settings.KEEL, "CDC_FEEDS": ["sample_app.crm:feed"]}
+    conf.reset()
+    viewer = Client()
+    viewer.force_login(make_user("ops", "keel.view_changefeed"))
+    page = viewer.get("/admin/keel/changefeed/")
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert 'class="keel-lag">unknown<' in html  # not "0 changes": an unknown lag is not zero
+    assert re.search(r'keel-source-error">StoreUnavailableError: [^<]*cannot reach', html)
+    assert "secret" not in html

@@ -17,6 +17,7 @@ from framework.database import create_engine
 from framework.positions import framework_metadata
 from sample_app import crm
 from sample_app.shop.domain import Customer, CustomerStatus
+from tests.support.projection_support import free_port
 
 
 @dataclass
@@ -47,6 +48,11 @@ class Crm:
             ),
             row,
         )
+
+
+def unreachable_url() -> str:
+    """A PostgreSQL URL (with a password, which no message may show) where nothing listens."""
+    return f"postgresql+psycopg://nobody:secret@127.0.0.1:{free_port()}/crm"
 
 
 def make_crm(url: str) -> Iterator[Crm]:

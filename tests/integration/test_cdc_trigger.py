@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ from framework.commands import Command
 from framework.errors import ConfigurationError, StoreUnavailableError
 from sample_app import crm
 from sample_app.shop.application import build
-from tests.integration.cdc_support import Crm, make_crm, shop_state
+from tests.integration.cdc_support import Crm, make_crm, shop_state, unreachable_url
 
 pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parents[2]
@@ -267,9 +268,45 @@ def test_an_outage_keeps_the_cursor_and_is_reported_then_recovers(legacy: Crm):
     assert shop_state(feed.app, [1])[1] == ("active", "Main 1", "Berlin")
 
 
+def test_an_unreachable_source_is_reported_by_status_and_retried_by_run(legacy: Crm):
+    url = unreachable_url()
+    source = PostgresTriggerSource(url, legacy.table, ["id"])
+    feed = crm.CrmCustomers(source, build("memory://"), legacy.engine, name=legacy.feed_name)
+    with pytest.raises(StoreUnavailableError) as down:
+        source.read(None, 10)
+    message = str(down.value)
+    assert legacy.table in message and url.replace(":secret", ":***") in message
+    assert "secret" not in message
+
+    status = feed.status()  # the feed's own database answers: everything but the lag
+    assert (status.lag_changes, status.lag_seconds, status.dead_letters) == (None, None, 0)
+    assert status.source_error is not None and "cannot reach" in status.source_error
+
+    reads = 0
+    read = source.read
+
+    def counted(cursor: str | None, limit: int) -> list[RowChange]:
+        nonlocal reads
+        reads += 1
+        return read(cursor, limit)
+
+    source.read = counted  # type: ignore[method-assign]
+    stop = threading.Event()
+    runner = threading.Thread(target=feed.run, args=(stop,), kwargs={"until_caught_up": True})
+    runner.start()
+    time.sleep(1.0)  # backs off 0.2, 0.4 s...: the outage is retried, not fatal
+    stop.set()
+    runner.join(15)
+    assert not runner.is_alive() and reads >= 2
+    status = feed.status()
+    assert status.cursor is None and status.last_error is not None
+    assert "StoreUnavailableError" in status.last_error and "secret" not in status.last_error
+
+
 def test_bad_configuration_is_a_clear_error(legacy: Crm, tmp_path: Path):
-    with pytest.raises(ConfigurationError, match="PostgreSQL"):
+    with pytest.raises(ConfigurationError, match="PostgreSQL") as refused:
         PostgresTriggerSource(f"sqlite:///{tmp_path}/x.db", "crm.customers", ["id"])
+    assert f"sqlite:///{tmp_path}/x.db is sqlite" in str(refused.value)  # the URL it got
     with pytest.raises(ConfigurationError, match="plain"):
         PostgresTriggerSource(legacy.engine, "crm.customers; DROP TABLE x", ["id"])
     with pytest.raises(ConfigurationError, match="primary-key"):
@@ -325,6 +362,22 @@ def test_the_cli_installs_runs_and_reports(legacy: Crm, postgres_url: str, tmp_p
     assert "{'id': 2}" in listed.stdout and "failed" in listed.stdout
     redriven = _cli("redrive", "sample_app.crm:feed", env=env)
     assert redriven.returncode == 1 and "1 row(s) still failing" in redriven.stdout
+
+
+def test_the_cli_status_of_an_unreachable_source_exits_3(legacy: Crm, postgres_url: str):
+    env = {
+        "KEEL_CRM_TABLE": legacy.table,
+        "KEEL_CRM_FEED": legacy.feed_name,
+        "KEEL_CRM_DATABASE_URL": unreachable_url(),
+        "KEEL_SHOP_EVENT_STORE": "memory://",
+        "DATABASE_URL": postgres_url,
+    }
+    status = _cli("status", "sample_app.crm:feed", env=env)
+    assert status.returncode == 3, status.stderr  # an error, for alerting: not a traceback
+    assert "Traceback" not in status.stderr
+    assert "lag           unknown" in status.stdout and "cannot reach" in status.stdout
+    as_json = json.loads(_cli("status", "sample_app.crm:feed", "--json", env=env).stdout)
+    assert as_json["lag_changes"] is None and "cannot reach" in as_json["source_error"]
 
 
 @pytest.mark.parametrize("batch_size", [200, 2])  # 2: the earlier change is past the batch

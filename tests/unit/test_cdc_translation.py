@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from framework.cdc import RowChange, change_command_id
+from framework.errors import ConfigurationError
 from sample_app import crm
 from sample_app.shop.commands import ChangeCustomerAddress, DeactivateCustomer, RegisterCustomer
 
@@ -81,3 +82,21 @@ def test_a_change_survives_its_dead_letter_round_trip() -> None:
     c = change("update", ROW, {**ROW, "city": "Bonn"})
     back = RowChange.from_json(c.to_json())
     assert back == c and back.changed("city") and not back.changed("street")
+
+
+def test_the_sample_feed_names_the_setting_that_selects_the_crm_database(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEEL_CRM_DATABASE_URL", f"sqlite:///{tmp_path}/crm.db")
+    monkeypatch.delenv("KEEL_CRM_DEBEZIUM_TOPIC", raising=False)
+    with pytest.raises(ConfigurationError) as refused:
+        crm.feed(engine=None)
+    message = str(refused.value)
+    assert f"sqlite:///{tmp_path}/crm.db is sqlite" in message
+    assert "KEEL_CRM_DATABASE_URL selects the CRM database" in message
+    assert "is not set" not in message  # it is set: only the fallback says so
+    monkeypatch.delenv("KEEL_CRM_DATABASE_URL")
+    monkeypatch.delenv("KEEL_DATABASE_URL", raising=False)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/read_models.db")
+    with pytest.raises(ConfigurationError, match="not set, so DATABASE_URL's database was used"):
+        crm.feed(engine=None)

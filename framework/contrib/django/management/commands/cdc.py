@@ -1,7 +1,8 @@
 """``manage.py cdc install|run|status|dead-letters|redrive FEED [options]``: the change feeds
 of :mod:`framework.cdc`, run and watched from the Django host. The arguments are those of
-``python -m framework.cdc`` (and its exit codes: 3 from ``status`` means dead letters or a
-last error)."""
+``python -m framework.cdc`` (and its exit codes: 3 from ``status`` means dead letters, a
+last error or a source out of reach; a feed that cannot be loaded or configured is a
+``CommandError`` with the reason)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from framework.cdc.__main__ import main
+from framework.cdc.__main__ import execute
+from framework.errors import ConfigurationError
 
 
 class Command(BaseCommand):
@@ -36,12 +38,14 @@ class Command(BaseCommand):
         if not argv:
             raise CommandError("name a command: install, run, status, dead-letters or redrive")
         try:
-            code = main(argv)
-        except SystemExit as exit_:  # argparse's own usage errors
+            code = execute(argv)
+        except ConfigurationError as error:  # the feed's own reason, not a usage error
+            raise CommandError(f"cdc {' '.join(argv)}: {error}") from error
+        except SystemExit as exit_:  # argparse's own usage errors (it printed which)
             code = int(exit_.code or 0)
-        if code == 2:
-            raise CommandError(
-                f"cdc {' '.join(argv)}: bad arguments (python -m framework.cdc --help)"
-            )
+            if code == 2:
+                raise CommandError(
+                    f"cdc {' '.join(argv)}: bad arguments (python -m framework.cdc --help)"
+                ) from exit_
         if code:
             raise SystemExit(code)
