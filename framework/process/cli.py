@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 _DESCRIPTION = """\
 Run or inspect one process manager.
 
-  run       handle its input events, fire due deadlines and send its commands until
-            SIGTERM/SIGINT; several may run at once (they share the input partitions)
+  run           handle its input events, fire due deadlines and send its commands until
+                SIGTERM/SIGINT; several may run at once (they share the input partitions)
   status        active and completed instances, overdue and parked deadlines, the oldest
                 open instance, unsent commands, dead letters and the counters (exit 1 when a
                 deadline is overdue by more than --grace seconds, 3 when something is parked)
