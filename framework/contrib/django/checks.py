@@ -5,7 +5,7 @@ keel.E001  ``settings.KEEL`` is missing
 keel.E002  ``settings.KEEL`` is invalid (the message names the key)
 keel.E003  a configured projection cannot be imported
 keel.E004  the read-model database has no ``DATABASES`` alias
-keel.W001  ``DEBUG = True`` in a long-running worker: Django keeps every query, memory grows
+keel.W001  ``DEBUG = True`` in a long-running keel process: Django keeps every query, memory grows
 keel.W002  the read-model database is not at the Alembic head (``alembic upgrade head``)
 keel.W003  the read-model router is not in ``DATABASE_ROUTERS``
 keel.W004  errors under ``KEEL['API_PREFIX']`` would be HTML: ``JsonApiErrors`` is not in
@@ -35,7 +35,8 @@ VERSION_TABLE = "keel_alembic_version"
 """Where migrations/env.py records the read-model database's revision."""
 
 running_worker = False
-"""Set by ``run_projections`` before it runs the checks, so keel.W001 applies only there."""
+"""Set by ``run_projections``, ``run_writers`` and ``run_process_managers`` before they run
+the checks, so keel.W001 applies only to those long-running commands."""
 
 
 def register() -> None:
@@ -101,9 +102,10 @@ def check_worker_debug(app_configs: Any = None, **kwargs: Any) -> list[checks.Ch
     if running_worker and django_settings.DEBUG:
         return [
             checks.Warning(
-                "DEBUG is True in a long-running projection worker: Django records every query "
-                "in memory while DEBUG is on, so the worker's memory grows without bound.",
-                hint="Run workers with DEBUG = False (e.g. DJANGO_DEBUG=0).",
+                "DEBUG is True in a long-running keel process (a projection worker, writer or "
+                "process manager): Django records every query in memory while DEBUG is on, so "
+                "the process's memory grows without bound.",
+                hint="Run them with DEBUG = False (e.g. DJANGO_DEBUG=0).",
                 id="keel.W001",
             )
         ]

@@ -8,7 +8,6 @@ import time
 from types import FrameType
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from framework.contrib.django import checks
@@ -73,13 +72,6 @@ class Command(BaseCommand):
         alias = get_settings().readmodels_database
         for message in checks.check_alembic_head(databases=[alias]):
             self.stderr.write(self.style.WARNING(f"{message.id}: {message.msg} {message.hint}"))
-        if settings.DEBUG:
-            self.stderr.write(
-                self.style.WARNING(
-                    "DEBUG=True: a long-running worker keeps every query in memory; run it with "
-                    "DEBUG=False (DJANGO_DEBUG=0) outside development."
-                )
-            )
         try:
             known = get_projections()
         except FrameworkError as error:
