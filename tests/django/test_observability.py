@@ -12,7 +12,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.test import Client
 from opentelemetry.trace import SpanKind
 
@@ -186,9 +186,16 @@ def test_health_views_and_command(shop: Any, settings: Any, capsys: Any) -> None
     assert "FAIL customers: no worker ever ran" in capsys.readouterr().out
     call_command("keel_health", "web")  # ready: returns, exit code 0
     assert capsys.readouterr().out.startswith("ready")
-    with pytest.raises(SystemExit):
+    # A probe with a typo is misconfigured, not unready: 400, and the command's bad-argument code.
+    typo = client.get("/health/workers", {"projection": ["customers", "nope"]})
+    assert typo.status_code == 400
+    assert "no projection is named 'nope'" in typo.json()["error"]
+    assert "customers" in typo.json()["error"]  # among the known ones
+    with pytest.raises(CommandError, match="no projection is named 'nope'") as refused:
         call_command("keel_health", "workers", "--projection", "nope")
-    assert "no such projection" in capsys.readouterr().out
+    assert refused.value.returncode == 2
+    with pytest.raises(CommandError, match="must be 0 seconds or more"):
+        call_command("keel_health", "workers", "--stall-after", "-5")
 
 
 def test_metrics_off_is_a_404_that_says_how(shop: Any, client: Client) -> None:

@@ -32,7 +32,7 @@ from framework.contrib.django.conf import (
     get_projections,
     get_settings,
 )
-from framework.errors import FrameworkError
+from framework.errors import ConfigurationError, FrameworkError
 from framework.observability import (
     Check,
     Health,
@@ -99,8 +99,6 @@ def serve_metrics(port: int | None) -> None:
     if port is None:
         return
     if not setup_metrics():
-        from framework.errors import ConfigurationError
-
         raise ConfigurationError(
             "--metrics-port needs KEEL['METRICS_EXPORTER'] = 'prometheus' "
             "(or KEEL_METRICS_EXPORTER=prometheus)"
@@ -151,19 +149,27 @@ def worker_health(
 ) -> Health:
     """The projections' workers are applying: each has a fresh heartbeat, and none lags
     without having applied an event for ``stall_after`` seconds (default
-    ``KEEL["HEALTH_STALL_AFTER"]``). A broker or database out of reach fails too."""
+    ``KEEL["HEALTH_STALL_AFTER"]``). A broker or database out of reach fails too.
+
+    Raises ConfigurationError for a name that is no projection: a probe with a typo is
+    misconfigured, not a sign that the workers are down."""
     stall = get_settings().health_stall_after if stall_after is None else stall_after
-    store, engine = get_application().store, get_engine()
+    if stall < 0:
+        raise ConfigurationError(f"stall_after={stall} must be 0 seconds or more")
     projections = get_projections()
+    unknown = sorted(set(names or ()) - set(projections))
+    if unknown:
+        raise ConfigurationError(
+            f"no projection is named {', '.join(map(repr, unknown))} "
+            f"(known: {', '.join(sorted(projections)) or 'none'})"
+        )
+    store, engine = get_application().store, get_engine()
     health = Health()
     try:
         beats = heartbeats.read_beats(engine)
     except Exception as error:
         return health.add(Check("read-model database", False, f"unreachable: {error}"[:300]))
     for name in names or list(projections):
-        if name not in projections:
-            health.add(Check(name, False, f"no such projection (known: {sorted(projections)})"))
-            continue
         try:
             lags, _dead = projection_lag(projections[name], store, engine)
         except Exception as error:
@@ -286,9 +292,13 @@ def ready_view(request: HttpRequest) -> JsonResponse:
 @never_cache
 @require_GET
 def workers_view(request: HttpRequest) -> JsonResponse:
-    """``GET /health/workers[?projection=NAME...]``: the projections' workers are applying."""
-    names = request.GET.getlist("projection") or None
-    return _answer(worker_health(names))
+    """``GET /health/workers[?projection=NAME...]``: the projections' workers are applying
+    (400 for a name that is no projection)."""
+    names = [name[:200] for name in request.GET.getlist("projection")[:100]] or None
+    try:
+        return _answer(worker_health(names))
+    except ConfigurationError as error:
+        return JsonResponse({"error": str(error)}, status=400)
 
 
 @never_cache

@@ -9,15 +9,16 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from framework.contrib.django import observability
-from framework.errors import FrameworkError
+from framework.errors import ConfigurationError, FrameworkError
 
 
 class Command(BaseCommand):
     help = (
-        "Check health for a container orchestrator's probe: exit 0 when ready, 1 when not, "
-        "with each check on stdout. 'web' (default): the event store and the read-model "
-        "database answer. 'workers': every projection (or each --projection) has a worker "
-        "that beats and applies (one that lags without applying for "
+        "Check health for a container orchestrator's probe: exit 0 when ready, 1 when not "
+        "(2 for a --projection that does not exist), with each check on stdout. 'web' "
+        "(default): the event store and the read-model database answer. 'workers': every "
+        "projection (or each --projection) has a worker that beats and applies (one that "
+        "lags without applying for "
         "KEEL['HEALTH_STALL_AFTER'] seconds counts as stopped). 'writers': on Kafka, every "
         "writer shard is owned by a live writer."
     )
@@ -50,6 +51,8 @@ class Command(BaseCommand):
                 health = observability.writer_health()
             else:
                 health = observability.web_health()
+        except ConfigurationError as error:  # a probe with a typo: bad arguments, not unready
+            raise CommandError(str(error), returncode=2) from error
         except FrameworkError as error:
             raise CommandError(str(error)) from error
         if options["json"]:
