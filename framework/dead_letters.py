@@ -12,7 +12,7 @@ dead letters stay (with the new error), while the other aggregates go through.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Hashable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 
 from framework.codec import codec
 from framework.database import read_only
+from framework.errors import ConfigurationError
 from framework.persistence import RecordedEvent
 from framework.positions import dead_letters_table, reporting_missing_tables
 from framework.projection import Projection
@@ -36,6 +37,7 @@ __all__ = [
     "list_dead_letters",
     "parked_fields",
     "redrive",
+    "refuse_not_parked",
 ]
 
 log = logging.getLogger(__name__)
@@ -190,6 +192,17 @@ def redrive(
                 )
     result.remaining = count(engine, projection)
     return result
+
+
+def refuse_not_parked(wanted: Iterable[Hashable], parked: Collection[Hashable], what: str) -> None:
+    """A ConfigurationError naming those of ``wanted`` that are not ``parked``, before
+    anything is re-driven: a mistyped id would otherwise re-drive nothing and look like
+    success ("re-drove 0"). ``what`` names them (``"dead letter id(s)"``)."""
+    missing = [w for w in dict.fromkeys(wanted) if w not in parked]
+    if missing:
+        raise ConfigurationError(
+            f"not parked: {what} {', '.join(map(str, missing))}; nothing was re-driven"
+        )
 
 
 class _Raced(Exception):

@@ -35,6 +35,7 @@ from sqlalchemy.engine import Engine
 
 from framework import dead_letters
 from framework.applier import Applier, ApplierStats
+from framework.arguments import positive_float, positive_int, refuse_ignored
 from framework.database import Backoff, engine_for, read_only, serialize_ddl
 from framework.errors import (
     ConfigurationError,
@@ -455,10 +456,21 @@ Run, rebuild or inspect one projection.
   status        per partition: position, head, lag; dead letters; whether a rebuild is stored
   dead-letters  list the parked events (with --redrive: apply them again first)
 
+An option another command reads (--until-caught-up with status, say) is refused, exit 2.
+
 Every command needs the application (--app: it names the event store and the consumer group),
 an event store and a read-model database. Each option falls back to the environment; the
 worker refuses to start when no event store is configured rather than open an empty one.
 """
+
+_APPLIES = {
+    "--batch-size": ["run", "rebuild"],
+    "--instance-id": ["run"],
+    "--session-timeout": ["run"],
+    "--until-caught-up": ["run"],
+    "--redrive": ["dead-letters"],
+}
+"""The options only some commands read (the others would ignore them: refused)."""
 
 _EPILOG = """\
 environment:
@@ -540,7 +552,10 @@ def main(argv: list[str] | None = None) -> int:
         "KEEL_DATABASE_URL, DATABASE_URL, else sqlite:///var/read_models.db)",
     )
     parser.add_argument(
-        "--batch-size", type=int, metavar="N", help="events per poll and SQL transaction"
+        "--batch-size",
+        type=positive_int,
+        metavar="N",
+        help="run, rebuild: events per poll and SQL transaction (1 or more)",
     )
     parser.add_argument(
         "--instance-id",
@@ -550,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--session-timeout",
-        type=float,
+        type=positive_float,
         metavar="SECONDS",
         help="run: how long a killed worker's partitions wait before moving (default 10)",
     )
@@ -569,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         "--redrive", action="store_true", help="dead-letters: apply the parked events again"
     )
     args = parser.parse_args(argv)
+    refuse_ignored(parser, args, args.command, _APPLIES)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -21,7 +21,9 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from framework.arguments import non_negative_float, port, positive_int
 from framework.cdc._feed import ChangeFeed
+from framework.dead_letters import refuse_not_parked
 from framework.errors import ConfigurationError
 from framework.loading import load_object
 from framework.observability import prometheus
@@ -74,11 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     _add_feed(run)
     run.add_argument("--until-caught-up", action="store_true", help="stop once nothing is readable")
     run.add_argument(
-        "--idle", type=float, default=0.5, help="seconds between polls when idle (0.5)"
+        "--idle",
+        type=non_negative_float,
+        default=0.5,
+        help="seconds between polls when idle, 0 or more (0.5)",
     )
     run.add_argument(
         "--metrics-port",
-        type=int,
+        type=port,
         metavar="PORT",
         help="serve /metrics (Prometheus: the feed's lag, commands, dead letters) on "
         "127.0.0.1:PORT while it runs; needs the [metrics] extra",
@@ -91,11 +96,19 @@ def _parser() -> argparse.ArgumentParser:
     letters = sub.add_parser("dead-letters", help="list the parked changes")
     _add_feed(letters)
     letters.add_argument(
-        "--limit", type=int, default=50, help="list at most this many, oldest first (50)"
+        "--limit",
+        type=positive_int,
+        default=50,
+        help="list at most this many, oldest first, 1 or more (50)",
     )
     redrive = sub.add_parser("redrive", help="translate and execute parked changes again")
     _add_feed(redrive)
-    redrive.add_argument("--row", action="append", help="only this row id (repeatable)")
+    redrive.add_argument(
+        "--row",
+        action="append",
+        help="only this row id (repeatable); a row with nothing parked is an error (exit 2), "
+        "and nothing is re-driven",
+    )
     return parser
 
 
@@ -172,6 +185,9 @@ def execute(argv: Sequence[str] | None = None, stop: threading.Event | None = No
                 f"{change.position}: {letter.reason} {letter.error_type} {letter.error_message}"
             )
         return 0
+    if args.row:
+        parked = {letter.aggregate_id for letter in feed.dead_letters()}
+        refuse_not_parked(args.row, parked, "row id(s)")
     result = feed.redrive(args.row)
     print(
         f"re-driven: {result.done} done, {len(result.failed)} row(s) still failing, "

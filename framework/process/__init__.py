@@ -3,7 +3,8 @@
 Write one with :class:`ProcessManager`, ``@reacts`` and ``@deadline``; test it with
 :func:`framework.process.testing.given`; run it with :class:`ProcessWorker` or
 ``python -m framework.process run MODULE:FACTORY``. A deadline whose handler keeps failing is
-parked (:mod:`framework.process.deadlines`) and re-driven with ``ProcessWorker.redrive`` or
+parked (:mod:`framework.process.deadlines`) and re-driven with ``ProcessWorker.redrive``
+(:func:`redrive_parked` refuses ids that are not parked) or
 ``python -m framework.process dead-letters MODULE:FACTORY --redrive``.
 """
 
@@ -28,6 +29,7 @@ from framework.process.runner import (
     ProcessStatus,
     ProcessWorker,
     Relay,
+    redrive_parked,
     start_at_head,
     status,
 )
@@ -49,6 +51,7 @@ __all__ = [
     "parked_deadlines",
     "reacts",
     "redrive_deadlines",
+    "redrive_parked",
     "start_at_head",
     "status",
 ]

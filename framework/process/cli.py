@@ -11,16 +11,31 @@ import sys
 import threading
 from typing import Any
 
+from framework.arguments import non_negative_float, positive_int, refuse_ignored
 from framework.errors import FrameworkError
 from framework.loading import load_object
 from framework.process.deadlines import DEADLINE_PARTITION
-from framework.process.runner import ProcessWorker, status
+from framework.process.runner import ProcessWorker, redrive_parked, status
 from framework.process.store import timeline
 from framework.runtime import tune_garbage_collector
 
 __all__ = ["load_worker", "main"]
 
 log = logging.getLogger(__name__)
+
+_GRACE = 60.0
+"""status: seconds a deadline may be late before it counts as overdue."""
+
+_APPLIES = {
+    "instance": ["timeline"],
+    "--instance-id": ["run"],
+    "--start-from": ["run"],
+    "--grace": ["status"],
+    "--json": ["status"],
+    "--redrive": ["dead-letters"],
+    "--id": ["dead-letters"],
+}
+"""The options only some commands read (the others would ignore them: refused)."""
 
 _DESCRIPTION = """\
 Run or inspect one process manager.
@@ -32,8 +47,11 @@ Run or inspect one process manager.
                 deadline is overdue by more than --grace seconds, 3 when something is parked)
   timeline      the facts of one instance, oldest first
   dead-letters  the parked inputs and deadlines (handlers that failed every attempt); with
-                --redrive, handle them again first (all, or those given with --id): a parked
-                deadline fires once, or is dropped as a no-op when its instance has moved on
+                --redrive, handle them again first (all, or those given with --id; an id
+                not parked is an error, exit 1, and nothing is re-driven): a parked deadline
+                fires once, or is dropped as a no-op when its instance has moved on
+
+An option another command reads (--grace with run, say) is refused, exit 2.
 
 TARGET is package.module:factory, a function taking keyword options (instance_id, start_from)
 and returning a framework.process.ProcessWorker wired to its sources, targets and database,
@@ -100,10 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--grace",
-        type=float,
-        default=60.0,
+        type=non_negative_float,
         metavar="SECONDS",
-        help="status: how late a deadline may be before it counts as overdue",
+        help="status: how late a deadline may be before it counts as overdue (0 or more; "
+        f"default {_GRACE:g})",
     )
     parser.add_argument("--json", action="store_true", help="status: print JSON")
     parser.add_argument(
@@ -113,12 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--id",
-        type=int,
+        type=positive_int,
         action="append",
         metavar="N",
         help="dead-letters --redrive: only dead letter N (repeatable; default: all)",
     )
     args = parser.parse_args(argv)
+    refuse_ignored(parser, args, args.command, _APPLIES)
+    if args.id and not args.redrive:
+        parser.error("--id names the dead letters to re-drive: give --redrive too")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -160,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "dead-letters":
             return _dead_letters(worker, redrive=args.redrive, ids=args.id)
-        s = status(worker.pm, worker.engine, worker.clock, grace_seconds=args.grace)
+        grace = _GRACE if args.grace is None else args.grace
+        s = status(worker.pm, worker.engine, worker.clock, grace_seconds=grace)
         if args.json:
             print(json.dumps(s.as_json()))
         else:
@@ -177,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dead_letters(worker: ProcessWorker, *, redrive: bool, ids: list[int] | None) -> int:
     if redrive:
-        done = worker.redrive(ids)
+        done = redrive_parked([worker], ids)[worker.pm.name]
         failing = "; ".join(f"{k}: {v}" for k, v in list(done.failed.items())[:5]) or "none"
         print(f"re-drove {done.applied}; still failing: {failing}; {done.remaining} left")
     letters = worker.dead_letters()

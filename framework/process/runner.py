@@ -88,6 +88,7 @@ __all__ = [
     "fire_due",
     "instances",
     "redrive_deadlines",
+    "redrive_parked",
     "start_at_head",
     "status",
 ]
@@ -391,6 +392,25 @@ class ProcessWorker:
         total.failed.update(done.failed)
         total.remaining = len(self.dead_letters())
         return total
+
+
+def redrive_parked(
+    workers: Sequence[ProcessWorker], ids: Collection[int] | None = None
+) -> dict[str, RedriveResult]:
+    """Re-drive the dead letters with ``ids`` (default: all) of ``workers``, by manager name.
+    An id none of them has parked is refused first (ConfigurationError, nothing re-driven);
+    each worker gets only its own ids, so a manager without any is left alone."""
+    if ids is None:
+        return {w.pm.name: w.redrive() for w in workers}
+    parked = {w.pm.name: {d.id for d in w.dead_letters()} for w in workers}
+    dead_letters.refuse_not_parked(
+        ids, {i for found in parked.values() for i in found}, "dead letter id(s)"
+    )
+    return {
+        w.pm.name: w.redrive(mine)
+        for w in workers
+        if (mine := [i for i in ids if i in parked[w.pm.name]])
+    }
 
 
 # -- status -----------------------------------------------------------------------------------

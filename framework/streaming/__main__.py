@@ -19,6 +19,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from framework.arguments import positive_float, positive_int
 from framework.database import create_engine
 from framework.errors import FrameworkError
 from framework.persistence import EventStore, open_store, refuse_missing_store, store_url_from_env
@@ -45,7 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     _store_options(ticker)
     ticker.add_argument(
-        "--every", type=float, default=None, help="repeat every SECONDS until interrupted"
+        "--every",
+        type=positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="repeat every SECONDS (above 0) until interrupted",
     )
     status = commands.add_parser(
         "status",
@@ -63,7 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     _projection_options(late)
     late.add_argument("--stream", help="only this declaration's (its attribute name)")
     late.add_argument("--action", choices=ACTIONS, help="only those handled so")
-    late.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    late.add_argument(
+        "--limit",
+        type=positive_int,
+        default=100,
+        help="at most this many, 1 or more (default 100)",
+    )
     redrive = commands.add_parser(
         "redrive",
         help="re-drive late events parked as dead letters (appends LateAccepted records)",
@@ -127,8 +137,6 @@ def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None)
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "tick":
-        if args.every is not None and args.every <= 0:
-            parser.error("--every needs a positive number of seconds")
         return _tick(args, stop or threading.Event())
     try:
         positions = [_position(p) for p in getattr(args, "positions", [])]

@@ -36,6 +36,8 @@ def test_cdc_installs_runs_and_reports_status(
     with pytest.raises(SystemExit) as exited:  # a dead letter: status exits 3
         call_command("cdc", "status", "sample_app.crm:feed", "--json")
     assert exited.value.code == 3
+    with pytest.raises(CommandError, match=r"not parked: row id\(s\) 99; nothing was re-driven"):
+        call_command("cdc", "redrive", "sample_app.crm:feed", "--row", "99")
 
 
 def test_cdc_user_errors_are_command_errors() -> None:

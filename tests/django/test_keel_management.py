@@ -108,6 +108,14 @@ def test_user_errors_are_command_errors(shop: Any) -> None:
         run("run_writers", "--linger", "-1")
     with pytest.raises(CommandError, match="max_batch must be 1 or more"):
         run("run_writers", "--max-batch", "0")
+    with pytest.raises(CommandError, match="named more than once: customers;"):
+        run("run_projections", "customers", "orders", "customers", "--until-caught-up")
+    with pytest.raises(CommandError, match="--batch-size: must be a whole number of 1 or more"):
+        run("run_projections", "--batch-size", "0", "--until-caught-up")
+    with pytest.raises(CommandError, match="--session-timeout: must be a number above 0"):
+        run("run_projections", "--session-timeout", "0", "--until-caught-up")
+    with pytest.raises(CommandError, match="--metrics-port: must be a port from 1 to 65535"):
+        run("run_process_managers", "--metrics-port", "0")
 
 
 @pytest.mark.parametrize(

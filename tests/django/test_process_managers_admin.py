@@ -74,6 +74,10 @@ def test_status_shows_the_instance_and_an_overdue_deadline(payments: Any) -> Non
         run("process_status", "nope")
     with pytest.raises(CommandError, match="unknown process manager"):
         run("run_process_managers", "nope")
+    with pytest.raises(CommandError, match="--grace: must be a number of 0 or more, not '-5'"):
+        run("process_status", "--grace", "-5")
+    with pytest.raises(CommandError, match="--id names the dead letters to re-drive"):
+        run("process_status", "--id", "3")  # would have shown the status, re-driving nothing
 
 
 def test_the_admin_page_and_an_instance_timeline(payments: Any, admin_client: Client) -> None:
@@ -140,6 +144,21 @@ def test_a_parked_deadline_shows_in_the_status_and_is_redriven_there(
     with worker.engine.connect() as conn:
         kinds = [f["kind"] for f in timeline(conn, "payment_process", str(order))]
     assert kinds.count("DeadlineParked") == 1 and kinds.count("DeadlineReached") == 1
+
+
+def test_a_redrive_of_an_id_that_is_not_parked_is_refused_and_redrives_nothing(
+    parked: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker, _order = parked
+    [letter] = worker.dead_letters()
+    monkeypatch.delattr(worker.pm, "overdue")  # fixed: a re-drive would now succeed
+    missing = letter.id + 1000
+    out = run_refused(
+        "process_status", "--redrive", "--id", str(letter.id), "--id", str(missing),
+        match=f"not parked: dead letter id.s. {missing}; nothing was re-driven",
+    )  # fmt: skip
+    assert "re-drove" not in out
+    assert [d.id for d in worker.dead_letters()] == [letter.id]  # still parked
 
 
 def test_the_admin_lists_a_parked_deadline_and_redrives_it(

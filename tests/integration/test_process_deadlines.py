@@ -382,6 +382,11 @@ def test_the_command_line_lists_and_redrives_parked_deadlines(
     assert f"deadline payment_due of {order}" in listed and "RuntimeError" in listed
     s.pm.broken = False
     [parked] = parked_deadlines(s.pm, s.engine)
+    # A mistyped id is an error naming it, and nothing is re-driven, not even the good one.
+    typo = ["--id", str(parked.id), "--id", str(parked.id + 1000)]
+    assert cli.main(["dead-letters", target, "--redrive", *typo]) == 1
+    assert f"not parked: dead letter id(s) {parked.id + 1000};" in capsys.readouterr().err
+    assert s.kinds(order).count("DeadlineReached") == 0
     assert cli.main(["dead-letters", target, "--redrive", "--id", str(parked.id)]) == 0
     out = capsys.readouterr().out
     assert "re-drove 1" in out and "no dead letters" in out

@@ -107,3 +107,19 @@ def test_the_cli_refuses_a_malformed_position_and_a_projection_without_streams(s
     with pytest.raises(SystemExit):
         main(["status", "tests.projection_domain:CartSummary", "--database", database])
     assert "without streaming tables" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["late", TARGET, "--limit", "-1"], "argument --limit: must be a whole number of 1 or"),
+        (["late", TARGET, "--limit", "0"], "argument --limit: must be a whole number of 1 or"),
+        (["tick", "--name", "shop", "--every", "0"], "argument --every: must be a number above 0"),
+    ],
+)
+def test_the_cli_refuses_a_limit_or_interval_out_of_range(argv, message, capsys):
+    # Unchecked, SQL's LIMIT -1 would list every late event and --every 0 would spin.
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err

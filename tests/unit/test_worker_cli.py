@@ -181,3 +181,25 @@ def test_a_projection_that_cannot_be_imported_is_a_bad_argument(
     code = main(["status", projection, "--app", "carts", "--store", f"sqlite:///{store}"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and projection.split(":")[0] in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--batch-size", "0"], "argument --batch-size: must be a whole number of 1 or"),
+        (["run", "--session-timeout", "-1"], "argument --session-timeout: must be a number above"),
+        (["status", "--until-caught-up"], "--until-caught-up applies to run only, not to status"),
+        (["status", "--batch-size", "10"], "--batch-size applies to run and rebuild only"),
+        (["rebuild", "--instance-id", "w1"], "--instance-id applies to run only, not to rebuild"),
+        (["run", "--redrive"], "--redrive applies to dead-letters only, not to run"),
+    ],
+)
+def test_arguments_that_would_be_ignored_or_cannot_work_are_usage_errors(
+    no_store_env: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    command, *options = argv
+    with pytest.raises(SystemExit) as exited:
+        main([command, PROJECTION, "--app", "carts", *options])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert message in err and "no event store is configured" not in err  # refused first

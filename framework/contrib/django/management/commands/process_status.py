@@ -7,9 +7,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from framework.arguments import non_negative_float, positive_int
 from framework.contrib.django.conf import pick_process_workers
 from framework.errors import FrameworkError
-from framework.process import status
+from framework.process import redrive_parked, status
 
 
 class Command(BaseCommand):
@@ -19,7 +20,8 @@ class Command(BaseCommand):
         "(duplicates, unknown instances, deadlines after completion, skipped and parked "
         "handlers). Exits with an error when a deadline is overdue by more than --grace "
         "seconds or a deadline is parked. --redrive handles the parked inputs and deadlines "
-        "again first (after a fix): a parked deadline fires once."
+        "again first (after a fix): a parked deadline fires once. --redrive --id N re-drives "
+        "only those; an id that is not parked is an error, and nothing is re-driven."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -27,9 +29,10 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print JSON")
         parser.add_argument(
             "--grace",
-            type=float,
+            type=non_negative_float,
             default=60.0,
-            help="seconds a deadline may be late before it counts as overdue (default 60)",
+            help="seconds a deadline may be late before it counts as overdue (0 or more; "
+            "default 60)",
         )
         parser.add_argument(
             "--redrive",
@@ -38,21 +41,23 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--id",
-            type=int,
+            type=positive_int,
             action="append",
             metavar="N",
             help="with --redrive: only dead letter N (repeatable; default: all)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["id"] and not options["redrive"]:
+            raise CommandError("--id names the dead letters to re-drive: give --redrive too")
         try:
             workers = pick_process_workers(options["names"])
         except FrameworkError as error:
             raise CommandError(str(error)) from error
         try:
             if options["redrive"]:
-                for name, worker in workers.items():
-                    done = worker.redrive(options["id"])
+                redriven = redrive_parked(list(workers.values()), options["id"])
+                for name, done in redriven.items():
                     failing = "; ".join(f"{k}: {v}" for k, v in list(done.failed.items())[:5])
                     self.stdout.write(
                         f"{name}: re-drove {done.applied}; still failing: {failing or 'none'}; "

@@ -9,6 +9,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from framework.arguments import port
 from framework.contrib.django import checks
 from framework.contrib.django.conf import pick_process_workers
 from framework.contrib.django.observability import serve_metrics
@@ -41,7 +42,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--metrics-port",
-            type=int,
+            type=port,
             metavar="PORT",
             help="serve /metrics (keel.process.* among them) on 127.0.0.1:PORT; needs "
             "KEEL['METRICS_EXPORTER'] = 'prometheus'",

@@ -10,6 +10,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from framework.arguments import port, positive_float, positive_int
 from framework.contrib.django import checks
 from framework.contrib.django.conf import (
     consumer_group,
@@ -29,7 +30,8 @@ class Command(BaseCommand):
         "Run projection workers: consume the event store and keep the read models up to date. "
         "Runs every projection in KEEL['PROJECTIONS'] (or the NAMEs given), one thread each, "
         "until SIGTERM or Ctrl-C, which stop them cleanly between batches. Several processes "
-        "may run the same projection: on Kafka they share its partitions."
+        "may run the same projection: on Kafka they share its partitions (a NAME given twice "
+        "is refused: one process runs one worker per projection)."
     )
     requires_system_checks: list[str] = []  # run below, after marking this a worker
 
@@ -43,7 +45,10 @@ class Command(BaseCommand):
             help="stop once every projection has applied the events that existed at start",
         )
         parser.add_argument(
-            "--batch-size", type=int, default=None, help="events per SQL transaction"
+            "--batch-size",
+            type=positive_int,
+            default=None,
+            help="events per SQL transaction (1 or more)",
         )
         parser.add_argument(
             "--instance-id",
@@ -54,14 +59,14 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--session-timeout",
-            type=float,
+            type=positive_float,
             metavar="SECONDS",
             help="seconds without a heartbeat before Kafka gives a dead worker's partitions to "
             "another (default: KEEL_PROJECTION_SESSION_TIMEOUT or 10)",
         )
         parser.add_argument(
             "--metrics-port",
-            type=int,
+            type=port,
             help="serve Prometheus /metrics on 127.0.0.1:PORT (KEEL['METRICS_EXPORTER'] = "
             "'prometheus' and the [metrics] extra)",
         )
@@ -84,6 +89,14 @@ class Command(BaseCommand):
             )
         if not names:
             raise CommandError("no projections are configured: set KEEL['PROJECTIONS']")
+        # A NAME twice is likelier a typo in a script than a wish for two workers in this one
+        # process: more workers of a projection are more processes (they share its partitions).
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise CommandError(
+                f"projection(s) named more than once: {', '.join(twice)}; a process runs one "
+                "worker per projection (start more processes for more workers)"
+            )
         chosen = {
             "batch_size": options["batch_size"],
             "instance_id": options["instance_id"],

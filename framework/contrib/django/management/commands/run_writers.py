@@ -11,6 +11,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from framework.arguments import port
 from framework.backends.kafka_owner import WriterMember
 from framework.contrib.django import checks, heartbeats
 from framework.contrib.django.conf import get_application
@@ -33,7 +34,7 @@ class Command(BaseCommand):
         add_writer_arguments(parser)
         parser.add_argument(
             "--metrics-port",
-            type=int,
+            type=port,
             help="serve Prometheus /metrics on 127.0.0.1:PORT (KEEL['METRICS_EXPORTER'] = "
             "'prometheus' and the [metrics] extra)",
         )
