@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 
+from framework.errors import ConfigurationError, FrameworkError, StoreUnavailableError
 from framework.settings import database_url, normalise_database_url
 
 __all__ = [
@@ -27,8 +29,10 @@ __all__ = [
     "create_engine",
     "engine_for",
     "is_connectivity_error",
+    "reaching",
     "read_only",
     "serialize_ddl",
+    "without_password",
 ]
 
 log = logging.getLogger(__name__)
@@ -36,9 +40,26 @@ log = logging.getLogger(__name__)
 READ_ONLY = "keel_read_only"
 
 
-def create_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for a read-model database at ``url`` (SQLite or PostgreSQL)."""
-    url = normalise_database_url(url)
+def without_password(url: str | sa.URL) -> str:
+    """``url`` fit for an error message or a log: its password hidden (text that does not parse
+    as a URL is shown as it is)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return str(url)
+
+
+def create_engine(url: str, *, what: str = "database", **kwargs: Any) -> Engine:
+    """An engine for a read-model database at ``url`` (SQLite or PostgreSQL). It connects
+    lazily; a URL that does not parse or names no installed dialect or driver is a
+    :class:`ConfigurationError` naming ``what`` and the URL (password hidden)."""
+    try:
+        return _create_engine(normalise_database_url(url), kwargs)
+    except (sa.exc.ArgumentError, ImportError) as error:  # ImportError: a driver not installed
+        raise ConfigurationError(f"{what} {without_password(url)!r}: {error}") from error
+
+
+def _create_engine(url: str, kwargs: dict[str, Any]) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
@@ -67,6 +88,24 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+@contextmanager
+def reaching(engine: Engine, what: str) -> Iterator[None]:
+    """Turn an unreachable database (or a broken connection) inside the block into a
+    :class:`StoreUnavailableError` naming ``what`` and the database, password hidden: an
+    operator learns which database to check, not a driver traceback. It is a ConnectionError,
+    so whoever retries outages still does; other errors propagate unchanged."""
+    try:
+        yield
+    except Exception as error:
+        # Already typed (an inner block's, another store's, a missing table): keep it.
+        if isinstance(error, FrameworkError) or not is_connectivity_error(error):
+            raise
+        reason = " ".join(str(getattr(error, "orig", None) or error).split())
+        raise StoreUnavailableError(
+            f"{what}: cannot reach its database {without_password(engine.url)} ({reason})"
+        ) from error
 
 
 def engine_for(projection: str | None = None) -> Engine:

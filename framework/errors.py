@@ -194,7 +194,9 @@ class StoreError(FrameworkError):
 
 
 class StoreUnavailableError(StoreError, ConnectionError):
-    """The event store cannot be reached. Nothing was written; it is safe to retry."""
+    """The event store, or a database the framework keeps state in (read models, a feed's
+    cursor, a process manager's facts), cannot be reached; the message names it, password
+    hidden. Nothing was written; it is safe to retry."""
 
 
 class OutcomeUnknownError(StoreError, TimeoutError):

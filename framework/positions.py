@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from framework.database import reaching
 from framework.errors import PositionConflictError, ReadModelNotMigratedError
 
 __all__ = [
@@ -95,21 +96,24 @@ def reporting_missing_tables(
     engine: Engine, what: str, tables: Iterable[sa.Table] = POSITION_TABLES
 ) -> Iterator[None]:
     """Turn a database error raised inside the block into :class:`ReadModelNotMigratedError`
-    when it came from missing ``tables``; any other error propagates unchanged. Nothing is
-    inspected unless a statement failed, so the happy path costs nothing."""
-    try:
-        yield
-    except (sa.exc.OperationalError, sa.exc.ProgrammingError) as error:
-        # SQLite says OperationalError "no such table", PostgreSQL ProgrammingError
-        # (UndefinedTable); a fresh connection, as the failed one's transaction is aborted.
+    when it came from missing ``tables``, and an unreachable database into the
+    :class:`StoreUnavailableError` of :func:`framework.database.reaching`; any other error
+    propagates unchanged. Nothing is inspected unless a statement failed, so the happy path
+    costs nothing."""
+    with reaching(engine, what):
         try:
-            with engine.connect() as conn:
-                require_tables(conn, what, tables)
-        except ReadModelNotMigratedError as missing:
-            raise missing from error
-        except sa.exc.SQLAlchemyError:
-            pass  # cannot inspect either: the original error says more
-        raise
+            yield
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError) as error:
+            # SQLite says OperationalError "no such table", PostgreSQL ProgrammingError
+            # (UndefinedTable); a fresh connection, as the failed one's transaction is aborted.
+            try:
+                with engine.connect() as conn:
+                    require_tables(conn, what, tables)
+            except ReadModelNotMigratedError as missing:
+                raise missing from error
+            except sa.exc.SQLAlchemyError:
+                pass  # cannot inspect either: the original error says more
+            raise
 
 
 def now() -> datetime:

@@ -509,14 +509,6 @@ def _store_url(app: str, given: str | None) -> str:
     return url
 
 
-def _shown(url: str | None) -> str:
-    """``url`` fit for an error message: its password hidden, when it parses at all."""
-    try:
-        return repr(sa.engine.make_url(url or "").render_as_string(hide_password=True))
-    except sa.exc.ArgumentError:
-        return repr(url)
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m framework.worker {run,rebuild,status,dead-letters} module:Projection``."""
     import argparse
@@ -588,16 +580,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    database: str | None = args.database
     try:
         projection = load_projection(args.projection)
         store_url = _store_url(args.app, args.store)
-        database = database or database_url(projection.name)
-        engine = create_engine(database)  # connects lazily: only the URL is checked here
+        # Connects lazily: only the URL is checked here.
+        engine = create_engine(
+            args.database or database_url(projection.name), what="read-model database"
+        )
         store = open_store(store_url, name=args.app)
-    except sa.exc.ArgumentError as error:  # unparsable, or no dialect or driver of that name
-        print(f"error: read-model database {_shown(database)}: {error}", file=sys.stderr)
-        return 2
     except (ProjectionError, ConfigurationError, StoreError, ImportError, AttributeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -646,7 +636,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             if not letters:
                 print("no dead letters")
-    except (ProjectionError, ConfigurationError, ValidationError) as error:
+    # StoreError: the read-model database out of reach (run waits for it instead)
+    except (ProjectionError, ConfigurationError, StoreError, ValidationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:

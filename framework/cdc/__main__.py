@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from framework.arguments import non_negative_float, port, positive_int
 from framework.cdc._feed import ChangeFeed
 from framework.dead_letters import refuse_not_parked
-from framework.errors import ConfigurationError
+from framework.errors import ConfigurationError, FrameworkError
 from framework.loading import load_object
 from framework.observability import prometheus
 from framework.runtime import tune_garbage_collector
@@ -33,9 +33,9 @@ EPILOG = """\
 FEED is module:callable, a function returning a ChangeFeed, e.g. sample_app.crm:feed.
 The feed's cursor and dead letters live in DATABASE_URL's database (migrate it with
 `alembic upgrade head`); the commands go to the application's store (KEEL_EVENT_STORE ...),
-on Kafka through its writer processes. Exit codes: 0 ok, 1 error, 2 usage or
-configuration, 3 (status) the feed has dead letters or a last error, or its source cannot
-be reached.
+on Kafka through its writer processes. Exit codes: 0 ok, 1 error (among them the feed's
+own database out of reach: `run` waits for it instead), 2 usage or configuration, 3
+(status) the feed has dead letters or a last error, or its source cannot be reached.
 """
 
 
@@ -118,11 +118,15 @@ def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None)
     except ConfigurationError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except FrameworkError as error:  # e.g. the feed's own database cannot be reached
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 def execute(argv: Sequence[str] | None = None, stop: threading.Event | None = None) -> int:
     """:func:`main` without its last step: a feed that cannot be loaded or configured
-    raises its :class:`ConfigurationError` (``manage.py cdc`` shows it as its own error)."""
+    raises its :class:`ConfigurationError`, and one whose own database cannot be reached a
+    :class:`StoreUnavailableError` (``manage.py cdc`` shows either as its own error)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

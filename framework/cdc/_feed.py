@@ -15,8 +15,9 @@ The rules it keeps:
   dead letters (``keel_dead_letters``, projection ``cdc:<feed>``, reason ``failed``); later
   changes of the same row park behind it (``held``) so a row's changes never apply out of
   order, while other rows go on. :meth:`ChangeFeed.redrive` runs them again after a fix.
-- Anything else (the store or a database unreachable, an unknown outcome, a bug) stops the
-  batch without moving the cursor; the run loop backs off and reads the same changes again.
+- Anything else (the store or a database unreachable, the feed's own included, an unknown
+  outcome, a bug) stops the batch without moving the cursor; the run loop backs off and reads
+  the same changes again.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import groupby
@@ -47,7 +49,7 @@ from framework.cdc._changes import (
     change_command_id,
 )
 from framework.commands import Command
-from framework.database import Backoff, engine_for, is_connectivity_error
+from framework.database import Backoff, engine_for, is_connectivity_error, reaching
 from framework.dead_letters import DeadLetter
 from framework.errors import (
     AggregateExistsError,
@@ -206,6 +208,11 @@ class ChangeFeed:
         """The feed's name in the dead letters."""
         return f"cdc:{self.name}"
 
+    def _database(self) -> AbstractContextManager[None]:
+        """Around each use of the feed's own database (cursor, dead letters): unreachable, it
+        is a StoreUnavailableError naming it, which ``run`` retries and the CLI reports."""
+        return reaching(self.engine, f"feed {self.name}")
+
     def translate(self, change: RowChange) -> Sequence[Command]:
         """The commands that carry ``change`` into the domain (none to ignore it). Raise to
         refuse it: the change is parked in the dead letters with the error."""
@@ -249,7 +256,7 @@ class ChangeFeed:
                     blocked.add(rid)
                     result.parked += 1
             result.changes += 1
-        with self.engine.begin() as conn:
+        with self._database(), self.engine.begin() as conn:
             if parked:
                 conn.execute(dead_letters_table.insert(), parked)
             self._advance(conn, cursor, changes[-1], result)
@@ -362,7 +369,7 @@ class ChangeFeed:
 
     def _cursor(self) -> str | None:
         t = feeds_table
-        with self.engine.connect() as conn, conn.begin():
+        with self._database(), self.engine.connect() as conn, conn.begin():
             row = conn.execute(sa.select(t.c.cursor).where(t.c.feed == self.name)).first()
         return None if row is None else row[0]
 
@@ -406,7 +413,7 @@ class ChangeFeed:
         message = f"{type(error).__name__}: {error}"[:4000]
         now = datetime.now(UTC)
         try:
-            with self.engine.begin() as conn:
+            with self._database(), self.engine.begin() as conn:
                 done = conn.execute(
                     t.update()
                     .where(t.c.feed == self.name)
@@ -431,7 +438,7 @@ class ChangeFeed:
 
     def _parked_rows(self) -> set[str]:
         t = dead_letters_table
-        with self.engine.connect() as conn, conn.begin():
+        with self._database(), self.engine.connect() as conn, conn.begin():
             return set(
                 conn.execute(
                     sa.select(t.c.aggregate_id).where(t.c.projection == self.key).distinct()
@@ -490,7 +497,7 @@ class ChangeFeed:
                 except Exception as error:
                     message = f"{type(error).__name__}: {error}"
                     result.failed[rid] = message
-                    with self.engine.begin() as conn:
+                    with self._database(), self.engine.begin() as conn:
                         conn.execute(
                             t.update()
                             .where(t.c.id == letter.id)
@@ -504,7 +511,7 @@ class ChangeFeed:
                             )
                         )
                     break
-                with self.engine.begin() as conn:
+                with self._database(), self.engine.begin() as conn:
                     conn.execute(t.delete().where(t.c.id == letter.id))
                 if issued:
                     instruments.cdc_commands.add(issued, {names.FEED: self.name})
@@ -518,7 +525,7 @@ class ChangeFeed:
         """Cursor, counters, lag (changes and seconds), dead letters and the last error; a
         source that cannot be reached gives no lag and its error as ``source_error``."""
         t = feeds_table
-        with self.engine.connect() as conn, conn.begin():
+        with self._database(), self.engine.connect() as conn, conn.begin():
             row = conn.execute(sa.select(t).where(t.c.feed == self.name)).first()
         cursor = None if row is None else row.cursor
         lag: Lag | None = None
@@ -548,7 +555,7 @@ class ChangeFeed:
     def reset(self) -> None:
         """Forget the cursor, counters and dead letters (the next run starts from the source's
         beginning; commands already run replay harmlessly)."""
-        with self.engine.begin() as conn:
+        with self._database(), self.engine.begin() as conn:
             conn.execute(feeds_table.delete().where(feeds_table.c.feed == self.name))
             conn.execute(
                 dead_letters_table.delete().where(dead_letters_table.c.projection == self.key)

@@ -28,8 +28,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from framework.cdc._changes import Lag, RowChange
-from framework.database import create_engine, is_connectivity_error
-from framework.errors import ConfigurationError, StoreUnavailableError
+from framework.database import create_engine, reaching, without_password
+from framework.errors import ConfigurationError
 
 __all__ = ["HighWaterMarkSource", "PostgresTriggerSource"]
 
@@ -81,11 +81,6 @@ def _engine(database: Engine | str) -> Engine:
     return create_engine(database) if isinstance(database, str) else database
 
 
-def _shown(engine: Engine) -> str:
-    """The engine's URL as an operator may see it (no password)."""
-    return engine.url.render_as_string(hide_password=True)
-
-
 class _SqlSource(Protocol):
     engine: Engine
     name: str
@@ -102,16 +97,8 @@ def _reaching(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate
 
     @functools.wraps(method)
     def call(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
+        with reaching(self.engine, f"change source {self.name}"):
             return method(self, *args, **kwargs)
-        except Exception as error:
-            if not is_connectivity_error(error):
-                raise
-            reason = " ".join(str(getattr(error, "orig", None) or error).split())
-            raise StoreUnavailableError(
-                f"change source {self.name}: cannot reach its database {_shown(self.engine)} "
-                f"({reason})"
-            ) from error
 
     return call
 
@@ -136,8 +123,8 @@ class PostgresTriggerSource:
         if self.engine.dialect.name != "postgresql":
             raise ConfigurationError(
                 "the trigger changelog needs PostgreSQL 13 or newer (xid8), and "
-                f"{_shown(self.engine)} is {self.engine.dialect.name}: give the source the "
-                "legacy database's PostgreSQL URL (postgresql://user@host/db), or read "
+                f"{without_password(self.engine.url)} is {self.engine.dialect.name}: give the "
+                "source the legacy database's PostgreSQL URL (postgresql://user@host/db), or read "
                 "another database through Debezium (DebeziumTopicSource)"
             )
         self.name = _qualified(table)

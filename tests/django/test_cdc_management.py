@@ -79,6 +79,22 @@ def test_status_of_an_unreachable_source_exits_3(
     assert exited.value.code == 3
 
 
+def test_an_unreachable_feed_database_is_a_command_error_naming_it(
+    legacy: Crm, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = unreachable_url()
+    monkeypatch.setenv("KEEL_CRM_TABLE", legacy.table)
+    monkeypatch.setenv("KEEL_CRM_FEED", legacy.feed_name)
+    monkeypatch.setenv("KEEL_CRM_DATABASE_URL", postgres_url)  # the source answers
+    monkeypatch.setenv("KEEL_SHOP_EVENT_STORE", "memory://")
+    monkeypatch.setenv("DATABASE_URL", url)  # the feed's cursor and dead letters do not
+    with pytest.raises(CommandError) as refused:
+        call_command("cdc", "status", "sample_app.crm:feed")
+    message = str(refused.value)
+    assert f"cannot reach its database {url.replace(':secret', ':***')}" in message
+    assert "secret" not in message and "bad arguments" not in message
+
+
 def test_the_admin_shows_lag_and_dead_letters_and_redrives(
     legacy: Crm,
     postgres_url: str,

@@ -22,6 +22,7 @@ from framework.cdc import (
     RowChange,
 )
 from framework.commands import Command
+from framework.database import create_engine
 from framework.errors import ConfigurationError, StoreUnavailableError
 from sample_app import crm
 from sample_app.shop.application import build
@@ -378,6 +379,40 @@ def test_the_cli_status_of_an_unreachable_source_exits_3(legacy: Crm, postgres_u
     assert "lag           unknown" in status.stdout and "cannot reach" in status.stdout
     as_json = json.loads(_cli("status", "sample_app.crm:feed", "--json", env=env).stdout)
     assert as_json["lag_changes"] is None and "cannot reach" in as_json["source_error"]
+
+
+def test_the_cli_reports_an_unreachable_feed_database_and_run_waits_for_it(
+    legacy: Crm, postgres_url: str
+):
+    url = unreachable_url()  # the feed's own database (cursor, dead letters); the source is up
+    env = {
+        "KEEL_CRM_TABLE": legacy.table,
+        "KEEL_CRM_FEED": legacy.feed_name,
+        "KEEL_CRM_DATABASE_URL": postgres_url,
+        "KEEL_SHOP_EVENT_STORE": "memory://",
+        "DATABASE_URL": url,
+    }
+    for command in ("status", "dead-letters", "redrive"):
+        done = _cli(command, "sample_app.crm:feed", env=env)
+        assert done.returncode == 1, done.stderr  # an error: neither a usage error nor an alert
+        assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+        assert f"cannot reach its database {url.replace(':secret', ':***')}" in done.stderr
+        assert "secret" not in done.stderr
+
+    source = PostgresTriggerSource(legacy.engine, legacy.table, ["id"])
+    feed = crm.CrmCustomers(source, build("memory://"), create_engine(url), name=legacy.feed_name)
+    with pytest.raises(StoreUnavailableError, match=f"feed {legacy.feed_name}: cannot reach"):
+        feed.status()
+    failures: list[BaseException] = []
+    feed._record_error = failures.append  # type: ignore[method-assign]
+    stop = threading.Event()
+    runner = threading.Thread(target=feed.run, args=(stop,), kwargs={"until_caught_up": True})
+    runner.start()
+    time.sleep(1.0)  # backs off 0.2, 0.4 s...: an outage of its own database is waited out too
+    stop.set()
+    runner.join(15)
+    assert not runner.is_alive() and len(failures) >= 2
+    assert all(isinstance(f, StoreUnavailableError) for f in failures)
 
 
 @pytest.mark.parametrize("batch_size", [200, 2])  # 2: the earlier change is past the batch

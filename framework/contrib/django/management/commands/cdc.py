@@ -1,8 +1,8 @@
 """``manage.py cdc install|run|status|dead-letters|redrive FEED [options]``: the change feeds
 of :mod:`framework.cdc`, run and watched from the Django host. The arguments are those of
 ``python -m framework.cdc`` (and its exit codes: 3 from ``status`` means dead letters, a
-last error or a source out of reach; a feed that cannot be loaded or configured is a
-``CommandError`` with the reason)."""
+last error or a source out of reach; a feed that cannot be loaded or configured, or whose
+own database cannot be reached, is a ``CommandError`` with the reason)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from framework.cdc.__main__ import execute
-from framework.errors import ConfigurationError
+from framework.errors import FrameworkError
 
 
 class Command(BaseCommand):
@@ -39,7 +39,7 @@ class Command(BaseCommand):
             raise CommandError("name a command: install, run, status, dead-letters or redrive")
         try:
             code = execute(argv)
-        except ConfigurationError as error:  # the feed's own reason, not a usage error
+        except FrameworkError as error:  # the feed's own reason (set-up, database), not usage
             raise CommandError(f"cdc {' '.join(argv)}: {error}") from error
         except SystemExit as exit_:  # argparse's own usage errors (it printed which)
             code = int(exit_.code or 0)
