@@ -146,9 +146,12 @@ def open_store(url: str, *, name: str) -> RecorderEventStore:
     with translated_errors():
         datastore = _Datastore(pre_ping=True, **settings)
     prefix = table_prefix(name)
-    events = PostgresApplicationRecorder(datastore, events_table_name=f"{prefix}_events")
-    snapshots = PostgresAggregateRecorder(datastore, events_table_name=f"{prefix}_snapshots")
     try:
+        with translated_errors():  # the recorders connect at once (to register their types)
+            events = PostgresApplicationRecorder(datastore, events_table_name=f"{prefix}_events")
+            snapshots = PostgresAggregateRecorder(
+                datastore, events_table_name=f"{prefix}_snapshots"
+            )
         with translated_errors(), datastore.get_connection() as conn:
             # Processes starting at once on a fresh database race in PostgreSQL's catalogue
             # even under IF NOT EXISTS (the stores of a schema share a composite type, too):

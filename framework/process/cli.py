@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 from framework.arguments import non_negative_float, positive_int, refuse_ignored
+from framework.database import reaching
 from framework.errors import FrameworkError
 from framework.loading import load_object
 from framework.process.deadlines import DEADLINE_PARTITION
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.instance:
                 print("error: timeline needs the instance id", file=sys.stderr)
                 return 2
-            with worker.engine.connect() as conn:
+            with reaching(worker.engine, worker.pm.name), worker.engine.connect() as conn:
                 facts = timeline(conn, worker.pm.name, args.instance)
             if not facts:
                 print(f"{worker.pm.name} has no instance {args.instance!r}")

@@ -21,7 +21,7 @@ from typing import Any
 
 from framework.arguments import positive_float, positive_int
 from framework.database import create_engine
-from framework.errors import FrameworkError
+from framework.errors import FrameworkError, StoreUnavailableError
 from framework.persistence import EventStore, open_store, refuse_missing_store, store_url_from_env
 from framework.settings import database_url
 from framework.streaming._clock import tick
@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Stream-processing tools: ticks that close windows in a quiet system, a "
         "streaming projection's stream times and late events, and the re-drive of late events "
         "parked as dead letters.",
+        epilog="Exit codes: 0 done, 1 the database or the store cannot be reached, 2 a bad "
+        "argument or configuration (a projection, URL or position; a missing store file).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     ticker = commands.add_parser(
@@ -166,6 +168,9 @@ def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None)
                 print(json.dumps({"appended": appended}))
             else:
                 print(f"re-drive records appended: {dict(sorted(written.items())) or 'none'}")
+    except StoreUnavailableError as error:  # an outage, not a bad argument
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except FrameworkError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -175,6 +180,9 @@ def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None)
 def _tick(args: argparse.Namespace, stop: threading.Event) -> int:
     try:
         store = _open_store(args)
+    except StoreUnavailableError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except FrameworkError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ from framework.codec import codec
 from framework.database import read_only
 from framework.errors import ConfigurationError
 from framework.persistence import EventStore, Positions, RecordedEvent
+from framework.positions import reporting_missing_tables
 from framework.streaming._clock import accept_late
 from framework.streaming._values import utc
 
@@ -84,7 +85,11 @@ def late_events(
         query = query.where(table.c.stream == stream)
     if action is not None:
         query = query.where(table.c.action == action)
-    with engine.connect() as conn, read_only(conn).begin():
+    with (
+        reporting_missing_tables(engine, projection.name, [table]),
+        engine.connect() as conn,
+        read_only(conn).begin(),
+    ):
         return [
             LateEvent(
                 stream=row.stream,

@@ -15,8 +15,10 @@ from django.core.management.base import CommandError
 from django.test import Client
 
 from framework.contrib.django import conf
+from framework.database import create_engine
 from framework.process import FakeClock
 from sample_app.shop.commands import ConfirmOrder, PlaceOrder, RegisterCustomer
+from tests.support.projection_support import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "readmodels"])
 
@@ -78,6 +80,21 @@ def test_status_shows_the_instance_and_an_overdue_deadline(payments: Any) -> Non
         run("process_status", "--grace", "-5")
     with pytest.raises(CommandError, match="--id names the dead letters to re-drive"):
         run("process_status", "--id", "3")  # would have shown the status, re-driving nothing
+
+
+def test_status_of_an_unreachable_database_is_a_command_error_naming_it(
+    shop: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEEL_SHOP_EVENT_STORE", f"sqlite:///{shop.tmp}/shop-events.db")
+    monkeypatch.setenv("KEEL_PAYMENTS_EVENT_STORE", f"sqlite:///{shop.tmp}/payments-events.db")
+    url = f"postgresql+psycopg://nobody:secret@127.0.0.1:{free_port()}/keel"
+    worker = conf.get_process_workers()["payment_process"]
+    monkeypatch.setattr(worker, "engine", create_engine(url))
+    with pytest.raises(CommandError) as refused:
+        run("process_status")
+    message = str(refused.value)
+    assert "payment_process: cannot reach its database" in message
+    assert "nobody:***@" in message and "secret" not in message
 
 
 def test_the_admin_page_and_an_instance_timeline(payments: Any, admin_client: Client) -> None:
