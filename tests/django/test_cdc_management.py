@@ -21,13 +21,28 @@ def legacy(postgres_url: str) -> Iterator[Crm]:
     yield from make_crm(postgres_url)
 
 
+def crm_env(
+    monkeypatch: pytest.MonkeyPatch,
+    legacy: Crm,
+    *,
+    store: str,
+    database: str,
+    source: str | None = None,
+) -> None:
+    """The sample CRM feed's settings: its legacy table and name, the shop's event ``store``,
+    the feed's own ``database`` and, when given, the CRM ``source`` database."""
+    monkeypatch.setenv("KEEL_CRM_TABLE", legacy.table)
+    monkeypatch.setenv("KEEL_CRM_FEED", legacy.feed_name)
+    if source is not None:
+        monkeypatch.setenv("KEEL_CRM_DATABASE_URL", source)
+    monkeypatch.setenv("KEEL_SHOP_EVENT_STORE", store)
+    monkeypatch.setenv("DATABASE_URL", database)
+
+
 def test_cdc_installs_runs_and_reports_status(
     legacy: Crm, postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("KEEL_CRM_TABLE", legacy.table)
-    monkeypatch.setenv("KEEL_CRM_FEED", legacy.feed_name)
-    monkeypatch.setenv("KEEL_SHOP_EVENT_STORE", f"sqlite:///{tmp_path}/shop.db")
-    monkeypatch.setenv("DATABASE_URL", postgres_url)
+    crm_env(monkeypatch, legacy, store=f"sqlite:///{tmp_path}/shop.db", database=postgres_url)
     with legacy.engine.begin() as conn:
         legacy.insert(conn, 1)
         legacy.insert(conn, 2, email="nobody")
@@ -69,11 +84,7 @@ def test_a_feed_that_cannot_be_configured_says_why_and_what_to_set(
 def test_status_of_an_unreachable_source_exits_3(
     legacy: Crm, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("KEEL_CRM_TABLE", legacy.table)
-    monkeypatch.setenv("KEEL_CRM_FEED", legacy.feed_name)
-    monkeypatch.setenv("KEEL_CRM_DATABASE_URL", unreachable_url())
-    monkeypatch.setenv("KEEL_SHOP_EVENT_STORE", "memory://")
-    monkeypatch.setenv("DATABASE_URL", postgres_url)
+    crm_env(monkeypatch, legacy, store="memory://", database=postgres_url, source=unreachable_url())
     with pytest.raises(SystemExit) as exited:
         call_command("cdc", "status", "sample_app.crm:feed", "--json")
     assert exited.value.code == 3
@@ -83,11 +94,8 @@ def test_an_unreachable_feed_database_is_a_command_error_naming_it(
     legacy: Crm, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = unreachable_url()
-    monkeypatch.setenv("KEEL_CRM_TABLE", legacy.table)
-    monkeypatch.setenv("KEEL_CRM_FEED", legacy.feed_name)
-    monkeypatch.setenv("KEEL_CRM_DATABASE_URL", postgres_url)  # the source answers
-    monkeypatch.setenv("KEEL_SHOP_EVENT_STORE", "memory://")
-    monkeypatch.setenv("DATABASE_URL", url)  # the feed's cursor and dead letters do not
+    # The source answers; the feed's own database (its cursor and dead letters) does not.
+    crm_env(monkeypatch, legacy, store="memory://", database=url, source=postgres_url)
     with pytest.raises(CommandError) as refused:
         call_command("cdc", "status", "sample_app.crm:feed")
     message = str(refused.value)
@@ -105,10 +113,7 @@ def test_the_admin_shows_lag_and_dead_letters_and_redrives(
 ) -> None:
     from framework.contrib.django import conf
 
-    monkeypatch.setenv("KEEL_CRM_TABLE", legacy.table)
-    monkeypatch.setenv("KEEL_CRM_FEED", legacy.feed_name)
-    monkeypatch.setenv("KEEL_SHOP_EVENT_STORE", f"sqlite:///{shop.tmp}/crm-shop.db")
-    monkeypatch.setenv("DATABASE_URL", postgres_url)
+    crm_env(monkeypatch, legacy, store=f"sqlite:///{shop.tmp}/crm-shop.db", database=postgres_url)
     settings.KEEL = {**settings.KEEL, "CDC_FEEDS": ["sample_app.crm:feed", "no_such:feed"]}
     conf.reset()
     with legacy.engine.begin() as conn:
@@ -155,11 +160,13 @@ def test_the_admin_shows_an_unreachable_source_without_a_lag(
 ) -> None:
     from framework.contrib.django import conf
 
-    monkeypatch.setenv("KEEL_CRM_TABLE", legacy.table)
-    monkeypatch.setenv("KEEL_CRM_FEED", legacy.feed_name)
-    monkeypatch.setenv("KEEL_CRM_DATABASE_URL", unreachable_url())
-    monkeypatch.setenv("KEEL_SHOP_EVENT_STORE", f"sqlite:///{shop.tmp}/crm-shop.db")
-    monkeypatch.setenv("DATABASE_URL", postgres_url)
+    crm_env(
+        monkeypatch,
+        legacy,
+        store=f"sqlite:///{shop.tmp}/crm-shop.db",
+        database=postgres_url,
+        source=unreachable_url(),
+    )
     settings.KEEL = {**settings.KEEL, "CDC_FEEDS": ["sample_app.crm:feed"]}
     conf.reset()
     viewer = Client()
