@@ -15,7 +15,10 @@ On Kafka every command is decided by the one process that owns its writer shard 
   did not happen. Results are kept for an hour: they are answers, not the log of record.
 
 Each sending process reads one results partition (chosen at random when it starts), from the
-end it found before sending anything, so no answer to its own commands can be missed.
+end it found before sending anything, so no answer to its own commands can be missed. Every
+waiting send carries a reply token that its result echoes: several senders share a partition,
+and one command id may be sent more than once (a retry, a re-send from another process), so a
+command id alone does not say which send a result answers.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ if TYPE_CHECKING:
     from framework.backends.kafka import KafkaEventStore
 
 __all__ = [
+    "Answer",
     "CommandEnvelope",
     "KafkaCommandRouter",
     "ShardMoved",
@@ -104,13 +108,20 @@ class CommandEnvelope:
     metadata: Metadata
     reply_partition: int | None
     expires_at: float
+    reply_token: str | None = None
+    """Names the send that waits on ``reply_partition``; its result carries it back."""
 
     def expired(self, now: float | None = None) -> bool:
         return (time.time() if now is None else now) > self.expires_at
 
 
 def encode_command(
-    command: Command, metadata: Metadata, *, reply_partition: int | None, expires_at: float
+    command: Command,
+    metadata: Metadata,
+    *,
+    reply_partition: int | None,
+    expires_at: float,
+    reply_token: str | None = None,
 ) -> bytes:
     """The commands-topic value of ``command``."""
     return pydantic_core.to_json(
@@ -120,6 +131,7 @@ def encode_command(
             "command": command.model_dump(mode="json"),
             "meta": metadata.model_dump(mode="json"),
             "reply": reply_partition,
+            "reply_token": reply_token,
             "expires": expires_at,
         }
     )
@@ -134,6 +146,7 @@ def decode_command(value: bytes | None, app: Application) -> CommandEnvelope:
         fields = data["command"]
         metadata = Metadata.model_validate(data["meta"])
         reply = data.get("reply")
+        token = data.get("reply_token")
         expires = float(data["expires"])
     except (ValueError, TypeError, KeyError) as error:
         raise CommandValidationError("(unreadable)", [{"loc": [], "msg": str(error)}]) from None
@@ -141,7 +154,11 @@ def decode_command(value: bytes | None, app: Application) -> CommandEnvelope:
     if cls is None:
         raise UnknownCommandError(f"this writer has no handler for command {kind!r}")
     return CommandEnvelope(
-        cls.parse(fields), metadata, int(reply) if isinstance(reply, int) else None, expires
+        cls.parse(fields),
+        metadata,
+        int(reply) if isinstance(reply, int) else None,
+        expires,
+        token if isinstance(token, str) else None,
     )
 
 
@@ -238,9 +255,14 @@ def error_from_wire(data: dict[str, Any]) -> FrameworkError:
     return error
 
 
-def encode_result(command_id: UUID, outcome: CommandResult | BaseException) -> bytes:
-    """The results-topic value for one command's outcome."""
+def encode_result(
+    command_id: UUID, outcome: CommandResult | BaseException, reply_token: str | None = None
+) -> bytes:
+    """The results-topic value for one command's outcome, answering the send ``reply_token``
+    names."""
     body: dict[str, Any] = {"format": FORMAT, "command_id": str(command_id)}
+    if reply_token is not None:
+        body["reply_token"] = reply_token
     if isinstance(outcome, CommandResult):
         body["result"] = {
             "aggregate_id": str(outcome.aggregate_id) if outcome.aggregate_id else None,
@@ -253,22 +275,38 @@ def encode_result(command_id: UUID, outcome: CommandResult | BaseException) -> b
     return pydantic_core.to_json(body)
 
 
-def decode_result(value: bytes | None) -> tuple[UUID, CommandResult | FrameworkError] | None:
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A results-topic record: the outcome of one send of a command."""
+
+    command_id: UUID
+    outcome: CommandResult | FrameworkError
+    reply_token: str | None = None
+    """The send it answers (None from a writer that predates tokens: any send of the id)."""
+
+    def answers(self, reply_token: str) -> bool:
+        return self.reply_token is None or self.reply_token == reply_token
+
+
+def decode_result(value: bytes | None) -> Answer | None:
     """Parse a results-topic value (None for a record that is not one)."""
     try:
         data = json.loads(value or b"")
         command_id = UUID(data["command_id"])
+        token = data.get("reply_token")
+        token = token if isinstance(token, str) else None
         if "error" in data:
-            return command_id, error_from_wire(data["error"])
+            return Answer(command_id, error_from_wire(data["error"]), token)
         result = data["result"]
         primary = result.get("aggregate_id")
-        return command_id, CommandResult(
+        outcome = CommandResult(
             command_id=command_id,
             aggregate_id=UUID(primary) if primary else None,
             versions={UUID(k): int(v) for k, v in result["versions"].items()},
             positions={int(p): int(o) for p, o in result["positions"].items()},
             replayed=bool(result.get("replayed")),
         )
+        return Answer(command_id, outcome, token)
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
 
@@ -277,7 +315,8 @@ def decode_result(value: bytes | None) -> tuple[UUID, CommandResult | FrameworkE
 
 
 class _Waiter:
-    def __init__(self) -> None:
+    def __init__(self, reply_token: str) -> None:
+        self.reply_token = reply_token
         self.done = threading.Event()
         self.outcome: CommandResult | FrameworkError | None = None
 
@@ -316,7 +355,11 @@ class ResultsReader:
 
     @contextlib.contextmanager
     def expect(self, command_id: UUID) -> Iterator[_Waiter]:
-        waiter = _Waiter()
+        """A waiter for the answer to one send of ``command_id``: send it with the waiter's
+        ``reply_token``. Another process's send of the same id may be answered on this
+        partition too, as may this process's earlier send: neither is this send's answer (an
+        earlier rejection is not the outcome of a retry that runs)."""
+        waiter = _Waiter(uuid.uuid4().hex)
         with self._lock:
             self._waiters.setdefault(command_id, []).append(waiter)
         try:
@@ -367,15 +410,13 @@ class ResultsReader:
             consumer.close(autocommit=False)
 
     def _deliver(self, value: bytes | None) -> None:
-        decoded = decode_result(value)
-        if decoded is None:
+        answer = decode_result(value)
+        if answer is None:
             return
-        command_id, outcome = decoded
         with self._lock:
-            waiters = self._waiters.get(command_id, [])
-            for waiter in waiters:
-                if waiter.outcome is None:
-                    waiter.outcome = outcome
+            for waiter in self._waiters.get(answer.command_id, []):
+                if waiter.outcome is None and answer.answers(waiter.reply_token):
+                    waiter.outcome = answer.outcome
                     waiter.done.set()
 
     def close(self) -> None:
@@ -419,7 +460,9 @@ class KafkaCommandRouter:
                 return result
         reader = self._ready_reader(deadline)
         with reader.expect(command.command_id) as waiter:
-            self._produce(command, metadata, shard, reader.partition, timeout, deadline)
+            self._produce(
+                command, metadata, shard, (reader.partition, waiter.reply_token), timeout, deadline
+            )
             if not waiter.done.wait(max(0.0, deadline - time.monotonic())):
                 raise OutcomeUnknownError(self._no_answer(command, timeout))
         outcome = waiter.outcome
@@ -440,16 +483,22 @@ class KafkaCommandRouter:
         command: Command,
         metadata: Metadata,
         shard: int,
-        reply: int | None,
+        reply: tuple[int, str] | None,
         timeout: float,
         deadline: float,
     ) -> None:
+        """Send ``command``; ``reply`` is the results partition and token of a waiting send."""
         expires = time.time() + max(self.store.command_ttl, timeout)
         with send_span(self.store.commands_topic, count=1, partition=shard):
             producer = self._ready_producer(deadline)
             # The record carries this span's trace context: the writer's spans join the trace.
+            partition, token = reply if reply is not None else (None, None)
             value = encode_command(
-                command, traced(metadata), reply_partition=reply, expires_at=expires
+                command,
+                traced(metadata),
+                reply_partition=partition,
+                expires_at=expires,
+                reply_token=token,
             )
             headers = trace_headers()
             if reply is not None:

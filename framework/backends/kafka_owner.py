@@ -158,6 +158,7 @@ class _Entry:
     item: _Local | _Consumed
     command: Command | None = None
     reply: int | None = None
+    reply_token: str | None = None
     decision: Decision | None = None
     outcome: CommandResult | BaseException | None = None
     recorded: list[RecordedEvent] = field(default_factory=list)
@@ -386,7 +387,7 @@ class ShardOwner:
                     )
                     entries.append(entry)
                     continue
-                entry.reply = envelope.reply_partition
+                entry.reply, entry.reply_token = envelope.reply_partition, envelope.reply_token
                 if envelope.expired():
                     self.stats["expired"] += 1
                     log.warning(
@@ -570,7 +571,7 @@ class ShardOwner:
                 producer.send(
                     store.results_topic,
                     key=str(entry.command.command_id).encode("ascii"),
-                    value=encode_result(entry.command.command_id, entry.outcome),
+                    value=encode_result(entry.command.command_id, entry.outcome, entry.reply_token),
                     partition=entry.reply % store.results_partitions,
                 )
         return records

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from framework.application import Application, command_record_id
+from framework.application import Application, CommandResult, command_record_id
 from framework.backends import kafka_commands
 from framework.backends.kafka import KafkaEventStore
 from framework.backends.kafka_client import KafkaConsumer, KafkaProducer, TopicPartition
@@ -280,6 +280,41 @@ def test_a_waiting_caller_names_itself_on_its_command_and_a_sent_command_does_no
 
 
 @pytest.mark.timeout(120)
+def test_a_waiter_takes_the_answer_to_its_own_send_not_to_another_send_of_the_id(
+    bank: tuple[str, str], kafka_bootstrap: str
+) -> None:
+    # Two senders may read one results partition, and the same command id may be sent twice
+    # (a retry, or another process's re-send): the answer to the other send is not this one's.
+    url, name = bank
+    app = build(url, name=name)
+    store = app.store
+    assert isinstance(store, KafkaEventStore)
+    reader = kafka_commands.ResultsReader(store._new_consumer, store.results_topic, 0)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    try:
+        reader.wait_ready(30)
+        command_id, account = uuid.uuid4(), uuid.uuid4()
+        ran = CommandResult(command_id, account, {account: 2}, {0: 5}, replayed=True)
+
+        def answer(outcome: Any, token: str | None) -> None:
+            value = kafka_commands.encode_result(command_id, outcome, token)
+            producer.send(store.results_topic, value=value, partition=0).get(30)
+
+        with reader.expect(command_id) as waiter:
+            answer(InsufficientFunds("balance 0.00 is less than 1"), "another send")
+            answer(ran, waiter.reply_token)  # read after the other, in partition order
+            assert waiter.done.wait(30)
+        assert waiter.outcome == ran
+        with reader.expect(command_id) as waiter:
+            answer(ran, None)  # a writer from before tokens answers every send of the id
+            assert waiter.done.wait(30) and waiter.outcome == ran
+    finally:
+        producer.close()
+        reader.close()
+        app.close()
+
+
+@pytest.mark.timeout(120)
 def test_a_command_touching_two_shards_is_refused(
     kafka_bootstrap: str, unique_name: Callable[[str], str]
 ) -> None:
@@ -358,6 +393,7 @@ def test_a_writer_joining_takes_shards_without_disturbing_the_ones_that_stay(
 @pytest.mark.timeout(240)
 def test_no_process_decides_on_stale_state(bank: tuple[str, str]) -> None:
     url, name = bank
+    url += "&results_partitions=1"  # the senders read one results partition: each sees both's
     writer_process = WriterProcess(url, name, instance_id="w-stale").start()
     app = build(url, name=name)
     pipes = [SPAWN.Pipe() for _ in range(2)]
@@ -385,7 +421,8 @@ def test_no_process_decides_on_stale_state(bank: tuple[str, str]) -> None:
             command = Deposit(account_id=account, amount=Decimal("1.00"))
             first, resent = ask(b, command), ask(a, command)
             assert first[0] == resent[0] == "ok"
-            assert resent[1]["replayed"] and resent[1]["versions"] == first[1]["versions"]
+            assert resent[1]["replayed"], (first, resent)
+            assert resent[1]["versions"] == first[1]["versions"], (first, resent)
             resends_replayed += 1
             assert app.load(Account, account).balance == Decimal("51.00")
     finally:

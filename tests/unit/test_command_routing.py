@@ -12,6 +12,7 @@ from pydantic import Field
 
 from framework.application import CommandResult
 from framework.backends.kafka_commands import (
+    Answer,
     decode_command,
     decode_result,
     encode_command,
@@ -118,10 +119,13 @@ def test_commands_cross_the_wire_with_their_metadata() -> None:
     command = Deposit(account_id=uuid.uuid4(), amount=Decimal("12.34"))
     metadata = Metadata(command_id=command.command_id, user="alice", correlation_id=uuid.uuid4())
     expires = time.time() + 60
-    value = encode_command(command, metadata, reply_partition=3, expires_at=expires)
+    value = encode_command(
+        command, metadata, reply_partition=3, expires_at=expires, reply_token="t-1"
+    )
     envelope = decode_command(value, app)
     assert envelope.command == command and envelope.metadata == metadata
-    assert envelope.reply_partition == 3 and not envelope.expired()
+    assert envelope.reply_partition == 3 and envelope.reply_token == "t-1"
+    assert not envelope.expired()
     assert envelope.expired(now=expires + 1)
 
 
@@ -148,8 +152,11 @@ def test_undecodable_or_unknown_commands_are_typed_errors() -> None:
 def test_results_cross_the_wire() -> None:
     command_id, account = uuid.uuid4(), uuid.uuid4()
     result = CommandResult(command_id, account, {account: 4}, {1: 17, 2: 9}, replayed=True)
-    decoded = decode_result(encode_result(command_id, result))
-    assert decoded == (command_id, result)
+    decoded = decode_result(encode_result(command_id, result, "t-1"))
+    assert decoded == Answer(command_id, result, "t-1")
+    assert decoded.answers("t-1") and not decoded.answers("t-2")  # another send's answer
+    untokened = decode_result(encode_result(command_id, result))  # a writer before tokens
+    assert untokened is not None and untokened.answers("t-2")
     assert decode_result(b"garbage") is None
     assert decode_result(b'{"command_id": "nope"}') is None
 
