@@ -78,7 +78,7 @@ dead_letters_table = sa.Table(
     sa.Index("ix_keel_dead_letters_aggregate", "projection", "aggregate_id"),
 )
 
-POSITION_TABLES = (positions_table, projections_table, dead_letters_table)
+POSITION_TABLES = tuple(framework_metadata.sorted_tables)
 """The tables every projection's worker, status, rebuild and dead letters use."""
 
 

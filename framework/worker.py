@@ -55,6 +55,7 @@ from framework.persistence import (
     group_by_partition,
 )
 from framework.positions import (
+    POSITION_TABLES,
     framework_metadata,
     read_positions,
     read_version,
@@ -267,7 +268,7 @@ class ProjectionWorker:
         p = self.projection
 
         def check(conn: sa.Connection) -> int | None:
-            require_tables(conn, p.name, [*framework_metadata.sorted_tables, *p.tables])
+            require_tables(conn, p.name, [*POSITION_TABLES, *p.tables])
             stored = read_version(conn, p.name)
             if stored is None:
                 write_version(conn, p.name, p.version)  # a new projection: bootstrap from 0
